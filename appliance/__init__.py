@@ -1,0 +1,3 @@
+"""trioscale: a self-hosted Tailscale control server."""
+
+__version__ = "0.1.0"

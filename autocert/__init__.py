@@ -1,0 +1,1 @@
+"""A reusable ACME certificate manager for a Trio TLS server."""
