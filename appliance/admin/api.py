@@ -1,0 +1,202 @@
+"""Routes of the admin API (``/api/v1/...``), one table from path pattern to handler."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+
+from .. import __version__
+from ..control.service import ControlService
+from ..errors import Invalid, NotFound, TrioscaleError
+from ..http.server import Answer
+from ..tailnet.model import Tailnet
+from .shapes import node_json, preauth_json, user_json
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def _json(status: int, doc: Any) -> Answer:
+    return status, [("content-type", "application/json")], json.dumps(doc).encode()
+
+
+def _parse_expiration(value: Any, now: datetime) -> timedelta | None:
+    """Headscale sends an RFC 3339 time; we also accept a duration in seconds."""
+    if value in (None, ""):
+        return timedelta(hours=1)
+    if isinstance(value, (int, float)):
+        return timedelta(seconds=value)
+    try:
+        t = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid(f"expiration: expected an RFC 3339 time, got {value!r}") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t - now
+
+
+class AdminAPI:
+    def __init__(self, tailnet: Tailnet, control: ControlService, policy: Any = None) -> None:
+        self.tailnet = tailnet
+        self.control = control
+        self.policy = policy  # the policy manager, once it exists
+        self.routes: list[tuple[str, re.Pattern, Handler]] = []
+        r = self._route
+        r("GET", r"/api/v1/user", self.list_users)
+        r("POST", r"/api/v1/user", self.create_user)
+        r("POST", r"/api/v1/user/(?P<ref>[^/]+)/rename/(?P<new>[^/]+)", self.rename_user)
+        r("DELETE", r"/api/v1/user/(?P<ref>[^/]+)", self.delete_user)
+        r("GET", r"/api/v1/preauthkey", self.list_keys)
+        r("POST", r"/api/v1/preauthkey", self.create_key)
+        r("POST", r"/api/v1/preauthkey/expire", self.expire_key)
+        r("GET", r"/api/v1/node", self.list_nodes)
+        r("POST", r"/api/v1/node/register", self.register_node)
+        r("GET", r"/api/v1/node/(?P<id>\d+)", self.get_node)
+        r("DELETE", r"/api/v1/node/(?P<id>\d+)", self.delete_node)
+        r("POST", r"/api/v1/node/(?P<id>\d+)/expire", self.expire_node)
+        r("POST", r"/api/v1/node/(?P<id>\d+)/rename/(?P<new>[^/]+)", self.rename_node)
+        r("POST", r"/api/v1/node/(?P<id>\d+)/tags", self.tag_node)
+        r("POST", r"/api/v1/node/(?P<id>\d+)/user", self.move_node)
+        r("POST", r"/api/v1/node/(?P<id>\d+)/approve_routes", self.approve_routes)
+        r("GET", r"/api/v1/version", self.version)
+        r("GET", r"/version", self.version)
+
+    def _route(self, method: str, pattern: str, handler: Handler) -> None:
+        self.routes.append((method, re.compile(pattern + r"/?"), handler))
+
+    async def __call__(self, req: h11.Request, body: bytes) -> Answer | None:
+        target = req.target.decode("latin-1")
+        parts = urlsplit(target)
+        method = req.method.decode()
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        matched_path = False
+        for m, pattern, handler in self.routes:
+            match = pattern.fullmatch(parts.path)
+            if not match:
+                continue
+            matched_path = True
+            if m != method:
+                continue
+            try:
+                doc = json.loads(body) if body else {}
+                if not isinstance(doc, dict):
+                    raise Invalid("the request body must be a JSON object")
+                result = await handler(query=query, body=doc, **match.groupdict())
+            except json.JSONDecodeError as e:
+                return _json(400, {"code": 3, "message": f"invalid JSON: {e}"})
+            except TrioscaleError as e:
+                return _json(e.http_status, {"code": e.http_status, "message": str(e)})
+            return _json(200, result)
+        if matched_path:
+            return _json(405, {"code": 12, "message": "method not allowed"})
+        return None
+
+    # --- users --------------------------------------------------------------------------
+
+    async def list_users(self, query: dict, body: dict) -> dict:
+        users = sorted(self.tailnet.users.values(), key=lambda u: u.id)
+        if "id" in query:
+            users = [u for u in users if str(u.id) == query["id"]]
+        if "name" in query:
+            users = [u for u in users if u.name == query["name"]]
+        if "email" in query:
+            users = [u for u in users if u.email == query["email"]]
+        return {"users": [user_json(u) for u in users]}
+
+    async def create_user(self, query: dict, body: dict) -> dict:
+        u = await self.tailnet.create_user(
+            str(body.get("name") or ""), str(body.get("displayName") or ""), str(body.get("email") or "")
+        )
+        return {"user": user_json(u)}
+
+    async def rename_user(self, query: dict, body: dict, ref: str, new: str) -> dict:
+        return {"user": user_json(await self.tailnet.rename_user(ref, new))}
+
+    async def delete_user(self, query: dict, body: dict, ref: str) -> dict:
+        await self.tailnet.delete_user(ref)
+        return {}
+
+    # --- pre-auth keys ------------------------------------------------------------------
+
+    async def list_keys(self, query: dict, body: dict) -> dict:
+        keys = sorted(self.tailnet.keys.values(), key=lambda k: k.id)
+        if query.get("user"):
+            uid = self.tailnet.find_user(query["user"]).id
+            keys = [k for k in keys if k.user_id == uid]
+        return {"preAuthKeys": [preauth_json(self.tailnet, k) for k in keys]}
+
+    async def create_key(self, query: dict, body: dict) -> dict:
+        tags = body.get("aclTags") or []
+        if not isinstance(tags, list):
+            raise Invalid("aclTags: expected a list of tags")
+        rec, text = await self.tailnet.create_preauth_key(
+            body.get("user") if body.get("user") not in (None, "", 0, "0") else None,
+            reusable=bool(body.get("reusable")), ephemeral=bool(body.get("ephemeral")),
+            expiration=_parse_expiration(body.get("expiration"), self.tailnet.clock()), tags=tags,
+        )
+        return {"preAuthKey": preauth_json(self.tailnet, rec, text)}
+
+    async def expire_key(self, query: dict, body: dict) -> dict:
+        ref = str(body.get("key") or body.get("id") or "")
+        if not ref:
+            raise Invalid("key: which pre-auth key to expire")
+        await self.tailnet.expire_preauth_key(ref)
+        return {}
+
+    # --- nodes --------------------------------------------------------------------------
+
+    def _node(self, id: str):
+        return self.tailnet.get_node(int(id))
+
+    async def list_nodes(self, query: dict, body: dict) -> dict:
+        nodes = sorted(self.tailnet.nodes.values(), key=lambda n: n.id)
+        if query.get("user"):
+            uid = self.tailnet.find_user(query["user"]).id
+            nodes = [n for n in nodes if n.user_id == uid]
+        return {"nodes": [node_json(self.tailnet, n) for n in nodes]}
+
+    async def get_node(self, query: dict, body: dict, id: str) -> dict:
+        return {"node": node_json(self.tailnet, self._node(id))}
+
+    async def delete_node(self, query: dict, body: dict, id: str) -> dict:
+        await self.tailnet.delete_node(int(id))
+        return {}
+
+    async def expire_node(self, query: dict, body: dict, id: str) -> dict:
+        return {"node": node_json(self.tailnet, await self.tailnet.expire_node(int(id)))}
+
+    async def rename_node(self, query: dict, body: dict, id: str, new: str) -> dict:
+        return {"node": node_json(self.tailnet, await self.tailnet.rename_node(int(id), new))}
+
+    async def tag_node(self, query: dict, body: dict, id: str) -> dict:
+        tags = body.get("tags")
+        if not isinstance(tags, list):
+            raise Invalid("tags: expected a list of tags")
+        return {"node": node_json(self.tailnet, await self.tailnet.set_tags(int(id), tags))}
+
+    async def move_node(self, query: dict, body: dict, id: str) -> dict:
+        user = body.get("user")
+        if user in (None, ""):
+            raise Invalid("user: which user to move the node to")
+        return {"node": node_json(self.tailnet, await self.tailnet.move_node(int(id), user))}
+
+    async def approve_routes(self, query: dict, body: dict, id: str) -> dict:
+        routes = body.get("routes")
+        if not isinstance(routes, list):
+            raise Invalid("routes: expected a list of prefixes")
+        return {"node": node_json(self.tailnet, await self.tailnet.set_approved_routes(int(id), routes))}
+
+    async def register_node(self, query: dict, body: dict) -> dict:
+        user = query.get("user") or body.get("user")
+        key = query.get("key") or body.get("key")
+        if not user or not key:
+            raise Invalid("register needs a user and the key shown on the login page")
+        node = await self.control.complete_interactive(str(key), str(user))
+        return {"node": node_json(self.tailnet, node)}
+
+    async def version(self, query: dict, body: dict) -> dict:
+        return {"version": __version__}

@@ -1,0 +1,58 @@
+"""The map stream's framing (sans-IO).
+
+Each frame: uint32 **little-endian** length N, then N bytes: the MapResponse JSON, zstd
+compressed when the client asked for ``Compress: "zstd"`` (1.96 always does, and then decodes
+every frame, keepalives included).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import zstandard
+
+# Reference servers keep frames under 16 MiB and the client allocates what the header says:
+# a reader of our own frames (tests, load generator) refuses more before reading the body.
+MAX_FRAME = 16 << 20
+
+_compressor = zstandard.ZstdCompressor(level=3)
+
+
+class MapFrameError(ValueError):
+    pass
+
+
+def encode_frame(message: Any, compress: bool) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    if compress:
+        body = _compressor.compress(body)
+    if len(body) > MAX_FRAME:
+        raise MapFrameError(f"map frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return struct.pack("<I", len(body)) + body
+
+
+class MapFrameReader:
+    """Client side of the framing, for our tests and the load generator."""
+
+    def __init__(self, compressed: bool) -> None:
+        self._buf = bytearray()
+        self._compressed = compressed
+        self._d = zstandard.ZstdDecompressor()
+
+    def receive_data(self, data: bytes) -> list[Any]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= 4:
+            (n,) = struct.unpack_from("<I", self._buf)
+            if n > MAX_FRAME:
+                raise MapFrameError(f"map frame of {n} bytes exceeds {MAX_FRAME}")
+            if len(self._buf) < 4 + n:
+                break
+            body = bytes(self._buf[4 : 4 + n])
+            del self._buf[: 4 + n]
+            if self._compressed:
+                body = self._d.decompressobj().decompress(body)
+            out.append(json.loads(body))
+        return out

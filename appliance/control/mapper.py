@@ -1,0 +1,210 @@
+"""Netmaps: the first full MapResponse of a stream, and the deltas after it.
+
+A peer's node JSON is the same for every viewer, so it is built once per node version and
+reused by every session; only Online is overlaid per message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable
+
+from ..storage.records import NodeRecord
+from ..tailnet.access import Access, AllowAll
+from ..tailnet.changes import FULL, Pending
+from ..tailnet.model import TAGGED_DEVICES_LOGIN, TAGGED_DEVICES_USER_ID, Tailnet
+from .wire import ZERO_TIME, format_time
+
+# Capabilities every node gets, as Headscale grants them by default.
+DEFAULT_SELF_CAPS = {
+    "https://tailscale.com/cap/file-sharing": [],
+    "https://tailscale.com/cap/is-admin": [],
+    "https://tailscale.com/cap/ssh": [],
+}
+
+
+@dataclass
+class SessionView:
+    """What one map stream's client currently holds; deltas are computed against it."""
+
+    node_id: int
+    known_peers: set[int] = field(default_factory=set)
+    known_profiles: set[int] = field(default_factory=set)
+
+
+def _jsonable(v: Any) -> Any:
+    return format_time(v) if isinstance(v, datetime) else v
+
+
+class Mapper:
+    def __init__(
+        self,
+        tailnet: Tailnet,
+        *,
+        base_domain: str,
+        dns_config: Callable[[], dict | None],
+        derp_map: Callable[[], dict],
+        access: Access | None = None,
+    ) -> None:
+        self.tailnet = tailnet
+        self.base_domain = base_domain
+        self.dns_config = dns_config
+        self.derp_map = derp_map
+        self.access: Access = access or AllowAll()
+        self.capver: dict[int, int] = {}
+        self._cache: dict[int, tuple[int, dict]] = {}
+
+    # --- nodes --------------------------------------------------------------------------
+
+    def fqdn(self, n: NodeRecord) -> str:
+        return f"{n.given_name}.{self.base_domain}."
+
+    def owner_id(self, n: NodeRecord) -> int:
+        return TAGGED_DEVICES_USER_ID if n.tags else (n.user_id or TAGGED_DEVICES_USER_ID)
+
+    def node_json(self, n: NodeRecord) -> dict:
+        version = self.tailnet.version.get(n.id, 0)
+        hit = self._cache.get(n.id)
+        if hit is None or hit[0] != version:
+            hit = (version, self._build_node(n))
+            self._cache[n.id] = hit
+        out = dict(hit[1])
+        out["Online"] = self.tailnet.is_online(n.id)
+        return out
+
+    def _build_node(self, n: NodeRecord) -> dict:
+        addrs = []
+        if n.ipv4:
+            addrs.append(f"{n.ipv4}/32")
+        if n.ipv6:
+            addrs.append(f"{n.ipv6}/128")
+        netinfo = n.hostinfo.get("NetInfo") or {}
+        home = netinfo.get("PreferredDERP") or 0
+        d: dict[str, Any] = {
+            "ID": n.id,
+            "StableID": str(n.id),
+            "Name": self.fqdn(n),
+            "User": self.owner_id(n),
+            "Key": n.node_key,
+            "KeyExpiry": format_time(n.expiry) if n.expiry else ZERO_TIME,
+            "Machine": n.machine_key,
+            "Addresses": addrs,
+            "AllowedIPs": list(addrs),
+            "Endpoints": list(n.endpoints),
+            "Hostinfo": n.hostinfo,
+            "Created": format_time(n.created_at),
+            "MachineAuthorized": True,
+        }
+        if n.disco_key:
+            d["DiscoKey"] = n.disco_key
+        if home:
+            d["HomeDERP"] = home
+            d["DERP"] = f"127.3.3.40:{home}"  # clients before capver 111 read only this
+        if n.id in self.capver:
+            d["Cap"] = self.capver[n.id]
+        if n.tags:
+            d["Tags"] = list(n.tags)
+        if n.last_seen:
+            d["LastSeen"] = format_time(n.last_seen)
+        if self.tailnet.is_expired(n):
+            d["Expired"] = True
+        return d
+
+    def self_json(self, n: NodeRecord) -> dict:
+        d = self.node_json(n)
+        caps = dict(DEFAULT_SELF_CAPS)
+        caps.update(self.access.cap_map(n.id))
+        d["CapMap"] = caps
+        return d
+
+    def visible_peers(self, viewer_id: int) -> set[int]:
+        now = self.tailnet.clock()
+        live = {i for i, n in self.tailnet.nodes.items() if not self.tailnet.is_expired(n, now)}
+        return self.access.peers(viewer_id, live)
+
+    def _profiles(self, user_ids: set[int]) -> list[dict]:
+        out = []
+        for uid in sorted(user_ids):
+            if uid == TAGGED_DEVICES_USER_ID:
+                out.append({"ID": uid, "LoginName": TAGGED_DEVICES_LOGIN, "DisplayName": "Tagged Devices"})
+                continue
+            u = self.tailnet.users.get(uid)
+            if u is not None:
+                p = {"ID": u.id, "LoginName": u.login_name, "DisplayName": u.display_name or u.name}
+                if u.profile_pic_url:
+                    p["ProfilePicURL"] = u.profile_pic_url
+                out.append(p)
+        return out
+
+    # --- messages -----------------------------------------------------------------------
+
+    def full(self, view: SessionView) -> dict:
+        """The first message of a stream (or a one-shot answer): everything."""
+        n = self.tailnet.get_node(view.node_id)
+        peers = sorted(self.visible_peers(n.id))
+        peer_nodes = [self.node_json(self.tailnet.nodes[i]) for i in peers]
+        users = {self.owner_id(n)} | {p["User"] for p in peer_nodes}
+        msg: dict[str, Any] = {
+            "Node": self.self_json(n),
+            "DERPMap": self.derp_map(),
+            "Domain": self.base_domain,
+            "CollectServices": False,
+            "PacketFilter": self.access.packet_filter(n.id),
+            "UserProfiles": self._profiles(users),
+            "ControlTime": format_time(self.tailnet.clock()),
+        }
+        if peer_nodes:
+            msg["Peers"] = peer_nodes
+        elif view.known_peers:
+            msg["PeersRemoved"] = sorted(view.known_peers)  # [] would not remove anything
+        dns = self.dns_config()
+        if dns is not None:
+            msg["DNSConfig"] = dns
+        ssh = self.access.ssh_policy(n.id)
+        if ssh is not None:
+            msg["SSHPolicy"] = ssh
+        view.known_peers = set(peers)
+        view.known_profiles = users
+        return msg
+
+    def delta(self, view: SessionView, pending: Pending) -> dict | None:
+        """The message that brings a client from ``view`` to the current model, or None."""
+        if view.node_id not in self.tailnet.nodes:
+            return None
+        if pending.everything:
+            return self.full(view)
+        msg: dict[str, Any] = {}
+        if pending.self_node:
+            msg["Node"] = self.self_json(self.tailnet.nodes[view.node_id])
+        changed, patches, removed = [], [], []
+        visible = None
+        for node_id, patch in pending.peers.items():
+            n = self.tailnet.nodes.get(node_id)
+            if visible is None:
+                visible = self.visible_peers(view.node_id)
+            if n is None or node_id not in visible:
+                if node_id in view.known_peers:
+                    removed.append(node_id)
+                    view.known_peers.discard(node_id)
+                continue
+            if patch is FULL or node_id not in view.known_peers:
+                changed.append(self.node_json(n))
+                view.known_peers.add(node_id)
+            else:
+                patches.append({"NodeID": node_id, **{k: _jsonable(v) for k, v in patch.items()}})
+        for node_id in pending.removed:
+            if node_id in view.known_peers:
+                removed.append(node_id)
+                view.known_peers.discard(node_id)
+        if changed:
+            msg["PeersChanged"] = changed
+            new_users = {p["User"] for p in changed} - view.known_profiles
+            if new_users:
+                msg["UserProfiles"] = self._profiles(new_users)
+                view.known_profiles |= new_users
+        if patches:
+            msg["PeersChangedPatch"] = patches
+        if removed:
+            msg["PeersRemoved"] = sorted(removed)
+        return msg or None

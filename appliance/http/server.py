@@ -1,0 +1,158 @@
+"""A small HTTP/1.1 server (h11) for trio streams: plain routes and upgrade hand-offs.
+
+Every connection is one task; a fault ends that connection only, with one log line naming the
+peer and the reason. Used by the public front door and the admin socket.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Awaitable, Callable
+
+import h11
+import trio
+
+from ..noise.errors import NoiseError
+
+log = logging.getLogger(__name__)
+
+HEAD_TIMEOUT = 10.0  # a client gets this long to send a request head (and a small body)
+KEEPALIVE_IDLE = 30.0  # between requests on a kept-alive connection
+MAX_HEAD = 16 * 1024  # request line and headers; a larger head is refused
+MAX_BODY = 1 << 20
+
+_ids = itertools.count(1)
+
+Answer = tuple[int, list[tuple[str, str]], bytes]
+PlainRoute = Callable[[h11.Request, bytes], Awaitable[Answer | None]]
+# Takes over the connection after the request head: (stream, request, bytes read past the head).
+UpgradeRoute = Callable[[trio.abc.Stream, h11.Request, bytes], Awaitable[None]]
+
+
+def peer_name(stream: trio.abc.Stream) -> str:
+    s = stream
+    while s is not None:
+        sock = getattr(s, "socket", None)
+        if sock is not None:
+            try:
+                addr = sock.getpeername()
+            except OSError:
+                return "?"
+            if isinstance(addr, tuple):
+                return f"{addr[0]}:{addr[1]}"
+            return "unix"
+        s = getattr(s, "transport_stream", None)
+    return "?"
+
+
+def header(req: h11.Request, name: bytes) -> str | None:
+    for k, v in req.headers:
+        if k == name:
+            return v.decode("latin-1")
+    return None
+
+
+def text(status: int, body: str) -> Answer:
+    return status, [("content-type", "text/plain; charset=utf-8")], body.encode()
+
+
+class HTTPServer:
+    def __init__(self, label: str = "http") -> None:
+        self.label = label
+        self.plain_routes: list[PlainRoute] = []  # tried in order; the first answer wins
+        self.upgrade_routes: dict[str, UpgradeRoute] = {}  # path → takes the stream
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one accepted connection; closes it. Never raises (but Cancelled)."""
+        name = f"{self.label}-{next(_ids)}[{peer_name(stream)}]"
+        try:
+            await self._serve(stream, name)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as e:
+            log.debug("%s: connection ended: %r", name, e)
+        except h11.ProtocolError as e:
+            log.warning("%s: malformed HTTP: %s", name, e)
+        except NoiseError as e:
+            log.warning("%s: Noise protocol error: %s", name, e)
+        except OSError as e:  # TLS failures and resets surface as OSError subclasses
+            log.debug("%s: connection error: %r", name, e)
+        except Exception:
+            log.exception("%s: connection failed", name)
+        finally:
+            with trio.move_on_after(1, shield=True):
+                await stream.aclose()
+
+    async def upgrade(self, stream: trio.abc.Stream, conn: h11.Connection, req: h11.Request, path: str, name: str) -> bool:
+        """Hook for subclasses: take over the connection for ``req``; True if taken."""
+        return False
+
+    async def answer(self, req: h11.Request, path: str, body: bytes) -> Answer:
+        for route in self.plain_routes:
+            got = await route(req, body)
+            if got is not None:
+                return got
+        return text(404, "not found\n")
+
+    async def read_event(self, stream: trio.abc.Stream, conn: h11.Connection):
+        while True:
+            ev = conn.next_event()
+            if ev is not h11.NEED_DATA:
+                return ev
+            conn.receive_data(await stream.receive_some(65536))
+
+    async def _serve(self, stream: trio.abc.Stream, name: str) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        first = True
+        while True:
+            with trio.fail_after(HEAD_TIMEOUT if first else KEEPALIVE_IDLE):
+                ev = await self.read_event(stream, conn)
+            first = False
+            if isinstance(ev, h11.ConnectionClosed):
+                return
+            if not isinstance(ev, h11.Request):
+                return
+            path = ev.target.decode("latin-1").split("?", 1)[0]
+            if header(ev, b"upgrade") is not None and path in self.upgrade_routes:
+                with trio.fail_after(HEAD_TIMEOUT):
+                    end = await self.read_event(stream, conn)
+                if not isinstance(end, h11.EndOfMessage):
+                    await self.send_simple(stream, conn, *text(400, "upgrade requests have no body\n"))
+                    return
+                await self.upgrade_routes[path](stream, ev, conn.trailing_data[0])
+                return
+            if await self.upgrade(stream, conn, ev, path, name):
+                return
+            body = bytearray()
+            while True:
+                with trio.fail_after(HEAD_TIMEOUT):
+                    part = await self.read_event(stream, conn)
+                if isinstance(part, h11.Data):
+                    body += part.data
+                    if len(body) > MAX_BODY:
+                        await self.send_simple(stream, conn, *text(413, "request too large\n"))
+                        return
+                elif isinstance(part, h11.EndOfMessage):
+                    break
+                else:
+                    return
+            await self.send_simple(stream, conn, *await self.answer(ev, path, bytes(body)))
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                return
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                return
+
+    async def send_simple(
+        self, stream: trio.abc.Stream, conn: h11.Connection, status: int,
+        headers: list[tuple[str, str]], body: bytes,
+    ) -> None:
+        hdrs = list(headers)
+        if not any(k.lower() == "content-type" for k, _ in hdrs):
+            hdrs.append(("content-type", "text/plain; charset=utf-8"))
+        hdrs.append(("content-length", str(len(body))))
+        data = conn.send(h11.Response(status_code=status, headers=hdrs))
+        if body:
+            data += conn.send(h11.Data(data=body))
+        data += conn.send(h11.EndOfMessage())
+        await stream.send_all(data)

@@ -1,0 +1,2 @@
+class NoiseError(Exception):
+    """The peer broke the Noise protocol; the connection must be closed."""

@@ -1,0 +1,122 @@
+"""``trioscale serve``: the supervisor. One root nursery owns every listener and service."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from .admin.api import AdminAPI
+from .config import Config, split_host_port
+from .control.dnsconfig import build_dns_config
+from .control.loginpage import login_page_route
+from .control.mapper import Mapper
+from .control.service import ControlService
+from .http.frontdoor import FrontDoor
+from .http.server import HTTPServer
+from .keys import load_or_create_private_key
+from .storage import Store
+from .tailnet.housekeeping import run_housekeeping
+from .tailnet.model import Tailnet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Running:
+    """What ``serve`` hands its starter: the live parts, for tests and the supervisor."""
+
+    config: Config
+    tailnet: Tailnet
+    control: ControlService
+    front: FrontDoor
+    ports: list[int]
+    cancel_scope: trio.CancelScope
+
+
+async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
+    """Bind the admin socket; a stale socket file from a dead server is replaced, a live one
+    means another server runs and is an error."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.exists():
+        if not stat.S_ISSOCK(path.stat().st_mode):
+            raise OSError(f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # nobody listens: left over from a crash
+        else:
+            raise OSError(f"another trioscale is already serving on {path}")
+        finally:
+            probe.close()
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    os.chmod(path, mode)
+    sock.listen(128)
+    return trio.SocketListener(sock)
+
+
+def empty_derp_map() -> dict:
+    return {"Regions": {}}
+
+
+async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run the server until cancelled. ``task_status.started`` gets a ``Running``."""
+    store = Store(cfg.database.sqlite_path)
+    try:
+        noise_key = load_or_create_private_key(cfg.noise_private_key_path)
+        tailnet = Tailnet(
+            store, v4=cfg.prefixes.v4, v6=cfg.prefixes.v6, allocation=cfg.prefixes.allocation,
+            node_expiry=cfg.node.expiry,
+        )
+        await tailnet.load()
+        dns = build_dns_config(cfg.dns)
+        mapper = Mapper(
+            tailnet, base_domain=cfg.dns.base_domain or "invalid", dns_config=lambda: dns,
+            derp_map=empty_derp_map,
+        )
+        control = ControlService(tailnet, mapper, cfg.server_url)
+        front = FrontDoor(noise_key, control)
+        front.plain_routes.append(login_page_route(control))
+        admin = HTTPServer("admin")
+        admin.plain_routes.append(AdminAPI(tailnet, control))
+
+        async with trio.open_nursery() as nursery:
+            host, port = split_host_port(cfg.listen_addr)
+            listeners = await trio.open_tcp_listeners(port, host=host or None)
+            ports = sorted({ln.socket.getsockname()[1] for ln in listeners})
+            nursery.start_soon(trio.serve_listeners, front.handle, listeners)
+            unix = await open_unix_listener(cfg.unix_socket, cfg.unix_socket_permission)
+            nursery.start_soon(trio.serve_listeners, admin.handle, [unix])
+            await nursery.start(run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
+            log.info(
+                "trioscale serving %s on %s (admin socket %s, %d nodes, %d users)",
+                cfg.server_url, cfg.listen_addr, cfg.unix_socket, len(tailnet.nodes), len(tailnet.users),
+            )
+            task_status.started(Running(cfg, tailnet, control, front, ports, nursery.cancel_scope))
+    finally:
+        with trio.CancelScope(shield=True):
+            try:
+                Path(cfg.unix_socket).unlink(missing_ok=True)
+            except OSError:
+                pass
+            store.close()
+
+
+async def serve_until_signalled(cfg: Config) -> None:
+    """The process's main: serve, and stop cleanly on SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, cfg)
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

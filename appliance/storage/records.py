@@ -1,0 +1,71 @@
+"""Rows of the store as plain dataclasses (storage functions never hand out cursors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: int
+    name: str
+    display_name: str
+    email: str
+    created_at: datetime
+    provider: str = ""
+    provider_id: str = ""
+    profile_pic_url: str = ""
+
+    @property
+    def login_name(self) -> str:
+        return self.email or self.name
+
+
+@dataclass(frozen=True, slots=True)
+class PreAuthKeyRecord:
+    id: int
+    prefix: str
+    hash: str
+    user_id: int | None
+    reusable: bool
+    ephemeral: bool
+    used: bool
+    tags: tuple[str, ...]
+    created_at: datetime
+    expiration: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    id: int
+    prefix: str
+    hash: str
+    created_at: datetime
+    expiration: datetime | None
+    last_seen: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    id: int
+    machine_key: str
+    node_key: str
+    disco_key: str
+    ipv4: str | None
+    ipv6: str | None
+    hostname: str
+    given_name: str
+    user_id: int | None
+    auth_key_id: int | None
+    tags: tuple[str, ...]
+    hostinfo: dict
+    endpoints: tuple[str, ...]
+    expiry: datetime | None
+    last_seen: datetime | None
+    created_at: datetime
+    approved_routes: tuple[str, ...] = ()
+    ephemeral: bool = False
+    register_method: str = "authkey"
+    # Not stored: how to compare two versions of a node cheaply when deciding what changed.
+    extra: dict = field(default_factory=dict, compare=False, repr=False)

@@ -1,0 +1,320 @@
+"""One SQLite connection behind a worker thread.
+
+Every public method is async and runs one short transaction in a worker thread through a
+CapacityLimiter(1), so the connection is never used by two threads at once. A transaction is
+committed before the method returns: whatever a caller acknowledges is on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import trio
+
+from .migrations import LATEST, MIGRATIONS
+from .records import ApiKeyRecord, NodeRecord, PreAuthKeyRecord, UserRecord
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StoreError(Exception):
+    """The database cannot be used (newer schema, unreadable file)."""
+
+
+class Conflict(StoreError):
+    """A write would break a uniqueness rule (name taken, address taken)."""
+
+
+def _ts(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(timezone.utc).isoformat()
+
+
+def _dt(s: str | None) -> datetime | None:
+    return None if s is None else datetime.fromisoformat(s)
+
+
+def _user(r: sqlite3.Row) -> UserRecord:
+    return UserRecord(
+        id=r["id"], name=r["name"], display_name=r["display_name"], email=r["email"],
+        created_at=_dt(r["created_at"]), provider=r["provider"], provider_id=r["provider_id"],
+        profile_pic_url=r["profile_pic_url"],
+    )
+
+
+def _preauth(r: sqlite3.Row) -> PreAuthKeyRecord:
+    return PreAuthKeyRecord(
+        id=r["id"], prefix=r["prefix"], hash=r["hash"], user_id=r["user_id"],
+        reusable=bool(r["reusable"]), ephemeral=bool(r["ephemeral"]), used=bool(r["used"]),
+        tags=tuple(json.loads(r["tags"])), created_at=_dt(r["created_at"]),
+        expiration=_dt(r["expiration"]),
+    )
+
+
+def _apikey(r: sqlite3.Row) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=r["id"], prefix=r["prefix"], hash=r["hash"], created_at=_dt(r["created_at"]),
+        expiration=_dt(r["expiration"]), last_seen=_dt(r["last_seen"]),
+    )
+
+
+def _node(r: sqlite3.Row) -> NodeRecord:
+    return NodeRecord(
+        id=r["id"], machine_key=r["machine_key"], node_key=r["node_key"],
+        disco_key=r["disco_key"], ipv4=r["ipv4"], ipv6=r["ipv6"], hostname=r["hostname"],
+        given_name=r["given_name"], user_id=r["user_id"], auth_key_id=r["auth_key_id"],
+        tags=tuple(json.loads(r["tags"])), hostinfo=json.loads(r["hostinfo"]),
+        endpoints=tuple(json.loads(r["endpoints"])), expiry=_dt(r["expiry"]),
+        last_seen=_dt(r["last_seen"]), created_at=_dt(r["created_at"]),
+        approved_routes=tuple(json.loads(r["approved_routes"])),
+        ephemeral=bool(r["ephemeral"]), register_method=r["register_method"],
+    )
+
+
+_NODE_COLUMNS = (
+    "id", "machine_key", "node_key", "disco_key", "ipv4", "ipv6", "hostname", "given_name",
+    "user_id", "auth_key_id", "tags", "hostinfo", "endpoints", "expiry", "last_seen",
+    "created_at", "approved_routes", "ephemeral", "register_method",
+)
+
+
+def _node_values(n: NodeRecord) -> tuple:
+    return (
+        n.id, n.machine_key, n.node_key, n.disco_key, n.ipv4, n.ipv6, n.hostname, n.given_name,
+        n.user_id, n.auth_key_id, json.dumps(list(n.tags)), json.dumps(n.hostinfo),
+        json.dumps(list(n.endpoints)), _ts(n.expiry), _ts(n.last_seen), _ts(n.created_at),
+        json.dumps(list(n.approved_routes)), int(n.ephemeral), n.register_method,
+    )
+
+
+def open_database(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate; raises StoreError for a newer schema."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    existed = path.exists() and path.stat().st_size > 0
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # FULL: a commit is on disk before we acknowledge it, even across power loss.
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > LATEST:
+            raise StoreError(
+                f"{path}: database schema version {version} is newer than this trioscale "
+                f"knows ({LATEST}); run the newer trioscale that wrote it, or restore a backup"
+            )
+        if version < LATEST and existed:
+            backup = path.with_name(f"{path.name}.backup-v{version}")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            shutil.copy2(path, backup)
+            log.info("migrating %s from schema %d to %d; backup at %s", path, version, LATEST, backup)
+        for number in range(version + 1, LATEST + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(MIGRATIONS[number - 1]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise StoreError(f"{path}: {e}") from e
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (sqlite3.complete_statement knows the rules)."""
+    out, cur = [], ""
+    for line in script.splitlines(keepends=True):
+        if line.lstrip().startswith("--") and not cur.strip():
+            continue
+        cur += line
+        if sqlite3.complete_statement(cur):
+            out.append(cur.strip())
+            cur = ""
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+class Store:
+    """Async facade over the connection. Owns it; ``close()`` checkpoints and closes it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._conn = open_database(self.path)
+        self._limiter = trio.CapacityLimiter(1)
+
+    def close(self) -> None:
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._conn.close()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def txn() -> T:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except sqlite3.IntegrityError as e:
+                conn.execute("ROLLBACK")
+                raise Conflict(str(e)) from e
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        return await trio.to_thread.run_sync(txn, limiter=self._limiter)
+
+    # --- loading ------------------------------------------------------------------------
+
+    async def load_all(self) -> tuple[list[UserRecord], list[NodeRecord], list[PreAuthKeyRecord]]:
+        def fn(c: sqlite3.Connection):
+            users = [_user(r) for r in c.execute("SELECT * FROM users ORDER BY id")]
+            nodes = [_node(r) for r in c.execute("SELECT * FROM nodes ORDER BY id")]
+            keys = [_preauth(r) for r in c.execute("SELECT * FROM pre_auth_keys ORDER BY id")]
+            return users, nodes, keys
+
+        return await self._run(fn)
+
+    # --- users --------------------------------------------------------------------------
+
+    async def create_user(self, name: str, display_name: str, email: str, now: datetime) -> UserRecord:
+        def fn(c: sqlite3.Connection) -> UserRecord:
+            cur = c.execute(
+                "INSERT INTO users (name, display_name, email, created_at) VALUES (?, ?, ?, ?)",
+                (name, display_name, email, _ts(now)),
+            )
+            return _user(c.execute("SELECT * FROM users WHERE id = ?", (cur.lastrowid,)).fetchone())
+
+        return await self._run(fn)
+
+    async def rename_user(self, user_id: int, new_name: str) -> None:
+        await self._run(lambda c: c.execute("UPDATE users SET name = ? WHERE id = ?", (new_name, user_id)))
+
+    async def delete_user(self, user_id: int) -> None:
+        await self._run(lambda c: c.execute("DELETE FROM users WHERE id = ?", (user_id,)))
+
+    # --- pre-auth keys ------------------------------------------------------------------
+
+    async def create_preauth_key(
+        self, prefix: str, hash_: str, user_id: int | None, reusable: bool, ephemeral: bool,
+        tags: tuple[str, ...], now: datetime, expiration: datetime | None,
+    ) -> PreAuthKeyRecord:
+        def fn(c: sqlite3.Connection) -> PreAuthKeyRecord:
+            cur = c.execute(
+                "INSERT INTO pre_auth_keys (prefix, hash, user_id, reusable, ephemeral, tags,"
+                " created_at, expiration) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (prefix, hash_, user_id, int(reusable), int(ephemeral), json.dumps(list(tags)),
+                 _ts(now), _ts(expiration)),
+            )
+            row = c.execute("SELECT * FROM pre_auth_keys WHERE id = ?", (cur.lastrowid,)).fetchone()
+            return _preauth(row)
+
+        return await self._run(fn)
+
+    async def expire_preauth_key(self, key_id: int, now: datetime) -> None:
+        await self._run(
+            lambda c: c.execute("UPDATE pre_auth_keys SET expiration = ? WHERE id = ?", (_ts(now), key_id))
+        )
+
+    async def delete_preauth_key(self, key_id: int) -> None:
+        await self._run(lambda c: c.execute("DELETE FROM pre_auth_keys WHERE id = ?", (key_id,)))
+
+    # --- nodes --------------------------------------------------------------------------
+
+    async def save_node(self, node: NodeRecord, *, mark_key_used: int | None = None) -> NodeRecord:
+        """Insert or update a node (id 0 = insert); optionally mark a pre-auth key used in the
+        same transaction, so a single-use key can never register two nodes."""
+
+        def fn(c: sqlite3.Connection) -> NodeRecord:
+            if mark_key_used is not None:
+                cur = c.execute(
+                    "UPDATE pre_auth_keys SET used = 1 WHERE id = ? AND (used = 0 OR reusable = 1)",
+                    (mark_key_used,),
+                )
+                if cur.rowcount != 1:
+                    raise Conflict("pre-auth key already used")
+            values = _node_values(node)
+            if node.id == 0:
+                cols = _NODE_COLUMNS[1:]
+                cur = c.execute(
+                    f"INSERT INTO nodes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                    values[1:],
+                )
+                node_id = cur.lastrowid
+            else:
+                sets = ", ".join(f"{col} = ?" for col in _NODE_COLUMNS[1:])
+                c.execute(f"UPDATE nodes SET {sets} WHERE id = ?", values[1:] + (node.id,))
+                node_id = node.id
+            return _node(c.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone())
+
+        return await self._run(fn)
+
+    async def delete_node(self, node_id: int) -> None:
+        await self._run(lambda c: c.execute("DELETE FROM nodes WHERE id = ?", (node_id,)))
+
+    async def touch_nodes(self, last_seen: dict[int, datetime]) -> None:
+        """Write last-seen times in one transaction (they change often; batched on purpose)."""
+
+        def fn(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE nodes SET last_seen = ? WHERE id = ?",
+                [(_ts(t), i) for i, t in last_seen.items()],
+            )
+
+        await self._run(fn)
+
+    # --- API keys -----------------------------------------------------------------------
+
+    async def create_api_key(self, prefix: str, hash_: str, now: datetime, expiration: datetime | None) -> ApiKeyRecord:
+        def fn(c: sqlite3.Connection) -> ApiKeyRecord:
+            cur = c.execute(
+                "INSERT INTO api_keys (prefix, hash, created_at, expiration) VALUES (?, ?, ?, ?)",
+                (prefix, hash_, _ts(now), _ts(expiration)),
+            )
+            return _apikey(c.execute("SELECT * FROM api_keys WHERE id = ?", (cur.lastrowid,)).fetchone())
+
+        return await self._run(fn)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        return await self._run(lambda c: [_apikey(r) for r in c.execute("SELECT * FROM api_keys ORDER BY id")])
+
+    async def expire_api_key(self, prefix: str, now: datetime) -> int:
+        return await self._run(
+            lambda c: c.execute("UPDATE api_keys SET expiration = ? WHERE prefix = ?", (_ts(now), prefix)).rowcount
+        )
+
+    # --- policy -------------------------------------------------------------------------
+
+    async def get_policy(self) -> str | None:
+        def fn(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT data FROM policies ORDER BY id DESC LIMIT 1").fetchone()
+            return None if row is None else row["data"]
+
+        return await self._run(fn)
+
+    async def set_policy(self, data: str, now: datetime) -> None:
+        await self._run(
+            lambda c: c.execute("INSERT INTO policies (data, created_at) VALUES (?, ?)", (data, _ts(now)))
+        )
+
+    async def run_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Escape hatch for maintenance code: ``fn`` runs inside one transaction."""
+        return await self._run(fn)

@@ -1,0 +1,1 @@
+"""The in-memory tailnet: users, nodes, keys; changed only through store transactions."""

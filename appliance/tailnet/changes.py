@@ -1,0 +1,131 @@
+"""The change bus: a change to the model → the open map sessions it concerns.
+
+Changes are coalesced, not queued: a session keeps one ``Pending`` record of what is dirty and
+a wake-up event; its writer sends one delta built from the *current* model, however many
+changes happened in between. A slow client therefore never makes the bus block or grow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import trio
+
+FULL = None  # a peer marked with FULL gets its whole node resent, not a patch
+
+
+@dataclass
+class Pending:
+    """What one session still has to tell its client."""
+
+    self_node: bool = False
+    everything: bool = False  # DERP map, DNS, packet filter, profiles, peer set: recompute all
+    peers: dict[int, dict | None] = field(default_factory=dict)  # node id → patch fields or FULL
+    removed: set[int] = field(default_factory=set)
+
+    def mark_peer(self, node_id: int, patch: dict | None) -> None:
+        self.removed.discard(node_id)
+        if patch is FULL:
+            self.peers[node_id] = FULL
+            return
+        if node_id in self.peers:
+            old = self.peers[node_id]
+            if old is not FULL:
+                old.update(patch)
+            return
+        self.peers[node_id] = dict(patch)
+
+    def mark_removed(self, node_id: int) -> None:
+        self.peers.pop(node_id, None)
+        self.removed.add(node_id)
+
+    def empty(self) -> bool:
+        return not (self.self_node or self.everything or self.peers or self.removed)
+
+    def take(self) -> "Pending":
+        taken = Pending(self.self_node, self.everything, self.peers, self.removed)
+        self.self_node, self.everything, self.peers, self.removed = False, False, {}, set()
+        return taken
+
+
+class SessionHandle:
+    """The bus's view of one open map stream."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.pending = Pending()
+        self._wake = trio.Event()
+        self.closed = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def wait(self) -> None:
+        await self._wake.wait()
+        self._wake = trio.Event()
+
+
+class ChangeBus:
+    def __init__(self) -> None:
+        self._sessions: dict[int, list[SessionHandle]] = {}
+
+    def open(self, node_id: int) -> SessionHandle:
+        handle = SessionHandle(node_id)
+        self._sessions.setdefault(node_id, []).append(handle)
+        return handle
+
+    def close(self, handle: SessionHandle) -> bool:
+        """Forget a session; True when it was the node's last one."""
+        handle.closed = True
+        handle.wake()
+        lst = self._sessions.get(handle.node_id, [])
+        if handle in lst:
+            lst.remove(handle)
+        if not lst:
+            self._sessions.pop(handle.node_id, None)
+            return True
+        return False
+
+    def sessions_of(self, node_id: int) -> list[SessionHandle]:
+        return list(self._sessions.get(node_id, ()))
+
+    def connected_nodes(self) -> set[int]:
+        return set(self._sessions)
+
+    def _all(self) -> Iterator[SessionHandle]:
+        for lst in self._sessions.values():
+            yield from lst
+
+    # --- what the model calls --------------------------------------------------------
+
+    def node_changed(self, node_id: int, patch: dict | None = FULL) -> None:
+        """Node ``node_id`` changed: its own sessions get a new self node (unless the change
+        is a patch only peers care about) and every other session re-judges it as a peer."""
+        for h in self._all():
+            if h.node_id == node_id:
+                if patch is FULL:
+                    h.pending.self_node = True
+                    h.wake()
+            else:
+                h.pending.mark_peer(node_id, patch)
+                h.wake()
+
+    def node_removed(self, node_id: int) -> None:
+        for h in self._all():
+            if h.node_id != node_id:
+                h.pending.mark_removed(node_id)
+                h.wake()
+
+    def everything_changed(self) -> None:
+        """Something every netmap depends on changed (policy, DNS, DERP map, users)."""
+        for h in self._all():
+            h.pending.everything = True
+            h.wake()
+
+    def recompute(self, node_ids: set[int]) -> None:
+        """These nodes' own netmaps need recomputing (their policy results changed)."""
+        for node_id in node_ids:
+            for h in self._sessions.get(node_id, ()):
+                h.pending.everything = True
+                h.wake()

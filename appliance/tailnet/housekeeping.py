@@ -1,0 +1,43 @@
+"""Periodic upkeep: ephemeral nodes removed after their inactivity timeout, key expiry
+announced the moment it passes."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import trio
+
+from .changes import FULL
+from .model import Tailnet
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0
+
+
+async def run_housekeeping(tailnet: Tailnet, ephemeral_timeout: timedelta, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    announced_expired = {i for i, n in tailnet.nodes.items() if tailnet.is_expired(n)}
+    task_status.started()
+    while True:
+        await trio.sleep(TICK)
+        now = tailnet.clock()
+        for node_id, n in list(tailnet.nodes.items()):
+            if n.ephemeral and not tailnet.is_online(node_id):
+                since = n.last_seen or n.created_at
+                if now - since >= ephemeral_timeout:
+                    log.info("removing ephemeral node %d (%s): offline since %s", node_id, n.given_name, since)
+                    try:
+                        await tailnet.delete_node(node_id)
+                    except Exception:
+                        log.exception("could not remove ephemeral node %d", node_id)
+                    continue
+            expired = tailnet.is_expired(n, now)
+            if expired and node_id not in announced_expired:
+                announced_expired.add(node_id)
+                log.info("node %d (%s): key expired", node_id, n.given_name)
+                tailnet.on_nodes_changed({node_id})
+                tailnet.bus.node_changed(node_id, FULL)
+            elif not expired:
+                announced_expired.discard(node_id)
+        announced_expired &= set(tailnet.nodes)

@@ -1,0 +1,409 @@
+"""The tailnet model: the one source netmaps are built from.
+
+Loaded from the store at start; every change goes through a method here, which writes one store
+transaction, then updates memory, then tells the change bus. That single path is where an audit
+log or webhooks can later hook in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable
+
+import trio
+
+from ..errors import AuthFailed, Conflict, Invalid, NotFound
+from ..storage import Store
+from ..storage.records import NodeRecord, PreAuthKeyRecord, UserRecord
+from ..storage.store import Conflict as StoreConflict
+from . import secrets as keysecrets
+from .addresses import AddressPool
+from .changes import FULL, ChangeBus
+from .names import check_given_name, dns_label, unique_name
+
+log = logging.getLogger(__name__)
+
+# Tailscale shows tagged nodes as owned by this synthetic user; Headscale uses the same ID.
+TAGGED_DEVICES_USER_ID = 2147455555
+TAGGED_DEVICES_LOGIN = "tagged-devices"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(microsecond=0)
+
+
+def check_tag(tag: str) -> str:
+    if not tag.startswith("tag:") or len(tag) <= 4 or any(c.isspace() for c in tag):
+        raise Invalid(f"{tag!r} is not a tag: tags look like tag:name")
+    return tag
+
+
+class Tailnet:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        v4: ipaddress.IPv4Network | None,
+        v6: ipaddress.IPv6Network | None,
+        allocation: str = "sequential",
+        node_expiry: timedelta | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.bus = ChangeBus()
+        self.clock = clock
+        self.node_expiry = node_expiry
+        self.pool4 = AddressPool(v4, allocation) if v4 else None
+        self.pool6 = AddressPool(v6, allocation) if v6 else None
+        self.users: dict[int, UserRecord] = {}
+        self.nodes: dict[int, NodeRecord] = {}
+        self.keys: dict[int, PreAuthKeyRecord] = {}
+        self._by_node_key: dict[str, int] = {}
+        self.online: dict[int, int] = {}  # node id → open map streams
+        self.version: dict[int, int] = {}  # node id → bumped on every change (mapper cache key)
+        self._lock = trio.Lock()  # one writer at a time keeps memory in step with the store
+        # Called with the ids of nodes whose policy inputs changed; set by the policy layer.
+        self.on_nodes_changed: Callable[[set[int]], None] = lambda ids: None
+        self.on_users_changed: Callable[[], None] = lambda: None
+
+    async def load(self) -> None:
+        users, nodes, keys = await self.store.load_all()
+        self.users = {u.id: u for u in users}
+        self.keys = {k.id: k for k in keys}
+        for n in nodes:
+            self._put(n)
+            for pool, addr in ((self.pool4, n.ipv4), (self.pool6, n.ipv6)):
+                if pool:
+                    pool.mark_used([addr])
+
+    def _put(self, n: NodeRecord) -> None:
+        old = self.nodes.get(n.id)
+        if old is not None and old.node_key != n.node_key:
+            self._by_node_key.pop(old.node_key, None)
+        self.nodes[n.id] = n
+        self._by_node_key[n.node_key] = n.id
+        self.version[n.id] = self.version.get(n.id, 0) + 1
+
+    def _drop(self, node_id: int) -> NodeRecord | None:
+        n = self.nodes.pop(node_id, None)
+        if n is not None:
+            self._by_node_key.pop(n.node_key, None)
+            self.version.pop(node_id, None)
+            for pool, addr in ((self.pool4, n.ipv4), (self.pool6, n.ipv6)):
+                if pool:
+                    pool.release(addr)
+        return n
+
+    # --- queries ------------------------------------------------------------------------
+
+    def node_by_key(self, node_key: str) -> NodeRecord | None:
+        i = self._by_node_key.get(node_key)
+        return None if i is None else self.nodes.get(i)
+
+    def get_node(self, node_id: int) -> NodeRecord:
+        try:
+            return self.nodes[node_id]
+        except KeyError:
+            raise NotFound(f"node {node_id} not found") from None
+
+    def find_user(self, ref: str | int) -> UserRecord:
+        """A user by ID, name or email."""
+        text = str(ref)
+        if text.isdigit() and int(text) in self.users:
+            return self.users[int(text)]
+        for u in self.users.values():
+            if u.name == text or (u.email and u.email == text):
+                return u
+        raise NotFound(f"user {text!r} not found")
+
+    def is_expired(self, n: NodeRecord, now: datetime | None = None) -> bool:
+        return n.expiry is not None and n.expiry <= (now or self.clock())
+
+    def is_online(self, node_id: int) -> bool:
+        return self.online.get(node_id, 0) > 0
+
+    def is_tagged(self, n: NodeRecord) -> bool:
+        return bool(n.tags)
+
+    # --- users --------------------------------------------------------------------------
+
+    async def create_user(self, name: str, display_name: str = "", email: str = "") -> UserRecord:
+        if not name or any(c.isspace() for c in name):
+            raise Invalid(f"{name!r} is not a valid user name (no spaces, not empty)")
+        async with self._lock:
+            if any(u.name == name for u in self.users.values()):
+                raise Conflict(f"user {name!r} already exists")
+            u = await self.store.create_user(name, display_name, email, self.clock())
+            self.users[u.id] = u
+        self.on_users_changed()
+        return u
+
+    async def rename_user(self, ref: str | int, new_name: str) -> UserRecord:
+        async with self._lock:
+            u = self.find_user(ref)
+            if any(o.name == new_name and o.id != u.id for o in self.users.values()):
+                raise Conflict(f"user {new_name!r} already exists")
+            if not new_name or any(c.isspace() for c in new_name):
+                raise Invalid(f"{new_name!r} is not a valid user name")
+            await self.store.rename_user(u.id, new_name)
+            u = dataclasses.replace(u, name=new_name)
+            self.users[u.id] = u
+            owned = {n.id for n in self.nodes.values() if n.user_id == u.id}
+        self.on_users_changed()
+        self.on_nodes_changed(owned)
+        self.bus.everything_changed()  # user profiles are in every netmap
+        return u
+
+    async def delete_user(self, ref: str | int) -> None:
+        async with self._lock:
+            u = self.find_user(ref)
+            if any(n.user_id == u.id for n in self.nodes.values()):
+                raise Conflict(f"user {u.name!r} still has nodes; delete or move them first")
+            await self.store.delete_user(u.id)
+            del self.users[u.id]
+            self.keys = {k.id: k for k in self.keys.values() if k.user_id != u.id}
+        self.on_users_changed()
+
+    # --- pre-auth keys ------------------------------------------------------------------
+
+    async def create_preauth_key(
+        self, user_ref: str | int | None, *, reusable: bool = False, ephemeral: bool = False,
+        expiration: timedelta | None = timedelta(hours=1), tags: Iterable[str] = (),
+    ) -> tuple[PreAuthKeyRecord, str]:
+        """Returns the record and the key text (shown once; only its hash is kept)."""
+        tags = tuple(sorted({check_tag(t) for t in tags}))
+        user = self.find_user(user_ref) if user_ref not in (None, "") else None
+        if user is None and not tags:
+            raise Invalid("a pre-auth key needs a user, or tags for the nodes it registers")
+        text, prefix, hashed = keysecrets.new_secret("auth")
+        now = self.clock()
+        exp = now + expiration if expiration is not None else None
+        async with self._lock:
+            rec = await self.store.create_preauth_key(
+                prefix, hashed, user.id if user else None, reusable, ephemeral, tags, now, exp
+            )
+            self.keys[rec.id] = rec
+        return rec, text
+
+    def find_preauth_key(self, ref: str) -> PreAuthKeyRecord:
+        """By ID, prefix or full key text."""
+        prefix = keysecrets.split_prefix("auth", ref) or ref
+        for k in self.keys.values():
+            if str(k.id) == ref or k.prefix == prefix:
+                return k
+        raise NotFound(f"pre-auth key {ref[:24]!r} not found")
+
+    async def expire_preauth_key(self, ref: str) -> PreAuthKeyRecord:
+        async with self._lock:
+            k = self.find_preauth_key(ref)
+            now = self.clock()
+            await self.store.expire_preauth_key(k.id, now)
+            k = dataclasses.replace(k, expiration=now)
+            self.keys[k.id] = k
+        return k
+
+    def check_preauth_key(self, text: str) -> PreAuthKeyRecord:
+        """The key record for a key a client presented; raises AuthFailed with the reason."""
+        prefix = keysecrets.split_prefix("auth", text)
+        rec = None
+        if prefix is not None:
+            rec = next((k for k in self.keys.values() if k.prefix == prefix), None)
+        if rec is None or not keysecrets.matches(text, rec.hash):
+            raise AuthFailed("invalid key: this auth key is not known to the server")
+        if rec.expiration is not None and rec.expiration <= self.clock():
+            raise AuthFailed("invalid key: this auth key has expired")
+        if rec.used and not rec.reusable:
+            raise AuthFailed("invalid key: this single-use auth key has already been used")
+        return rec
+
+    # --- nodes: registration ------------------------------------------------------------
+
+    async def register_with_key(
+        self, key: PreAuthKeyRecord, *, machine_key: str, node_key: str, old_node_key: str | None,
+        hostinfo: dict, ephemeral_request: bool = False,
+    ) -> NodeRecord:
+        """Create the node, or re-authenticate the machine's existing node (same ID, same
+        addresses, same name), consuming the key in the same transaction."""
+        return await self._register(
+            machine_key=machine_key, node_key=node_key, old_node_key=old_node_key,
+            hostinfo=hostinfo, user_id=key.user_id, tags=key.tags,
+            ephemeral=key.ephemeral or ephemeral_request, key=key, method="authkey",
+        )
+
+    async def register_interactive(
+        self, user_ref: str | int, *, machine_key: str, node_key: str, hostinfo: dict
+    ) -> NodeRecord:
+        """An admin approved a pending interactive login for ``user_ref``."""
+        user = self.find_user(user_ref)
+        return await self._register(
+            machine_key=machine_key, node_key=node_key, old_node_key=None, hostinfo=hostinfo,
+            user_id=user.id, tags=(), ephemeral=False, key=None, method="cli",
+        )
+
+    async def _register(
+        self, *, machine_key: str, node_key: str, old_node_key: str | None, hostinfo: dict,
+        user_id: int | None, tags: tuple[str, ...], ephemeral: bool,
+        key: PreAuthKeyRecord | None, method: str,
+    ) -> NodeRecord:
+        hostname = str(hostinfo.get("Hostname") or "")
+        async with self._lock:
+            now = self.clock()
+            expiry = now + self.node_expiry if self.node_expiry else None
+            existing = self._find_reauth_target(machine_key, node_key, old_node_key, user_id, tags)
+            key_id = key.id if key else None
+            if existing is not None:
+                rec = dataclasses.replace(
+                    existing, node_key=node_key, hostinfo=hostinfo or existing.hostinfo,
+                    hostname=hostname or existing.hostname, expiry=expiry,
+                    auth_key_id=key_id if key_id is not None else existing.auth_key_id,
+                    tags=tags or existing.tags,
+                    user_id=user_id if user_id is not None else existing.user_id,
+                    register_method=method,
+                )
+            else:
+                taken = {n.given_name for n in self.nodes.values()}
+                v4 = self.pool4.allocate() if self.pool4 else None
+                v6 = self.pool6.allocate() if self.pool6 else None
+                rec = NodeRecord(
+                    id=0, machine_key=machine_key, node_key=node_key, disco_key="",
+                    ipv4=str(v4) if v4 else None, ipv6=str(v6) if v6 else None,
+                    hostname=hostname, given_name=unique_name(dns_label(hostname), taken),
+                    user_id=user_id, auth_key_id=key_id, tags=tags, hostinfo=hostinfo,
+                    endpoints=(), expiry=expiry, last_seen=None, created_at=now,
+                    ephemeral=ephemeral, register_method=method,
+                )
+            try:
+                saved = await self.store.save_node(rec, mark_key_used=key_id)
+            except StoreConflict as e:
+                if existing is None:
+                    for pool, addr in ((self.pool4, rec.ipv4), (self.pool6, rec.ipv6)):
+                        if pool:
+                            pool.release(addr)
+                raise AuthFailed("invalid key: this single-use auth key has already been used") from e
+            if key is not None:
+                self.keys[key.id] = dataclasses.replace(key, used=True)
+            self._put(saved)
+        self._announce(saved.id, existing is None)
+        return saved
+
+    def _find_reauth_target(
+        self, machine_key: str, node_key: str, old_node_key: str | None, user_id: int | None,
+        tags: tuple[str, ...],
+    ) -> NodeRecord | None:
+        for candidate_key in (node_key, old_node_key):
+            n = self.node_by_key(candidate_key) if candidate_key else None
+            if n is not None and n.machine_key == machine_key:
+                return n
+        # A machine that logged out and logs in again for the same owner keeps its node.
+        for n in self.nodes.values():
+            if n.machine_key == machine_key and (
+                (user_id is not None and n.user_id == user_id) or (tags and n.tags)
+            ):
+                return n
+        return None
+
+    async def rotate_node_key(self, node: NodeRecord, new_node_key: str, hostinfo: dict | None) -> NodeRecord:
+        """Seamless key renewal: same node, same addresses, new node key."""
+        async with self._lock:
+            now = self.clock()
+            rec = dataclasses.replace(
+                node, node_key=new_node_key, hostinfo=hostinfo or node.hostinfo,
+                expiry=now + self.node_expiry if self.node_expiry else node.expiry,
+            )
+            saved = await self.store.save_node(rec)
+            self._put(saved)
+        self._announce(saved.id, False)
+        return saved
+
+    async def logout(self, node: NodeRecord, when: datetime) -> None:
+        """The client asked to log out: its key is expired (or an ephemeral node deleted)."""
+        if node.ephemeral:
+            await self.delete_node(node.id)
+            return
+        await self.update_node(node.id, expiry=when)
+
+    # --- nodes: changes -----------------------------------------------------------------
+
+    async def update_node(self, node_id: int, *, patch: dict | None = FULL, **changes) -> NodeRecord:
+        """Write ``changes`` (NodeRecord fields) and tell the bus; ``patch`` says which
+        PeersChangedPatch fields describe the change, or FULL for a whole-node resend."""
+        async with self._lock:
+            n = self.get_node(node_id)
+            rec = dataclasses.replace(n, **changes)
+            if rec == n:
+                return n
+            saved = await self.store.save_node(rec)
+            self._put(saved)
+        if patch is FULL:
+            self._announce(node_id, False)
+        elif patch:
+            self.bus.node_changed(node_id, patch)
+        return saved
+
+    def _announce(self, node_id: int, new: bool) -> None:
+        self.on_nodes_changed({node_id})
+        self.bus.node_changed(node_id, FULL)
+
+    async def delete_node(self, node_id: int) -> NodeRecord:
+        async with self._lock:
+            n = self.get_node(node_id)
+            await self.store.delete_node(node_id)
+            self._drop(node_id)
+        self.on_nodes_changed({node_id})
+        self.bus.node_removed(node_id)
+        for h in self.bus.sessions_of(node_id):
+            h.pending.self_node = True  # its stream learns it is gone and ends
+            h.wake()
+        return n
+
+    async def expire_node(self, node_id: int) -> NodeRecord:
+        return await self.update_node(node_id, expiry=self.clock())
+
+    async def rename_node(self, node_id: int, new_name: str) -> NodeRecord:
+        check_given_name(new_name)
+        if any(n.given_name == new_name and n.id != node_id for n in self.nodes.values()):
+            raise Conflict(f"the name {new_name!r} is taken by another node")
+        return await self.update_node(node_id, given_name=new_name)
+
+    async def set_tags(self, node_id: int, tags: Iterable[str]) -> NodeRecord:
+        tags = tuple(sorted({check_tag(t) for t in tags}))
+        return await self.update_node(node_id, tags=tags)
+
+    async def move_node(self, node_id: int, user_ref: str | int) -> NodeRecord:
+        u = self.find_user(user_ref)
+        return await self.update_node(node_id, user_id=u.id)
+
+    async def set_approved_routes(self, node_id: int, routes: Iterable[str]) -> NodeRecord:
+        clean = []
+        for r in routes:
+            try:
+                clean.append(str(ipaddress.ip_network(r, strict=False)))
+            except ValueError:
+                raise Invalid(f"{r!r} is not a route (a prefix like 10.0.0.0/24)") from None
+        return await self.update_node(node_id, approved_routes=tuple(sorted(set(clean))))
+
+    # --- online status ------------------------------------------------------------------
+
+    def stream_opened(self, node_id: int) -> bool:
+        """Count a map stream; True when the node just came online."""
+        self.online[node_id] = self.online.get(node_id, 0) + 1
+        if self.online[node_id] == 1:
+            self.bus.node_changed(node_id, {"Online": True})
+            return True
+        return False
+
+    async def stream_closed(self, node_id: int) -> None:
+        left = self.online.get(node_id, 1) - 1
+        if left > 0:
+            self.online[node_id] = left
+            return
+        self.online.pop(node_id, None)
+        if node_id not in self.nodes:
+            return
+        now = self.clock()
+        # LastSeen first so peers' patch carries the time it went away.
+        await self.update_node(node_id, last_seen=now, patch={"LastSeen": now})
+        self.bus.node_changed(node_id, {"Online": False})
