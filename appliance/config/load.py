@@ -124,7 +124,7 @@ def config_from_dict(
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"the configuration must be a mapping of keys to values, got {type(data).__name__}")
-    values, written = _flatten(data)
+    values, written = _flatten(data, file)
     reader = _Reader(values, written, base=file.parent if file else Path.cwd(), env=env)
     return _build(reader, file)
 
@@ -134,7 +134,7 @@ def config_from_dict(
 _UNSET = object()
 
 
-def _flatten(data: dict) -> tuple[dict[str, object], dict[str, str]]:
+def _flatten(data: dict, file: Path | None) -> tuple[dict[str, object], dict[str, str]]:
     """The document's leaves by canonical dotted key, and the key as written."""
     found: dict[str, object] = {}
     unknown: list[str] = []
@@ -174,10 +174,11 @@ def _flatten(data: dict) -> tuple[dict[str, object], dict[str, str]]:
     if "randomize_client_port" in found:
         deprecated.append('randomize_client_port (ignored: set "randomizeClientPort": true in the policy)')
 
+    where = file or "configuration"
     if unknown:
-        log.warning("unknown configuration keys, ignored: %s", ", ".join(unknown))
+        log.warning("%s: unknown configuration keys, ignored: %s", where, ", ".join(unknown))
     if deprecated:
-        log.warning("deprecated configuration keys: %s", "; ".join(deprecated))
+        log.warning("%s: deprecated configuration keys: %s", where, "; ".join(deprecated))
     return values, written
 
 

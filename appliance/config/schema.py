@@ -82,7 +82,11 @@ def _str_map(value: object, key: str) -> dict[str, str]:
 
 
 def _scalar(value: object, key: str) -> object:
-    if isinstance(value, (str, bool, int, float)):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)  # not the YAML reader's SourceInt
+    if isinstance(value, (str, float)):
         return value
     raise v.key_error(key, "a string, number or true/false", value)
 

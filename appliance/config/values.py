@@ -49,6 +49,8 @@ def parse_duration(value: object, key: str) -> timedelta:
     if text.startswith("-"):
         raise key_error(key, f"a non-negative duration, {_DURATION_EXAMPLE}", value)
     body = text[1:] if text.startswith("+") else text
+    if re.fullmatch(r"\d+(?:\.\d*)?", body):
+        raise key_error(key, f"{_DURATION_EXAMPLE} (a number needs a unit)", value)
     pos = 0
     seconds = 0.0
     micros = 0
@@ -133,6 +135,11 @@ def parse_permission(value: object, key: str) -> int:
     """A file mode written in octal: ``"0770"``, ``"770"``, ``"0o770"`` or unquoted ``0770``."""
     if isinstance(value, SourceInt):
         text = value.source
+    elif isinstance(value, int) and not isinstance(value, bool):
+        # a mode handed over from Python (config_from_dict), not from YAML
+        if not 0 <= value <= 0o7777:
+            raise key_error(key, "a file mode between 0 and 0o7777", value)
+        return value
     elif isinstance(value, str):
         text = value.strip()
     else:
