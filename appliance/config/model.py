@@ -1,0 +1,143 @@
+"""The typed configuration: frozen dataclasses, one per Headscale section."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+# Headscale's log levels (zerolog) onto Python's. "trace" has no Python level
+# of its own; 5 sits below DEBUG so that handlers set to DEBUG skip it.
+LOG_LEVELS: dict[str, int] = {
+    "trace": 5,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "fatal": logging.CRITICAL,
+    "panic": logging.CRITICAL,
+    "disabled": logging.CRITICAL + 10,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixesConfig:
+    v4: ipaddress.IPv4Network | None
+    v6: ipaddress.IPv6Network | None
+    allocation: Literal["sequential", "random"]
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    type: Literal["sqlite"]
+    sqlite_path: Path
+    write_ahead_log: bool
+    wal_autocheckpoint: int  # pages; 0 turns automatic checkpoints off
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    expiry: timedelta | None  # None: nodes get no default key expiry
+    ephemeral_inactivity_timeout: timedelta
+    routes_ha_probe_interval: timedelta  # zero: HA probing is off
+    routes_ha_probe_timeout: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class DNSSettings:
+    magic_dns: bool
+    base_domain: str  # "" only when magic_dns is off
+    override_local_dns: bool
+    nameservers_global: tuple[str, ...]
+    nameservers_split: dict[str, tuple[str, ...]]
+    search_domains: tuple[str, ...]
+    extra_records: tuple[dict[str, str], ...]  # each {"name", "type", "value"}
+    extra_records_path: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class DERPSettings:
+    server_enabled: bool
+    region_id: int
+    region_code: str
+    region_name: str
+    stun_listen_addr: str | None
+    private_key_path: Path
+    verify_clients: bool
+    ipv4: str | None
+    ipv6: str | None
+    automatically_add_embedded_derp_region: bool
+    urls: tuple[str, ...]
+    paths: tuple[Path, ...]
+    auto_update_enabled: bool
+    update_frequency: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySettings:
+    mode: Literal["file", "database"]
+    path: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    level: str  # one of LOG_LEVELS, lower case
+    format: Literal["text", "json"]
+
+    @property
+    def level_no(self) -> int:
+        """``level`` as a number for the ``logging`` module."""
+        return LOG_LEVELS[self.level]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSSettings:
+    cert_path: Path | None
+    key_path: Path | None
+    letsencrypt_hostname: str | None
+    letsencrypt_challenge_type: Literal["HTTP-01", "TLS-ALPN-01"]
+    letsencrypt_listen: str
+    letsencrypt_cache_dir: Path
+    acme_url: str
+    acme_email: str | None
+
+    @property
+    def uses_letsencrypt(self) -> bool:
+        return self.letsencrypt_hostname is not None
+
+    @property
+    def uses_files(self) -> bool:
+        return self.cert_path is not None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether we terminate TLS ourselves (otherwise we serve plain HTTP)."""
+        return self.uses_letsencrypt or self.uses_files
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path | None
+    server_url: str
+    listen_addr: str
+    metrics_listen_addr: str | None
+    data_dir: Path
+    noise_private_key_path: Path
+    prefixes: PrefixesConfig
+    database: DatabaseConfig
+    unix_socket: Path
+    unix_socket_permission: int
+    node: NodeConfig
+    dns: DNSSettings
+    derp: DERPSettings
+    policy: PolicySettings
+    log: LogSettings
+    tls: TLSSettings
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # Headscale keys we accept but do not act on (yet), by dotted key:
+    # "grpc_listen_addr", "oidc.issuer", "taildrop.enabled", ... Holds the
+    # value from the file, or Headscale's default where it has one.
+    extras: dict[str, Any] = field(default_factory=dict)
