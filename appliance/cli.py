@@ -1,0 +1,338 @@
+"""``trioscale``: the server and its admin CLI, with Headscale's verbs and flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from . import __version__
+from .adminclient import AdminClient, APIError, ServerUnreachable
+from .config import ConfigError, config_to_yaml, load_config, parse_duration
+
+
+def _with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    # SUPPRESS: a -c given after the verb must not be reset by the subparser's default,
+    # so it works before or after the verb, like Headscale's persistent flag.
+    p.add_argument("-c", "--config", default=argparse.SUPPRESS, help="config file (default: $TRIOSCALE_CONFIG, /etc/trioscale/config.yaml)")
+    return p
+
+
+def _with_output(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("-o", "--output", choices=["json", "json-line", "yaml", "table"], default="table")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    top = _with_config(argparse.ArgumentParser(prog="trioscale", description=__doc__))
+    sub = top.add_subparsers(dest="cmd", required=True)
+
+    def cmd(parent, name: str, fn: Callable, help: str, aliases=(), output=False):
+        p = _with_config(parent.add_parser(name, help=help, aliases=list(aliases)))
+        if output:
+            _with_output(p)
+        p.set_defaults(fn=fn)
+        return p
+
+    cmd(sub, "serve", do_serve, "run the server")
+    cmd(sub, "configtest", do_configtest, "check the configuration and print the effective one")
+    cmd(sub, "version", do_version, "print the version", output=True)
+
+    users = _with_config(sub.add_parser("users", aliases=["user"], help="manage users")).add_subparsers(dest="sub", required=True)
+    p = cmd(users, "create", users_create, "create a user")
+    p.add_argument("name")
+    p.add_argument("--email", "-e", default="")
+    p.add_argument("--display-name", "-d", default="")
+    p.add_argument("--picture-url", "-p", default="")
+    cmd(users, "list", users_list, "list users", aliases=["ls"], output=True)
+    p = cmd(users, "rename", users_rename, "rename a user")
+    p.add_argument("old", nargs="?")
+    p.add_argument("new", nargs="?")
+    p.add_argument("-i", "--identifier", type=int)
+    p.add_argument("-n", "--name")
+    p.add_argument("-r", "--new-name")
+    p = cmd(users, "destroy", users_destroy, "delete a user", aliases=["delete"])
+    p.add_argument("user", nargs="?")
+    p.add_argument("-i", "--identifier", type=int)
+    p.add_argument("-n", "--name")
+    p.add_argument("--force", action="store_true", help="accepted for Headscale compatibility")
+
+    keys = _with_config(sub.add_parser("preauthkeys", aliases=["preauthkey"], help="manage pre-auth keys")).add_subparsers(dest="sub", required=True)
+    p = cmd(keys, "create", keys_create, "create a pre-auth key (printed alone on stdout)", output=True)
+    p.add_argument("-u", "--user")
+    p.add_argument("--reusable", action="store_true")
+    p.add_argument("--ephemeral", action="store_true")
+    p.add_argument("-e", "--expiration", default="1h", help="how long the key stays valid (Go duration, e.g. 1h, 90d)")
+    p.add_argument("--tags", default="", help="comma-separated tags for the nodes it registers")
+    p = cmd(keys, "list", keys_list, "list pre-auth keys", aliases=["ls"], output=True)
+    p.add_argument("-u", "--user")
+    p = cmd(keys, "expire", keys_expire, "expire a pre-auth key")
+    p.add_argument("key")
+    p.add_argument("-u", "--user")
+
+    nodes = _with_config(sub.add_parser("nodes", aliases=["node", "machines"], help="manage nodes")).add_subparsers(dest="sub", required=True)
+    p = cmd(nodes, "list", nodes_list, "list nodes", aliases=["ls"], output=True)
+    p.add_argument("-u", "--user")
+    p = cmd(nodes, "delete", nodes_delete, "delete a node")
+    p.add_argument("-i", "--identifier", type=int, required=True)
+    p.add_argument("--force", action="store_true", help="accepted for Headscale compatibility")
+    p = cmd(nodes, "expire", nodes_expire, "expire a node's key (log it out)", aliases=["logout"])
+    p.add_argument("-i", "--identifier", type=int, required=True)
+    p = cmd(nodes, "rename", nodes_rename, "rename a node")
+    p.add_argument("-i", "--identifier", type=int, required=True)
+    p.add_argument("new_name")
+    p = cmd(nodes, "tag", nodes_tag, "set a node's tags")
+    p.add_argument("-i", "--identifier", type=int, required=True)
+    p.add_argument("-t", "--tags", action="append", default=[])
+    p = cmd(nodes, "move", nodes_move, "move a node to another user")
+    p.add_argument("-i", "--identifier", type=int, required=True)
+    p.add_argument("-u", "--user", required=True)
+    p = cmd(nodes, "register", nodes_register, "approve an interactive login")
+    p.add_argument("-u", "--user", required=True)
+    p.add_argument("-k", "--key", required=True)
+    p = cmd(nodes, "approve-routes", nodes_approve_routes, "set a node's approved routes")
+    p.add_argument("-i", "--identifier", type=int, required=True)
+    p.add_argument("-r", "--routes", default="", help="comma-separated prefixes; empty removes all")
+    return top
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _config(args):
+    return load_config(getattr(args, "config", None))
+
+
+def _client(args) -> AdminClient:
+    return AdminClient(_config(args).unix_socket)
+
+
+def _emit(args, doc: Any, rows: list[list[Any]] | None = None, header: list[str] | None = None) -> None:
+    fmt = getattr(args, "output", "table")
+    if fmt == "json":
+        print(json.dumps(doc, indent=2))
+    elif fmt == "json-line":
+        print(json.dumps(doc))
+    elif fmt == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+    elif rows is not None:
+        table = [header or []] + [["" if c is None else str(c) for c in r] for r in rows]
+        widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+        for r in table:
+            print(" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    else:
+        print(doc)
+
+
+def _user_ref(args, value: str | None) -> str:
+    if not value:
+        raise SystemExit("trioscale: --user is required")
+    return value
+
+
+def _user_id(client: AdminClient, ref: str) -> str:
+    users = client.call("GET", "/api/v1/user")["users"]
+    for u in users:
+        if ref in (u["id"], u["name"], u["email"]):
+            return u["id"]
+    raise APIError(404, f"user {ref!r} not found")
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def do_serve(args) -> int:
+    import trio
+
+    from .serve import serve_until_signalled
+
+    cfg = _config(args)
+    setup_logging(cfg.log.level_no, cfg.log.format)
+    trio.run(serve_until_signalled, cfg)
+    return 0
+
+
+def do_configtest(args) -> int:
+    cfg = _config(args)
+    print(config_to_yaml(cfg, redact=True), end="")
+    print(f"# configuration OK{(' (' + str(cfg.path) + ')') if cfg.path else ' (embedded defaults)'}", file=sys.stderr)
+    return 0
+
+
+def do_version(args) -> int:
+    if args.output == "table":
+        print(__version__)
+    else:
+        _emit(args, {"version": __version__})
+    return 0
+
+
+def users_create(args) -> int:
+    doc = _client(args).call("POST", "/api/v1/user", {
+        "name": args.name, "email": args.email, "displayName": args.display_name, "pictureUrl": args.picture_url,
+    })
+    print(f"User created: {doc['user']['name']} (id {doc['user']['id']})")
+    return 0
+
+
+def users_list(args) -> int:
+    doc = _client(args).call("GET", "/api/v1/user")
+    rows = [[u["id"], u["name"], u["displayName"], u["email"], u["createdAt"]] for u in doc["users"]]
+    _emit(args, doc["users"], rows, ["ID", "Name", "Display name", "Email", "Created"])
+    return 0
+
+
+def users_rename(args) -> int:
+    client = _client(args)
+    old = str(args.identifier) if args.identifier is not None else (args.name or args.old)
+    new = args.new_name or (args.new if args.old is not None and args.name is None and args.identifier is None else args.old)
+    if args.new_name is None and args.new is not None:
+        new = args.new
+    if not old or not new:
+        raise SystemExit("trioscale: usage: users rename OLD NEW  (or -i ID / -n OLD with -r NEW)")
+    uid = _user_id(client, old)
+    doc = client.call("POST", f"/api/v1/user/{uid}/rename/{new}")
+    print(f"User renamed to {doc['user']['name']}")
+    return 0
+
+
+def users_destroy(args) -> int:
+    client = _client(args)
+    ref = str(args.identifier) if args.identifier is not None else (args.name or args.user)
+    if not ref:
+        raise SystemExit("trioscale: which user? (NAME, -i ID or -n NAME)")
+    uid = _user_id(client, ref)
+    client.call("DELETE", f"/api/v1/user/{uid}")
+    print("User destroyed")
+    return 0
+
+
+def keys_create(args) -> int:
+    client = _client(args)
+    expiration = parse_duration(args.expiration, "--expiration")
+    when = datetime.now(timezone.utc) + expiration
+    tags = [t.strip() for t in args.tags.split(",") if t.strip()]
+    body = {
+        "user": _user_id(client, args.user) if args.user else None,
+        "reusable": args.reusable, "ephemeral": args.ephemeral,
+        "expiration": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "aclTags": tags,
+    }
+    doc = client.call("POST", "/api/v1/preauthkey", body)
+    if args.output == "table":
+        print(doc["preAuthKey"]["key"])  # alone on stdout, for $(trioscale preauthkeys create ...)
+    else:
+        _emit(args, doc["preAuthKey"])
+    return 0
+
+
+def keys_list(args) -> int:
+    client = _client(args)
+    path = "/api/v1/preauthkey"
+    if args.user:
+        path += f"?user={_user_id(client, args.user)}"
+    keys = client.call("GET", path)["preAuthKeys"]
+    rows = [[k["id"], k["key"], (k["user"] or {}).get("name", ""), k["reusable"], k["ephemeral"], k["used"],
+             k["expiration"], ",".join(k["aclTags"])] for k in keys]
+    _emit(args, keys, rows, ["ID", "Key", "User", "Reusable", "Ephemeral", "Used", "Expiration", "Tags"])
+    return 0
+
+
+def keys_expire(args) -> int:
+    _client(args).call("POST", "/api/v1/preauthkey/expire", {"key": args.key, "user": args.user})
+    print("Key expired")
+    return 0
+
+
+def nodes_list(args) -> int:
+    client = _client(args)
+    path = "/api/v1/node"
+    if args.user:
+        path += f"?user={_user_id(client, args.user)}"
+    nodes = client.call("GET", path)["nodes"]
+    rows = [[n["id"], n["givenName"], n["name"], (n["user"] or {}).get("name", ""), ", ".join(n["ipAddresses"]),
+             ",".join(n["tags"]), "online" if n["online"] else "offline", "yes" if n["expired"] else "no", n["lastSeen"]]
+            for n in nodes]
+    _emit(args, nodes, rows, ["ID", "Name", "Hostname", "User", "IP addresses", "Tags", "Connected", "Expired", "Last seen"])
+    return 0
+
+
+def _node_cmd(args, method: str, suffix: str, body: Any = None, message: str = "") -> int:
+    doc = _client(args).call(method, f"/api/v1/node/{args.identifier}{suffix}", body)
+    print(message or "OK")
+    return 0
+
+
+def nodes_delete(args) -> int:
+    return _node_cmd(args, "DELETE", "", message="Node deleted")
+
+
+def nodes_expire(args) -> int:
+    return _node_cmd(args, "POST", "/expire", message="Node expired")
+
+
+def nodes_rename(args) -> int:
+    return _node_cmd(args, "POST", f"/rename/{args.new_name}", message="Node renamed")
+
+
+def nodes_tag(args) -> int:
+    tags = [t.strip() for group in args.tags for t in group.split(",") if t.strip()]
+    return _node_cmd(args, "POST", "/tags", {"tags": tags}, message="Node tagged")
+
+
+def nodes_move(args) -> int:
+    client = _client(args)
+    client.call("POST", f"/api/v1/node/{args.identifier}/user", {"user": _user_id(client, args.user)})
+    print("Node moved")
+    return 0
+
+
+def nodes_register(args) -> int:
+    doc = _client(args).call("POST", f"/api/v1/node/register?user={args.user}&key={args.key}")
+    print(f"Node {doc['node']['givenName']} registered")
+    return 0
+
+
+def nodes_approve_routes(args) -> int:
+    routes = [r.strip() for r in args.routes.split(",") if r.strip()]
+    return _node_cmd(args, "POST", "/approve_routes", {"routes": routes}, message="Routes approved")
+
+
+def setup_logging(level: int, fmt: str) -> None:
+    if fmt == "json":
+        class _Json(logging.Formatter):
+            def format(self, record: logging.LogRecord) -> str:
+                return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
+                                   "logger": record.name, "message": record.getMessage()})
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(_Json())
+        logging.basicConfig(level=level, handlers=[handler], force=True)
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except ConfigError as e:
+        print(f"trioscale: configuration error: {e}", file=sys.stderr)
+        return 1
+    except ServerUnreachable as e:
+        print(f"trioscale: {e}", file=sys.stderr)
+        return 1
+    except APIError as e:
+        print(f"trioscale: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

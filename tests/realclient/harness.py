@@ -1,0 +1,213 @@
+"""Run trioscale and official tailscaled processes in a network namespace of their own.
+
+Everything the tests start lives in one namespace with only loopback and a veth pair whose
+ends are both inside it (tailscaled judges a loopback-only host offline; see
+shared/docs/testing-with-real-clients.md). Nothing can leave it. The tests talk to the server
+through its admin socket and to each client through its LocalAPI socket: unix sockets live in
+the filesystem, so they work across namespaces.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+CLIENT_ENV = {
+    "TS_ASSUME_NETWORK_UP_FOR_TEST": "1",
+    "TS_DISABLE_PORTMAPPER": "1",
+    "TS_PANIC_IF_HIT_MAIN_CONTROL": "1",
+}
+
+
+def wait_until(fn: Callable[[], Any], timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll ``fn`` until it returns something truthy; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = fn()
+        except Exception as e:  # the thing polled may not be up yet
+            last = e
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+class Netns:
+    def __init__(self) -> None:
+        self.name = f"trioscale-test-{secrets.token_hex(4)}"
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        for cmd in (
+            ["ip", "link", "set", "lo", "up"],
+            ["ip", "link", "add", "ts0", "type", "veth", "peer", "name", "ts1"],
+            # An address with no route out: the client counts itself online, nothing leaves.
+            ["ip", "addr", "add", "10.255.255.1/32", "dev", "ts0"],
+            ["ip", "link", "set", "ts0", "up"],
+            ["ip", "link", "set", "ts1", "up"],
+        ):
+            subprocess.run(self.wrap(cmd), check=True, capture_output=True)
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *argv]
+
+    def close(self) -> None:
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+
+def netns_available() -> str | None:
+    """None when network namespaces can be made here, else why not."""
+    if os.geteuid() != 0:
+        return "the real-client tests make a network namespace, which needs root"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"`ip netns` does not work here: {probe.stderr.strip()}"
+    return None
+
+
+class Server:
+    """A trioscale process inside the namespace."""
+
+    def __init__(self, ns: Netns, workdir: Path, port: int = 8080, overrides: dict | None = None) -> None:
+        self.ns = ns
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.config_path = self.dir / "config.yaml"
+        cfg: dict[str, Any] = {
+            "server_url": self.url,
+            "listen_addr": f"127.0.0.1:{port}",
+            "data_dir": str(self.dir / "data"),
+            "unix_socket": str(self.dir / "data" / "trioscale.sock"),
+            "dns": {"base_domain": "ts.test", "override_local_dns": False},
+            "derp": {"server": {"enabled": False}},
+            "log": {"level": "debug"},
+        }
+        _merge(cfg, overrides or {})
+        self.config_path.write_text(yaml.safe_dump(cfg))
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.dir / "server.log"
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.ns.wrap([sys.executable, "-m", "appliance", "serve", "-c", str(self.config_path)]),
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        wait_until(lambda: self.cli_ok("users", "list"), 20, what="trioscale to answer on its socket")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "appliance", "-c", str(self.config_path), *args],
+            cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"trioscale {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc
+
+    def cli_ok(self, *args: str) -> bool:
+        return self.cli(*args, check=False).returncode == 0
+
+    def cli_json(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "-o", "json").stdout)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Node:
+    """One official tailscaled (userspace networking) and its CLI."""
+
+    def __init__(self, ns: Netns, workdir: Path, name: str, binaries: tuple[Path, Path],
+                 env: dict[str, str] | None = None, socks_port: int | None = None) -> None:
+        self.ns = ns
+        self.name = name
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.socket = self.dir / "tailscaled.sock"
+        self.cli_bin, self.daemon_bin = binaries
+        self.env = {**os.environ, **CLIENT_ENV, **(env or {})}
+        self.socks_port = socks_port
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        argv = [
+            str(self.daemon_bin), "--tun=userspace-networking", "--no-logs-no-support", "--port=0",
+            f"--statedir={self.dir}", f"--socket={self.socket}",
+        ]
+        if self.socks_port:
+            argv.append(f"--socks5-server=127.0.0.1:{self.socks_port}")
+        log = open(self.dir / "tailscaled.log", "ab")
+        self.proc = subprocess.Popen(self.ns.wrap(argv), stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        wait_until(lambda: self.socket.exists(), 15, what=f"{self.name}'s tailscaled socket")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def ts(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [str(self.cli_bin), f"--socket={self.socket}", *args],
+            capture_output=True, text=True, timeout=timeout, env=self.env,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{self.name}: tailscale {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()} {proc.stdout.strip()}")
+        return proc
+
+    def up(self, server: Server, authkey: str | None, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
+        args = ["up", f"--login-server={server.url}", f"--hostname={self.name}", "--timeout=60s", *extra]
+        if authkey is not None:
+            args.append(f"--authkey={authkey}")
+        return self.ts(*args, timeout=90, check=check)
+
+    def status(self) -> dict:
+        return json.loads(self.ts("status", "--json").stdout)
+
+    def peers(self) -> dict[str, dict]:
+        """Peers by host name."""
+        return {p["HostName"]: p for p in (self.status().get("Peer") or {}).values()}
+
+    def ips(self) -> list[str]:
+        return self.status()["Self"]["TailscaleIPs"]
+
+    def ping(self, ip: str, count: int = 5) -> str:
+        """The output of `tailscale ping`; judge by its pong line, not the exit status."""
+        return self.ts("ping", f"-c={count}", "--timeout=5s", ip, check=False, timeout=60).stdout
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
