@@ -354,7 +354,8 @@ def encode(msg: Frame) -> bytes:
 # Decoding
 
 
-def _parse(ftype: int, p: bytes) -> Frame:
+def parse_payload(ftype: int, p: bytes) -> Frame:
+    """Turn one frame's type and payload into its message. Raises ProtocolError."""
     n = len(p)
     if ftype == 0x04:
         if n < KEY_LEN:
@@ -462,34 +463,49 @@ class FrameDecoder:
         """Bytes received but not yet returned as events."""
         return len(self._buf) - self._pos
 
+    def next_raw(self) -> tuple[int, bytes] | None:
+        """The next complete frame as ``(type, payload)``, or None if more bytes are needed.
+
+        The relay's hot path uses this to skip building a message object per packet. Raises
+        ProtocolError on an oversized header or EOF inside a frame.
+        """
+        buf = self._buf
+        pos = self._pos
+        blen = len(buf)
+        if blen - pos < HEADER_LEN:
+            if self._eof and blen - pos:
+                raise ProtocolError("EOF inside a frame header")
+            return None
+        ftype, length = _HDR.unpack_from(buf, pos)
+        if length > self._limits.get(ftype, self._unknown_limit):
+            raise FrameTooLarge(
+                "frame type 0x%02x of %d bytes exceeds %d"
+                % (ftype, length, self._limits.get(ftype, self._unknown_limit))
+            )
+        end = pos + HEADER_LEN + length
+        if end > blen:
+            if self._eof:
+                raise ProtocolError("EOF inside a frame body")
+            return None
+        with memoryview(buf) as view:
+            payload = bytes(view[pos + HEADER_LEN : end])  # one copy, out of the buffer
+        if end == blen:
+            buf.clear()
+            self._pos = 0
+        else:
+            self._pos = end
+        return ftype, payload
+
     def next_event(self) -> Frame | _NeedData:
         """Return the next complete frame, or NEED_DATA.
 
         Raises ProtocolError (and subclasses) on malformed input, including EOF in the middle
         of a frame.
         """
-        buf = self._buf
-        pos = self._pos
-        avail = len(buf) - pos
-        if avail < HEADER_LEN:
-            if self._eof and avail:
-                raise ProtocolError("EOF inside a frame header")
+        raw = self.next_raw()
+        if raw is None:
             return NEED_DATA
-        ftype, length = _HDR.unpack_from(buf, pos)
-        limit = self._limits.get(ftype, self._unknown_limit)
-        if length > limit:
-            raise FrameTooLarge("frame type 0x%02x of %d bytes exceeds %d" % (ftype, length, limit))
-        end = pos + HEADER_LEN + length
-        if end > len(buf):
-            if self._eof:
-                raise ProtocolError("EOF inside a frame body")
-            return NEED_DATA
-        payload = bytes(buf[pos + HEADER_LEN : end])
-        self._pos = end
-        if end == len(buf):
-            buf.clear()
-            self._pos = 0
-        return _parse(ftype, payload)
+        return parse_payload(raw[0], raw[1])
 
     def events(self) -> list[Frame]:
         """All complete frames buffered now (convenience for drivers and tests)."""

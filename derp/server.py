@@ -486,19 +486,21 @@ class DerpServer:
             log.info("%s: no frames for %.0f s, closing", conn, timeout)
 
     def _handle_buffered(self, conn: _Conn, decoder: fr.FrameDecoder) -> None:
-        next_event = decoder.next_event
-        need = fr.NEED_DATA
-        send_type = fr.SendPacket
+        next_raw = decoder.next_raw
+        relay = self._relay
         while True:
-            ev = next_event()
-            if ev is need:
+            raw = next_raw()
+            if raw is None:
                 return
-            if type(ev) is send_type:
-                self._relay(conn, ev.dst, ev.packet)  # type: ignore[union-attr]
+            ftype, payload = raw
+            if ftype == 0x04:  # SendPacket, the hot path: no message object, no extra copy
+                if len(payload) < fr.KEY_LEN:
+                    raise ProtocolError("short SendPacket")
+                relay(conn, payload[: fr.KEY_LEN], memoryview(payload)[fr.KEY_LEN :])
             else:
-                self._handle_other(conn, ev)  # type: ignore[arg-type]
+                self._handle_other(conn, fr.parse_payload(ftype, payload))
 
-    def _relay(self, conn: _Conn, dst: bytes, packet: bytes) -> None:
+    def _relay(self, conn: _Conn, dst: bytes, packet: memoryview) -> None:
         stats = self._stats
         stats.packets_received += 1
         n = len(packet)
