@@ -1,0 +1,847 @@
+"""The DERP relay server: sessions, routing, meshing (derp.md §3–§7).
+
+:class:`DerpServer` holds no sockets of its own. The caller's HTTP front door reads the request
+head of ``GET /derp`` and hands the connection over with :meth:`DerpServer.handle_upgrade`,
+which runs that one session until it ends. Meshing with other DERP servers needs a background
+task: run :meth:`DerpServer.run` in a nursery when ``mesh_with`` is given.
+
+Per connection there is one reader (this session's task) and one writer task, in a nursery the
+session owns. Everything a session sends goes through its bounded queues, so a relay step never
+awaits a slow peer: packets for a full queue are dropped (oldest first, counted per reason), and
+a peer whose writes stall for ``write_timeout`` is disconnected.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import itertools
+import logging
+import random
+import re
+import ssl
+from collections import deque
+from typing import Awaitable, Callable, Iterable
+from urllib.parse import urlsplit
+
+import trio
+
+from . import frames as fr
+from .errors import ClientRefused, ConnectionClosed, DerpError, HandshakeError, ProtocolError
+from .frames import FrameType
+from .transport import RECV_SIZE, WebSocketStream, peer_address
+from .websocket import accept_key
+
+log = logging.getLogger(__name__)
+
+VerifyClient = Callable[[bytes], Awaitable[bool]]
+
+# Packets queued per client before the oldest is dropped (the reference uses 32).
+DEFAULT_QUEUE_SIZE = 32
+# Control frames (pong, peer-gone, health) per client; a client that lets this many pile up
+# without reading is not worth more memory: further ones are dropped and counted.
+CONTROL_QUEUE_SIZE = 64
+# A mesh watcher receives PeerPresent for every client at once; if it falls this far behind it
+# is disconnected and will resync on reconnect, rather than let the queue grow.
+WATCHER_QUEUE_SIZE = 16384
+# Frames queued towards one mesh peer (ForwardPacket); mesh links carry many clients' traffic.
+MESH_QUEUE_SIZE = 4096
+# Upper bound on one batched write: large enough to amortise the syscall, small enough that a
+# write finishes well within the write timeout on a slow link.
+WRITE_BATCH_BYTES = 256 << 10
+HANDSHAKE_TIMEOUT = 10.0
+VERIFY_TIMEOUT = 5.0
+WRITE_TIMEOUT = 2.0
+MESH_WRITE_TIMEOUT = 30.0
+KEEPALIVE_INTERVAL = 60.0
+KEEPALIVE_JITTER = 5.0
+# PeerGone(not-here) answers per client per second (reference: about 3/s).
+NOT_HERE_PER_SECOND = 3
+MESH_RETRY_MIN = 0.5
+MESH_RETRY_MAX = 15.0
+
+_KEEPALIVE = fr.encode(fr.KeepAlive())
+_UPGRADE_BODY = b"DERP requires connection upgrade"
+_CHALLENGE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+_ids = itertools.count(1)
+
+
+def _short(key: bytes) -> str:
+    return key.hex()[:8]
+
+
+class _Stats:
+    __slots__ = (
+        "accepted", "refused", "packets_received", "bytes_received", "packets_relayed",
+        "bytes_relayed", "packets_forwarded_out", "packets_forwarded_in", "drops",
+        "frames_written", "bytes_written", "home_clients",
+    )
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.refused = 0
+        self.packets_received = 0
+        self.bytes_received = 0
+        self.packets_relayed = 0
+        self.bytes_relayed = 0
+        self.packets_forwarded_out = 0
+        self.packets_forwarded_in = 0
+        self.drops: dict[str, int] = {}
+        self.frames_written = 0
+        self.bytes_written = 0
+        self.home_clients = 0
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
+
+
+class _Outbox:
+    """Bounded outgoing queues of one peer plus the wake-up for its writer task.
+
+    Packets and control frames are kept apart so that a flood of packets cannot push out a
+    PeerGone or Pong (the reference server also separates them).
+    """
+
+    __slots__ = ("packets", "control", "packet_limit", "control_limit", "lot", "stats", "kind")
+
+    def __init__(self, stats: _Stats, packet_limit: int, control_limit: int, kind: str) -> None:
+        self.packets: deque[bytes] = deque()
+        self.control: deque[bytes] = deque()
+        self.packet_limit = packet_limit
+        self.control_limit = control_limit
+        self.lot = trio.lowlevel.ParkingLot()
+        self.stats = stats
+        self.kind = kind
+
+    def put_packet(self, frame: bytes) -> None:
+        q = self.packets
+        if len(q) >= self.packet_limit:
+            q.popleft()  # drop the oldest: fresher packets are worth more to WireGuard
+            self.stats.drop(self.kind + "_queue_full")
+        q.append(frame)
+        if self.lot:
+            self.lot.unpark()
+
+    def put_control(self, frame: bytes) -> bool:
+        if len(self.control) >= self.control_limit:
+            self.stats.drop(self.kind + "_control_queue_full")
+            return False
+        self.control.append(frame)
+        if self.lot:
+            self.lot.unpark()
+        return True
+
+    def take_batch(self) -> bytes:
+        parts = list(self.control)
+        self.control.clear()
+        size = 0
+        q = self.packets
+        while q and size < WRITE_BATCH_BYTES:
+            f = q.popleft()
+            size += len(f)
+            parts.append(f)
+        return b"".join(parts)
+
+    def __bool__(self) -> bool:
+        return bool(self.packets or self.control)
+
+
+class _Conn:
+    """One admitted client session (regular client or inbound mesh peer)."""
+
+    __slots__ = (
+        "id", "key", "stream", "outbox", "scope", "can_mesh", "can_ack_pings", "is_prober",
+        "preferred", "senders", "remote", "watching", "not_here_window", "not_here_count",
+    )
+
+    def __init__(
+        self, cid: str, key: bytes, stream: trio.abc.Stream, outbox: _Outbox,
+        info: dict, can_mesh: bool, remote: tuple[str, int] | None,
+    ) -> None:
+        self.id = cid
+        self.key = key
+        self.stream = stream
+        self.outbox = outbox
+        self.scope = trio.CancelScope()
+        self.can_mesh = can_mesh
+        self.can_ack_pings = bool(info.get("CanAckPings"))
+        self.is_prober = bool(info.get("IsProber"))
+        self.preferred = False
+        # Keys of clients that sent to this one: they get PeerGone when it leaves (derp.md §4).
+        self.senders: set[bytes] = set()
+        self.remote = remote
+        self.watching = False
+        self.not_here_window = -1.0
+        self.not_here_count = 0
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class _MeshLink:
+    """Our outbound connection to one other server of the region (we are its mesh client)."""
+
+    def __init__(self, server: "DerpServer", url: str) -> None:
+        self.server = server
+        self.url = url
+        self.outbox = _Outbox(server._stats, MESH_QUEUE_SIZE, CONTROL_QUEUE_SIZE, "mesh")
+        self.keys: set[bytes] = set()
+        self.connected = False
+        self.peer_public: bytes | None = None
+
+    def __str__(self) -> str:
+        return "mesh(%s)" % self.url
+
+
+class DerpServer:
+    """A DERP relay: admits clients, relays packets between them, meshes with peers.
+
+    Args:
+        private_key: the server's 32-byte Curve25519 private key (its public key goes into the
+            DERPMap-less ``Derp-Public-Key`` header and the ServerKey frame).
+        verify_client: optional ``async (node_public_key: bytes) -> bool``. When given, a
+            client key it does not approve is refused (connection closed after ClientInfo).
+            It is called with a deadline of ``VERIFY_TIMEOUT``; an exception refuses too.
+            Mesh peers (correct mesh key) skip it.
+        mesh_key: the region's shared mesh key (32 bytes, or 64 hex chars). Clients presenting
+            it in ClientInfo may WatchConns, ClosePeer and ForwardPacket.
+        mesh_with: URLs (``https://host:port`` or ``http://…``) of the other servers of the
+            region; requires ``mesh_key`` and a running :meth:`run`.
+        mesh_ssl_context: TLS context for dialing ``https`` mesh URLs (default: system trust).
+        queue_size: packets queued per client before the oldest is dropped.
+        write_timeout: a client whose write stalls this long is disconnected.
+        keepalive_interval: idle time before a KeepAlive frame (plus up to 5 s jitter).
+        read_timeout: a client that declared ``CanAckPings`` and sends nothing (not even the Pong
+            for our keepalive Ping) for this long is disconnected. None disables it.
+    """
+
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        verify_client: VerifyClient | None = None,
+        mesh_key: bytes | str | None = None,
+        mesh_with: Iterable[str] = (),
+        mesh_ssl_context: ssl.SSLContext | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        write_timeout: float = WRITE_TIMEOUT,
+        keepalive_interval: float = KEEPALIVE_INTERVAL,
+        read_timeout: float | None = 3 * KEEPALIVE_INTERVAL + KEEPALIVE_JITTER,
+    ) -> None:
+        if len(private_key) != fr.KEY_LEN:
+            raise ValueError("private key must be 32 bytes")
+        if queue_size < 1:
+            raise ValueError("queue_size must be positive")
+        self._private = bytes(private_key)
+        self.public_key: bytes = fr.public_key(self._private)
+        self._verify = verify_client
+        self._mesh_key_hex: str | None = None
+        if mesh_key is not None:
+            mk = mesh_key if isinstance(mesh_key, str) else mesh_key.hex()
+            mk = mk.strip().lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", mk):
+                raise ValueError("mesh key must be 32 bytes (64 hex characters)")
+            self._mesh_key_hex = mk
+        self._mesh_urls = list(mesh_with)
+        if self._mesh_urls and self._mesh_key_hex is None:
+            raise ValueError("mesh_with needs mesh_key")
+        self._mesh_ssl = mesh_ssl_context
+        self._queue_size = queue_size
+        self._write_timeout = write_timeout
+        self._keepalive = keepalive_interval
+        self._read_timeout = read_timeout
+        self._stats = _Stats()
+        # key -> newest connection for that key (the one we deliver to)
+        self._clients: dict[bytes, _Conn] = {}
+        # key -> all live connections for that key (duplicates are kept, newest wins)
+        self._by_key: dict[bytes, list[_Conn]] = {}
+        self._watchers: set[_Conn] = set()
+        # keys connected to other servers of the region -> the link that reaches them
+        self._remote: dict[bytes, _MeshLink] = {}
+        # remote key -> our local clients that sent to it (PeerGone when it leaves)
+        self._remote_senders: dict[bytes, set[bytes]] = {}
+        self._links = [_MeshLink(self, u) for u in self._mesh_urls]
+        self._health = ""
+        self._all: set[_Conn] = set()
+
+    # -----------------------------------------------------------------------------------------
+    # HTTP integration
+
+    @property
+    def public_key_hex(self) -> str:
+        return self.public_key.hex()
+
+    def handle_plain_http(
+        self, method: str, target: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """Answer the side endpoints of a DERP server, or None if ``target`` is not one.
+
+        Handles ``/derp/probe`` and ``/derp/latency-check`` (GET/HEAD → 200 with
+        ``Access-Control-Allow-Origin: *``, other methods 405) and ``/generate_204`` (204, and
+        ``X-Tailscale-Response: response <c>`` for a valid ``X-Tailscale-Challenge``). Returns
+        ``(status, headers, body)``; the caller writes it and keeps owning its connection.
+        """
+        path = urlsplit(target).path
+        if path in ("/derp/probe", "/derp/latency-check"):
+            if method.upper() not in ("GET", "HEAD"):
+                return 405, [(b"Allow", b"GET, HEAD")], b"bogus probe method\n"
+            return 200, [(b"Access-Control-Allow-Origin", b"*")], b""
+        if path == "/generate_204":
+            hdrs = [(
+                b"Cache-Control",
+                b"no-cache, no-store, must-revalidate, no-transform, max-age=0",
+            )]
+            challenge = _header(headers, b"x-tailscale-challenge")
+            if challenge is not None:
+                c = challenge.decode("latin-1")
+                if _CHALLENGE_RE.match(c):
+                    hdrs.append((b"X-Tailscale-Response", ("response " + c).encode()))
+            return 204, hdrs, b""
+        return None
+
+    async def handle_upgrade(
+        self,
+        stream: trio.abc.Stream,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        leftover: bytes,
+        *,
+        remote_addr: tuple[str, int] | None = None,
+    ) -> None:
+        """Take over a connection whose ``GET /derp`` request head has been read.
+
+        Args:
+            stream: the connection (TCP or TLS). Owned by this call from now on: it is closed
+                before this returns, whatever happens.
+            method, target: from the request line (the path is not checked; clients always use
+                ``/derp``).
+            headers: the request headers as (name, value) byte pairs, names in any case (h11
+                gives them lower-cased).
+            leftover: bytes already read past the request head (a fast-start ClientInfo).
+            remote_addr: the client's (ip, port) if the caller knows it better than the socket.
+
+        Answers 426 unless ``Upgrade`` is ``DERP`` or ``websocket`` (with subprotocol
+        ``derp``); otherwise writes the 101 (skipped when ``Derp-Fast-Start: 1``) and runs the
+        DERP session until either side ends it. Returns normally when the session ends for any
+        peer-caused reason (EOF, protocol error, refusal, timeout); lets ``trio.Cancelled``
+        through; never raises for a misbehaving peer.
+        """
+        cid = "derp-%d" % next(_ids)
+        try:
+            remote = remote_addr or peer_address(stream)
+            try:
+                session_stream = await self._upgrade(cid, stream, method, headers, leftover)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as exc:
+                log.debug("%s: upgrade failed: %r", cid, exc)
+                return
+            if session_stream is None:
+                return
+            s, rest = session_stream
+            await self._run_session(cid, s, rest, remote)
+        finally:
+            with trio.move_on_after(1, shield=True):
+                await _close_quietly(stream)
+
+    async def _upgrade(
+        self, cid: str, stream: trio.abc.Stream, method: str,
+        headers: list[tuple[bytes, bytes]], leftover: bytes,
+    ) -> tuple[trio.abc.Stream, bytes] | None:
+        upgrade = (_header(headers, b"upgrade") or b"").strip().lower()
+        with trio.fail_after(self._write_timeout):
+            if method.upper() != "GET" or upgrade not in (b"derp", b"websocket"):
+                await stream.send_all(_http_response(
+                    426, [(b"Content-Type", b"text/plain; charset=utf-8"),
+                          (b"Connection", b"close")], _UPGRADE_BODY,
+                ))
+                return None
+            ident = [
+                (b"Derp-Version", str(fr.PROTOCOL_VERSION).encode()),
+                (b"Derp-Public-Key", self.public_key.hex().encode()),
+            ]
+            if upgrade == b"websocket":
+                protos = [p.strip().lower() for p in
+                          (_header(headers, b"sec-websocket-protocol") or b"").split(b",")]
+                wskey = _header(headers, b"sec-websocket-key")
+                if b"derp" not in protos or not wskey:
+                    await stream.send_all(_http_response(
+                        400, [(b"Connection", b"close")], b"websocket needs subprotocol derp\n",
+                    ))
+                    return None
+                await stream.send_all(_http_response(101, [
+                    (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
+                    (b"Sec-WebSocket-Accept", accept_key(wskey)),
+                    (b"Sec-WebSocket-Protocol", b"derp"), *ident,
+                ], None))
+                log.debug("%s: websocket upgrade", cid)
+                return WebSocketStream(stream, client=False, leftover=leftover), b""
+            fast = (_header(headers, b"derp-fast-start") or b"").strip() == b"1"
+            if not fast:
+                await stream.send_all(_http_response(101, [
+                    (b"Upgrade", b"DERP"), (b"Connection", b"Upgrade"), *ident,
+                ], None))
+            return stream, leftover
+
+    # -----------------------------------------------------------------------------------------
+    # Session
+
+    async def _run_session(
+        self, cid: str, stream: trio.abc.Stream, leftover: bytes,
+        remote: tuple[str, int] | None,
+    ) -> None:
+        decoder = fr.server_decoder()
+        if leftover:
+            decoder.receive_data(leftover)
+        conn: _Conn | None = None
+        try:
+            conn = await self._handshake(cid, stream, decoder, remote)
+            if conn is None:
+                return
+            self._register(conn)
+            try:
+                with conn.scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._writer, conn)
+                        await self._reader(conn, decoder)
+                        nursery.cancel_scope.cancel()
+            finally:
+                self._unregister(conn)
+        except* (ProtocolError, ClientRefused) as eg:
+            for exc in eg.exceptions:
+                log.warning("%s: closing: %s", conn or cid, exc)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed) as eg:
+            log.debug("%s: connection lost: %r", conn or cid, eg.exceptions[0])
+        except* trio.TooSlowError:
+            self._stats.drop("write_timeout")
+            log.info("%s: peer too slow (write or handshake timeout), closing", conn or cid)
+        except* OSError as eg:
+            log.debug("%s: socket error: %r", conn or cid, eg.exceptions[0])
+
+    async def _handshake(
+        self, cid: str, stream: trio.abc.Stream, decoder: fr.FrameDecoder,
+        remote: tuple[str, int] | None,
+    ) -> _Conn | None:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            await stream.send_all(fr.encode(fr.ServerKey(self.public_key)))
+            msg = await _read_frame(stream, decoder)
+            if not isinstance(msg, fr.ClientInfo):
+                raise HandshakeError("expected ClientInfo, got %s" % type(msg).__name__)
+            info = fr.open_client_info(self._private, msg)
+            key = msg.key
+            mk = info.get("meshKey")
+            can_mesh = False
+            if mk:
+                if (
+                    self._mesh_key_hex is None
+                    or not isinstance(mk, str)
+                    or not hmac.compare_digest(mk.lower().encode(), self._mesh_key_hex.encode())
+                ):
+                    self._stats.refused += 1
+                    raise ClientRefused("wrong mesh key from %s" % _short(key))
+                can_mesh = True
+            if not can_mesh and self._verify is not None:
+                ok = False
+                try:
+                    with trio.fail_after(VERIFY_TIMEOUT):
+                        ok = bool(await self._verify(key))
+                except trio.TooSlowError:
+                    log.error("%s: verify_client timed out for %s", cid, _short(key))
+                except Exception:  # the hook is not ours: refuse, log, serve on
+                    log.exception("%s: verify_client failed for %s", cid, _short(key))
+                if not ok:
+                    self._stats.refused += 1
+                    raise ClientRefused("client %s not allowed" % _short(key))
+            reply: dict = {"version": fr.PROTOCOL_VERSION}
+            await stream.send_all(fr.encode(fr.seal_server_info(self._private, key, reply)))
+        kind = "mesh_peer" if can_mesh else "client"
+        outbox = _Outbox(
+            self._stats, self._queue_size,
+            WATCHER_QUEUE_SIZE if can_mesh else CONTROL_QUEUE_SIZE, kind,
+        )
+        conn = _Conn(cid, key, stream, outbox, info, can_mesh, remote)
+        self._stats.accepted += 1
+        log.info("%s: %s %s connected from %s", cid, kind, _short(key), remote)
+        return conn
+
+    async def _reader(self, conn: _Conn, decoder: fr.FrameDecoder) -> None:
+        stream = conn.stream
+        scope = trio.CancelScope()
+        timeout = self._read_timeout if conn.can_ack_pings else None
+        with scope:
+            if timeout is not None:
+                scope.deadline = trio.current_time() + timeout
+            self._handle_buffered(conn, decoder)
+            while True:
+                data = await stream.receive_some(RECV_SIZE)
+                if not data:
+                    decoder.receive_data(b"")
+                    self._handle_buffered(conn, decoder)  # raises on a truncated frame
+                    return
+                if timeout is not None:
+                    scope.deadline = trio.current_time() + timeout
+                decoder.receive_data(data)
+                self._handle_buffered(conn, decoder)
+        if scope.cancelled_caught:
+            log.info("%s: no frames for %.0f s, closing", conn, timeout)
+
+    def _handle_buffered(self, conn: _Conn, decoder: fr.FrameDecoder) -> None:
+        next_raw = decoder.next_raw
+        relay = self._relay
+        while True:
+            raw = next_raw()
+            if raw is None:
+                return
+            ftype, payload = raw
+            if ftype == 0x04:  # SendPacket, the hot path: no message object, no extra copy
+                if len(payload) < fr.KEY_LEN:
+                    raise ProtocolError("short SendPacket")
+                relay(conn, payload[: fr.KEY_LEN], memoryview(payload)[fr.KEY_LEN :])
+            else:
+                self._handle_other(conn, fr.parse_payload(ftype, payload))
+
+    def _relay(self, conn: _Conn, dst: bytes, packet: memoryview) -> None:
+        stats = self._stats
+        stats.packets_received += 1
+        n = len(packet)
+        stats.bytes_received += n
+        target = self._clients.get(dst)
+        if target is not None:
+            target.outbox.put_packet(fr.encode_recv_packet(conn.key, packet))
+            target.senders.add(conn.key)
+            stats.packets_relayed += 1
+            stats.bytes_relayed += n
+            return
+        link = self._remote.get(dst)
+        if link is not None:
+            link.outbox.put_packet(fr.encode_forward_packet(conn.key, dst, packet))
+            s = self._remote_senders.get(dst)
+            if s is None:
+                s = self._remote_senders[dst] = set()
+            s.add(conn.key)
+            stats.packets_forwarded_out += 1
+            stats.bytes_relayed += n
+            return
+        stats.drop("unknown_dest")
+        self._note_not_here(conn, dst)
+
+    def _note_not_here(self, conn: _Conn, dst: bytes) -> None:
+        now = trio.current_time()
+        window = int(now)
+        if window != conn.not_here_window:
+            conn.not_here_window = window
+            conn.not_here_count = 0
+        if conn.not_here_count < NOT_HERE_PER_SECOND:
+            conn.not_here_count += 1
+            conn.outbox.put_control(fr.encode(fr.PeerGone(dst, fr.PeerGoneReason.NOT_HERE)))
+
+    def _handle_other(self, conn: _Conn, ev: fr.Frame) -> None:
+        if isinstance(ev, fr.Ping):
+            conn.outbox.put_control(fr.encode(fr.Pong(ev.data)))
+        elif isinstance(ev, fr.Pong) or isinstance(ev, fr.KeepAlive):
+            pass  # the read deadline was already pushed forward by the bytes arriving
+        elif isinstance(ev, fr.NotePreferred):
+            if ev.preferred != conn.preferred:
+                self._stats.home_clients += 1 if ev.preferred else -1
+                conn.preferred = ev.preferred
+        elif isinstance(ev, fr.ForwardPacket):
+            self._require_mesh(conn, "ForwardPacket")
+            target = self._clients.get(ev.dst)
+            self._stats.packets_forwarded_in += 1
+            if target is None:
+                # Never re-forward: a mesh is one hop, so forwarding on could loop.
+                self._stats.drop("forward_unknown_dest")
+                return
+            target.outbox.put_packet(fr.encode_recv_packet(ev.src, ev.packet))
+            target.senders.add(ev.src)
+            self._stats.packets_relayed += 1
+            self._stats.bytes_relayed += len(ev.packet)
+        elif isinstance(ev, fr.WatchConns):
+            self._require_mesh(conn, "WatchConns")
+            if not conn.watching:
+                conn.watching = True
+                self._watchers.add(conn)
+                for c in list(self._clients.values()):
+                    if not c.can_mesh:
+                        conn.outbox.put_control(_peer_present(c))
+        elif isinstance(ev, fr.ClosePeer):
+            self._require_mesh(conn, "ClosePeer")
+            for c in list(self._by_key.get(ev.key, ())):
+                if not c.can_mesh:
+                    log.info("%s: closing %s on request of mesh peer", c, _short(ev.key))
+                    c.scope.cancel()
+        elif isinstance(ev, fr.ClientInfo):
+            raise ProtocolError("second ClientInfo")
+        else:
+            log.debug("%s: ignoring %s", conn, type(ev).__name__)
+
+    @staticmethod
+    def _require_mesh(conn: _Conn, what: str) -> None:
+        if not conn.can_mesh:
+            raise ProtocolError("%s from a non-mesh client" % what)
+
+    async def _writer(self, conn: _Conn) -> None:
+        outbox = conn.outbox
+        stream = conn.stream
+        stats = self._stats
+        timeout = MESH_WRITE_TIMEOUT if conn.can_mesh else self._write_timeout
+        while True:
+            if not outbox:
+                with trio.move_on_after(self._keepalive + random.uniform(0, KEEPALIVE_JITTER)):
+                    await outbox.lot.park()
+                if not outbox:
+                    outbox.put_control(_KEEPALIVE)
+                    if conn.can_ack_pings:
+                        # A Pong proves the client still reads; see read_timeout.
+                        outbox.put_control(fr.encode(fr.Ping(random.randbytes(8))))
+            if conn.watching and len(outbox.control) >= outbox.control_limit:
+                raise ProtocolError("mesh watcher fell behind")
+            data = outbox.take_batch()
+            with trio.fail_after(timeout):
+                await stream.send_all(data)
+            stats.frames_written += 1
+            stats.bytes_written += len(data)
+
+    def _register(self, conn: _Conn) -> None:
+        self._all.add(conn)
+        lst = self._by_key.setdefault(conn.key, [])
+        if lst:
+            log.info("%s: duplicate connection for %s; newest wins", conn, _short(conn.key))
+        lst.append(conn)
+        self._clients[conn.key] = conn
+        if self._health:
+            conn.outbox.put_control(fr.encode(fr.Health(self._health)))
+        if not conn.can_mesh:
+            frame = _peer_present(conn)
+            for w in self._watchers:
+                w.outbox.put_control(frame)
+
+    def _unregister(self, conn: _Conn) -> None:
+        self._all.discard(conn)
+        self._watchers.discard(conn)
+        if conn.preferred:
+            self._stats.home_clients -= 1
+        lst = self._by_key.get(conn.key, [])
+        if conn in lst:
+            lst.remove(conn)
+        if lst:
+            # Another connection for the key lives on: it inherits delivery and watchers.
+            heir = lst[-1]
+            self._clients[conn.key] = heir
+            heir.senders |= conn.senders
+            return
+        self._by_key.pop(conn.key, None)
+        if self._clients.get(conn.key) is conn:
+            del self._clients[conn.key]
+        gone = fr.encode(fr.PeerGone(conn.key, fr.PeerGoneReason.DISCONNECTED))
+        if not conn.can_mesh:
+            for w in self._watchers:
+                w.outbox.put_control(gone)
+        self._notify_senders(conn.senders, gone)
+        log.info("%s: %s disconnected", conn, _short(conn.key))
+
+    def _notify_senders(self, senders: Iterable[bytes], frame: bytes) -> None:
+        for k in senders:
+            c = self._clients.get(k)
+            if c is not None:
+                c.outbox.put_control(frame)
+
+    # -----------------------------------------------------------------------------------------
+    # Health, restart, shutdown
+
+    def set_health(self, problem: str) -> None:
+        """Send a Health frame (empty = healthy) to every client now and to new ones later."""
+        self._health = problem
+        frame = fr.encode(fr.Health(problem))
+        for c in self._all:
+            c.outbox.put_control(frame)
+
+    def notify_restarting(self, reconnect_in: float, try_for: float) -> None:
+        """Tell every client we are restarting: reconnect after ``reconnect_in`` s, for
+        ``try_for`` s. Call before shutting down; it does not close anything."""
+        frame = fr.encode(fr.Restarting(int(reconnect_in * 1000), int(try_for * 1000)))
+        for c in self._all:
+            c.outbox.put_control(frame)
+
+    def close_all(self) -> None:
+        """Cancel every running session (each then closes its own stream)."""
+        for c in list(self._all):
+            c.scope.cancel()
+
+    def metrics(self) -> dict[str, object]:
+        """A snapshot of counters and gauges (plain ints and dicts, JSON-serialisable)."""
+        s = self._stats
+        return {
+            "clients": sum(1 for c in self._all if not c.can_mesh),
+            "unique_client_keys": sum(1 for k, c in self._clients.items() if not c.can_mesh),
+            "mesh_peers_inbound": sum(1 for c in self._all if c.can_mesh),
+            "mesh_links_connected": sum(1 for l in self._links if l.connected),
+            "mesh_links": len(self._links),
+            "remote_keys": len(self._remote),
+            "watchers": len(self._watchers),
+            "home_clients": s.home_clients,
+            "accepted_total": s.accepted,
+            "refused_total": s.refused,
+            "packets_received": s.packets_received,
+            "bytes_received": s.bytes_received,
+            "packets_relayed": s.packets_relayed,
+            "bytes_relayed": s.bytes_relayed,
+            "packets_forwarded_out": s.packets_forwarded_out,
+            "packets_forwarded_in": s.packets_forwarded_in,
+            "writes": s.frames_written,
+            "bytes_written": s.bytes_written,
+            "drops": dict(s.drops),
+        }
+
+    # -----------------------------------------------------------------------------------------
+    # Meshing
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the background work (mesh links) until cancelled.
+
+        Needed only with ``mesh_with``; without links it just sleeps, so callers may always
+        start it. ``task_status.started()`` is called once the link tasks are started (not
+        connected: links dial and redial with backoff on their own).
+        """
+        async with trio.open_nursery() as nursery:
+            for link in self._links:
+                nursery.start_soon(self._mesh_loop, link)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _mesh_loop(self, link: _MeshLink) -> None:
+        from .client import connect_url  # client imports frames only; avoid a cycle at import
+
+        delay = MESH_RETRY_MIN
+        while True:
+            try:
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    client = await connect_url(
+                        link.url, self._private, mesh_key=self._mesh_key_hex,
+                        ssl_context=self._mesh_ssl,
+                    )
+            except (OSError, DerpError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                log.info("%s: dial failed: %r; retry in %.1f s", link, exc, delay)
+                await trio.sleep(delay)
+                delay = min(delay * 2, MESH_RETRY_MAX)
+                continue
+            if client.server_public == self.public_key:
+                log.info("%s: that is this server; not meshing with myself", link)
+                await client.aclose()
+                return
+            delay = MESH_RETRY_MIN
+            link.connected = True
+            link.peer_public = client.server_public
+            log.info("%s: connected (peer %s)", link, _short(client.server_public))
+            try:
+                async with client:
+                    await client.send(fr.WatchConns())
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._mesh_writer, link, client)
+                        await self._mesh_reader(link, client)
+                        nursery.cancel_scope.cancel()
+            except* (DerpError, trio.BrokenResourceError, trio.ClosedResourceError,
+                     trio.TooSlowError, OSError) as eg:
+                log.info("%s: link lost: %r", link, eg.exceptions[0])
+            finally:
+                link.connected = False
+                self._forget_link_keys(link)
+            await trio.sleep(delay)
+
+    async def _mesh_writer(self, link: _MeshLink, client: "object") -> None:
+        outbox = link.outbox
+        while True:
+            if not outbox:
+                await outbox.lot.park()
+            data = outbox.take_batch()
+            with trio.fail_after(MESH_WRITE_TIMEOUT):
+                await client.send_raw(data)  # type: ignore[attr-defined]
+
+    async def _mesh_reader(self, link: _MeshLink, client: "object") -> None:
+        while True:
+            ev = await client.receive()  # type: ignore[attr-defined]
+            if isinstance(ev, fr.PeerPresent):
+                link.keys.add(ev.key)
+                self._remote[ev.key] = link
+            elif isinstance(ev, fr.PeerGone):
+                link.keys.discard(ev.key)
+                if self._remote.get(ev.key) is link:
+                    del self._remote[ev.key]
+                    senders = self._remote_senders.pop(ev.key, ())
+                    self._notify_senders(
+                        senders, fr.encode(fr.PeerGone(ev.key, fr.PeerGoneReason.DISCONNECTED))
+                    )
+            elif isinstance(ev, fr.Ping):
+                await client.send(fr.Pong(ev.data))  # type: ignore[attr-defined]
+
+    def _forget_link_keys(self, link: _MeshLink) -> None:
+        gone = 0
+        for k in link.keys:
+            if self._remote.get(k) is link:
+                del self._remote[k]
+                gone += 1
+                senders = self._remote_senders.pop(k, ())
+                self._notify_senders(
+                    senders, fr.encode(fr.PeerGone(k, fr.PeerGoneReason.DISCONNECTED))
+                )
+        link.keys.clear()
+        dropped = len(link.outbox.packets)
+        link.outbox.packets.clear()
+        link.outbox.control.clear()
+        if dropped:
+            self._stats.drop("mesh_link_down", dropped)
+        log.debug("%s: forgot %d remote keys", link, gone)
+
+
+def _peer_present(c: _Conn) -> bytes:
+    ip = b"\x00" * 16
+    port = 0
+    if c.remote is not None:
+        try:
+            a = ipaddress.ip_address(c.remote[0].split("%", 1)[0])
+            ip = (a.packed if a.version == 6
+                  else ipaddress.IPv6Address("::ffff:" + str(a)).packed)
+            port = c.remote[1]
+        except ValueError:
+            pass
+    flags = fr.PeerPresentFlags.PROBER if c.is_prober else fr.PeerPresentFlags.REGULAR
+    return fr.encode(fr.PeerPresent(c.key, ip, port, flags))
+
+
+async def _read_frame(stream: trio.abc.Stream, decoder: fr.FrameDecoder) -> fr.Frame:
+    while True:
+        ev = decoder.next_event()
+        if ev is not fr.NEED_DATA:
+            return ev  # type: ignore[return-value]
+        data = await stream.receive_some(RECV_SIZE)
+        decoder.receive_data(data)
+        if not data:
+            decoder.next_event()  # raises if a frame was cut short
+            raise ConnectionClosed("EOF during handshake")
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v
+    return None
+
+
+_REASONS = {101: b"Switching Protocols", 400: b"Bad Request", 426: b"Upgrade Required"}
+
+
+def _http_response(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes | None
+) -> bytes:
+    lines = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, b"Status"))]
+    lines += [k + b": " + v for k, v in headers]
+    if body is not None:
+        lines.append(b"Content-Length: %d" % len(body))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (body or b"")
+
+
+async def _close_quietly(stream: trio.abc.Stream) -> None:
+    try:
+        await stream.aclose()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
