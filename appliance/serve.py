@@ -21,6 +21,9 @@ from .control.service import ControlService
 from .http.frontdoor import FrontDoor
 from .http.server import HTTPServer
 from .keys import load_or_create_private_key
+from derp.stun import StunStats
+
+from .relay import DerpMapSource, make_relay, relay_routes, run_stun
 from .storage import Store
 from .tailnet.housekeeping import run_housekeeping
 from .tailnet.model import Tailnet
@@ -64,10 +67,6 @@ async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
-def empty_derp_map() -> dict:
-    return {"Regions": {}}
-
-
 async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run the server until cancelled. ``task_status.started`` gets a ``Running``."""
     store = Store(cfg.database.sqlite_path)
@@ -79,13 +78,20 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         )
         await tailnet.load()
         dns = build_dns_config(cfg.dns)
+        derp_maps = DerpMapSource(cfg)
         mapper = Mapper(
             tailnet, base_domain=cfg.dns.base_domain or "invalid", dns_config=lambda: dns,
-            derp_map=empty_derp_map,
+            derp_map=derp_maps.current,
         )
         control = ControlService(tailnet, mapper, cfg.server_url)
         front = FrontDoor(noise_key, control)
         front.plain_routes.append(login_page_route(control))
+        relay = None
+        if cfg.derp.server_enabled:
+            relay = make_relay(cfg, tailnet)
+            derp_plain, derp_upgrade = relay_routes(relay)
+            front.plain_routes.append(derp_plain)
+            front.upgrade_routes["/derp"] = derp_upgrade
         admin = HTTPServer("admin")
         admin.plain_routes.append(AdminAPI(tailnet, control))
 
@@ -97,6 +103,10 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             unix = await open_unix_listener(cfg.unix_socket, cfg.unix_socket_permission)
             nursery.start_soon(trio.serve_listeners, admin.handle, [unix])
             await nursery.start(run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
+            if relay is not None:
+                nursery.start_soon(relay.run)
+                if cfg.derp.stun_listen_addr:
+                    await nursery.start(run_stun, cfg, StunStats())
             log.info(
                 "trioscale serving %s on %s (admin socket %s, %d nodes, %d users)",
                 cfg.server_url, cfg.listen_addr, cfg.unix_socket, len(tailnet.nodes), len(tailnet.users),
