@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -264,8 +265,9 @@ async def main_async(args: argparse.Namespace) -> None:
     relay_port, echo_port = _free_port(), _free_port()
     tmp = tempfile.mkdtemp(prefix="derp-bench-")
     env = dict(os.environ)
+    prof = ["-m", "cProfile", "-o", args.profile] if args.profile else []
     relay = subprocess.Popen(
-        [sys.executable, "-m", "derp", "-a", "127.0.0.1:%d" % relay_port, "--plain-http",
+        [sys.executable, *prof, "-m", "derp", "-a", "127.0.0.1:%d" % relay_port, "--plain-http",
          "--no-stun", "--key-file", os.path.join(tmp, "k"), "--log-level", "WARNING"],
         env=env,
     )
@@ -290,8 +292,11 @@ async def main_async(args: argparse.Namespace) -> None:
                      e["lat_p99_ms"], add50, add99, r["lat_samples"]))
             sys.stdout.flush()
     finally:
+        if args.profile:
+            relay.send_signal(signal.SIGINT)  # KeyboardInterrupt lets cProfile write its file
         for p in (relay, echo):
-            p.terminate()
+            if p is not relay or not args.profile:
+                p.terminate()
             try:
                 p.wait(5)
             except subprocess.TimeoutExpired:
@@ -307,6 +312,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--interval", type=float, default=0.1,
                    help="paced latency phase: seconds between packets per client")
     p.add_argument("--batch", type=int, default=32, help="packets per write in the flood")
+    p.add_argument("--profile", default="", help="run the relay under cProfile, write here")
     p.add_argument("--echo-server", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.echo_server:
