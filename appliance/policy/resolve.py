@@ -1,0 +1,119 @@
+"""Resolving aliases against the tailnet: which nodes, which addresses."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from .aliases import Alias
+from .document import Policy
+from .ipset import EMPTY, EXIT_ROUTES, TAILNET_SPACE, IPSet
+from .model import Node, Tailnet
+
+# Public internet as Tailscale's autogroup:internet means it: everything but
+# private, link-local, CGNAT/Tailscale and multicast space
+# (tailscale.com/net/tsaddr, "AllIPv4/AllIPv6 minus non-internet ranges").
+_NON_INTERNET = IPSet.parse(
+    "10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16",
+    "224.0.0.0/3", "0.0.0.0/8", "127.0.0.0/8",
+    "fc00::/7", "fe80::/10", "ff00::/8", "::1/128", "::/128", "fd7a:115c:a1e0::/48")
+INTERNET = EXIT_ROUTES - _NON_INTERNET
+
+
+class Resolver:
+    """Alias → nodes and addresses for one (policy, tailnet) pair."""
+
+    def __init__(self, policy: Policy, tailnet: Tailnet) -> None:
+        self.policy = policy
+        self.tailnet = tailnet
+        self.nodes = tailnet.nodes
+        self.node_ips: dict[int, IPSet] = {n.id: IPSet.parse(*n.ips) for n in self.nodes}
+        self.users_by_login: dict[str, int] = {}
+        for u in tailnet.users:
+            if u.email:
+                self.users_by_login[u.email.lower()] = u.id
+            if u.name:
+                self.users_by_login.setdefault(f"{u.name.lower()}@", u.id)
+
+    # --- routes -----------------------------------------------------------
+    @cached_property
+    def subnet_routes(self) -> dict[int, IPSet]:
+        """Approved, non-exit routes per node: those a router forwards for."""
+        out = {}
+        for n in self.nodes:
+            routes = [r for r in n.approved_routes if r not in ("0.0.0.0/0", "::/0")]
+            out[n.id] = IPSet.parse(*routes) if routes else EMPTY
+        return out
+
+    @cached_property
+    def exit_nodes(self) -> frozenset[int]:
+        return frozenset(n.id for n in self.nodes
+                         if "0.0.0.0/0" in n.approved_routes or "::/0" in n.approved_routes)
+
+    @cached_property
+    def all_subnet_routes(self) -> IPSet:
+        return IPSet.union_all(self.subnet_routes.values())
+
+    # --- aliases ----------------------------------------------------------
+    def user_id(self, login: str) -> int | None:
+        return self.users_by_login.get(login.lower())
+
+    def alias_nodes(self, a: Alias) -> list[Node] | None:
+        """Nodes an alias names, or None when it names addresses instead."""
+        k = a.kind
+        if k == "tag":
+            return [n for n in self.nodes if a.value in n.tags]
+        if k == "user":
+            uid = self.user_id(a.value)
+            return [n for n in self.nodes if not n.is_tagged and uid is not None and n.user_id == uid]
+        if k == "group":
+            uids = {self.user_id(m) for m in self.policy.groups.get(a.value, ())} - {None}
+            return [n for n in self.nodes if not n.is_tagged and n.user_id in uids]
+        if k == "autogroup":
+            name = a.value.split(":", 1)[1]
+            if name == "member":
+                return [n for n in self.nodes if not n.is_tagged and n.user_id is not None]
+            if name == "tagged":
+                return [n for n in self.nodes if n.is_tagged]
+            if name in ("self", "internet", "danger-all"):
+                return None
+            return []   # admin/owner/…: roles we do not model
+        return None
+
+    def src_set(self, srcs) -> tuple[IPSet, bool]:
+        """Addresses of a rule's sources; flag True for autogroup:danger-all."""
+        sets = []
+        danger = False
+        for a in srcs:
+            if a.kind == "wildcard":
+                # "*" as a source is every tailnet address plus every approved
+                # subnet route, not the whole internet (Tailscale SaaS).
+                sets.append(TAILNET_SPACE)
+                sets.append(self.all_subnet_routes)
+            elif a.value == "autogroup:danger-all":
+                danger = True
+            else:
+                sets.append(self.alias_addrs(a))
+        return IPSet.union_all(sets), danger
+
+    def alias_addrs(self, a: Alias) -> IPSet:
+        if a.kind == "prefix":
+            return IPSet.parse(a.value)
+        if a.kind == "host":
+            return IPSet.parse(self.policy.hosts[a.value])
+        if a.kind == "wildcard":
+            return TAILNET_SPACE | self.all_subnet_routes
+        if a.value == "autogroup:internet":
+            return INTERNET
+        nodes = self.alias_nodes(a)
+        if not nodes:
+            return EMPTY
+        return IPSet.union_all(self.node_ips[n.id] for n in nodes)
+
+    def nodes_in(self, addrs: IPSet, with_routes: bool = True) -> list[Node]:
+        """Nodes whose addresses (and, optionally, subnet routes) meet a set."""
+        out = []
+        for n in self.nodes:
+            if self.node_ips[n.id].overlaps(addrs) or (
+                    with_routes and self.subnet_routes[n.id] and self.subnet_routes[n.id].overlaps(addrs)):
+                out.append(n)
+        return out
