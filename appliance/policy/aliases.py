@@ -20,7 +20,7 @@ AUTOGROUPS = {
 
 @dataclass(frozen=True, slots=True)
 class Alias:
-    kind: str   # wildcard | user | group | tag | autogroup | host | prefix
+    kind: str   # wildcard | user | domain | group | tag | autogroup | host | prefix
     value: str
 
     def __str__(self) -> str:
@@ -55,6 +55,9 @@ def parse_alias(text: str, hosts: dict[str, str]) -> Alias:
         if name not in AUTOGROUPS:
             raise ValidationError(f'"{text}": unknown autogroup')
         return Alias("autogroup", text)
+    if text.startswith("user:*@"):
+        # Every user whose login is in the domain (SSH sources).
+        return Alias("domain", text)
     if "@" in text:
         return Alias("user", text)
     if is_prefix(text):

@@ -109,6 +109,9 @@ class FilterCompiler:
         src_set, danger = self.r.src_set(rule.srcs)
         src_nodes = self._src_nodes(rule.srcs, src_set, danger)
         src_strings = ["*"] if danger else src_set.strings()
+        if not src_strings:
+            # Sources that name nobody (an empty group) give no rule at all.
+            return []
         # Sources allowed into autogroup:self: users' own (untagged) nodes.
         self_srcs = frozenset(i for i in src_nodes if not self.by_id[i].is_tagged)
         out = []
@@ -145,7 +148,7 @@ class FilterCompiler:
                 if t.kind == "prefix" and routes and routes.overlaps(t.prefix):
                     out.append((t.text, ports))
                 elif t.kind == "internet" and is_exit:
-                    out.extend((s, ports) for s in INTERNET.prefixes())
+                    out.extend((s, ports) for s in INTERNET.strings())
                 continue
             if t.kind == "wildcard":
                 out.append(("*", ports))
@@ -158,7 +161,7 @@ class FilterCompiler:
                     out.append((t.text, ports))
             elif t.kind == "internet":
                 if is_exit:
-                    out.extend((s, ports) for s in INTERNET.prefixes())
+                    out.extend((s, ports) for s in INTERNET.strings())
             if probe and out:
                 return out
         return out

@@ -38,17 +38,20 @@ def validate_against_tailnet(policy: Policy, tailnet: Tailnet, tailnet_domains: 
     tailnet's own domains (Tailscale's wording)."""
     for rule in policy.ssh or ():
         for u in rule.users:
-            if not u.startswith("localpart:"):
+            if not u.startswith("localpart:*@"):
                 continue
-            pattern = u[len("localpart:"):]
-            local, _, domain = pattern.partition("@")
-            if local != "*" or not domain or domain.lower() not in tailnet_domains:
-                bad = domain if local == "*" and domain else (pattern.split("@")[-1] if "@" in pattern else pattern)
-                if local != "*" and "@" in pattern:
-                    bad = pattern.split("@", 1)[1] if "*" not in pattern.split("@", 1)[1] else "*"
+            domain = u.split("@", 1)[1]
+            if domain and domain.lower() not in tailnet_domains:
                 raise ValidationError(
-                    f"{bad} is not associated with this Tailnet and cannot be used in "
+                    f"{domain} is not associated with this Tailnet and cannot be used in "
                     "user:*@<domain> expressions")
+        for a in rule.srcs:
+            if a.kind == "domain":
+                domain = a.value.split("@", 1)[1]
+                if domain.lower() not in tailnet_domains:
+                    raise ValidationError(
+                        f"[ssh] {domain} is not associated with this Tailnet and cannot be used in "
+                        "user:*@<domain> expressions")
 
 
 def default_domains(users) -> set[str]:

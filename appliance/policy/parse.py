@@ -389,6 +389,7 @@ def _parse_ssh(ctx, rule, path, alias, tag_owners, groups, hosts) -> SSHRule:
     users = _strings(ctx, rule.get("users"), path + ("users",), "users")
     if not users:
         raise ctx.error("users must be specified", path)
+    users = [u.strip() for u in users]
     for j, u in enumerate(users):
         if u in ("", "*"):
             raise ctx.error(f'user "{u}" is not valid', path + ("users", j))

@@ -6,17 +6,15 @@ from functools import cached_property
 
 from .aliases import Alias
 from .document import Policy
-from .ipset import EMPTY, EXIT_ROUTES, TAILNET_SPACE, IPSet
+from .ipset import EMPTY, TAILNET_SPACE, IPSet
 from .model import Node, Tailnet
 
-# Public internet as Tailscale's autogroup:internet means it: everything but
-# private, link-local, CGNAT/Tailscale and multicast space
-# (tailscale.com/net/tsaddr, "AllIPv4/AllIPv6 minus non-internet ranges").
-_NON_INTERNET = IPSet.parse(
-    "10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16",
-    "224.0.0.0/3", "0.0.0.0/8", "127.0.0.0/8",
-    "fc00::/7", "fe80::/10", "ff00::/8", "::1/128", "::/128", "fd7a:115c:a1e0::/48")
-INTERNET = EXIT_ROUTES - _NON_INTERNET
+# autogroup:internet as Tailscale's control plane writes it into exit nodes'
+# filters: all IPv4 except private, CGNAT and link-local space, and global
+# unicast IPv6 (2000::/3).
+_NON_INTERNET = IPSet.parse("10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16",
+                            "172.16.0.0/12", "192.168.0.0/16")
+INTERNET = IPSet.parse("0.0.0.0/0", "2000::/3") - _NON_INTERNET
 
 
 class Resolver:
@@ -45,6 +43,15 @@ class Resolver:
         return out
 
     @cached_property
+    def advertised_routes(self) -> dict[int, IPSet]:
+        """Advertised non-exit routes, approved or not, per node."""
+        out = {}
+        for n in self.nodes:
+            routes = [r for r in n.routable_ips + n.approved_routes if r not in ("0.0.0.0/0", "::/0")]
+            out[n.id] = IPSet.parse(*routes) if routes else EMPTY
+        return out
+
+    @cached_property
     def exit_nodes(self) -> frozenset[int]:
         return frozenset(n.id for n in self.nodes
                          if "0.0.0.0/0" in n.approved_routes or "::/0" in n.approved_routes)
@@ -65,6 +72,10 @@ class Resolver:
         if k == "user":
             uid = self.user_id(a.value)
             return [n for n in self.nodes if not n.is_tagged and uid is not None and n.user_id == uid]
+        if k == "domain":
+            domain = "@" + a.value.split("@", 1)[1].lower()
+            uids = {u.id for u in self.tailnet.users if u.email.lower().endswith(domain)}
+            return [n for n in self.nodes if not n.is_tagged and n.user_id in uids]
         if k == "group":
             uids = {self.user_id(m) for m in self.policy.groups.get(a.value, ())} - {None}
             return [n for n in self.nodes if not n.is_tagged and n.user_id in uids]
@@ -110,10 +121,13 @@ class Resolver:
         return IPSet.union_all(self.node_ips[n.id] for n in nodes)
 
     def nodes_in(self, addrs: IPSet, with_routes: bool = True) -> list[Node]:
-        """Nodes whose addresses (and, optionally, subnet routes) meet a set."""
+        """Nodes whose addresses (and, optionally, advertised subnet routes)
+        meet a set. Tailscale shows a router to the peers a source prefix
+        lets it reach even before its route is approved (acl-ah01)."""
         out = []
         for n in self.nodes:
+            routes = self.advertised_routes[n.id]
             if self.node_ips[n.id].overlaps(addrs) or (
-                    with_routes and self.subnet_routes[n.id] and self.subnet_routes[n.id].overlaps(addrs)):
+                    with_routes and routes and routes.overlaps(addrs)):
                 out.append(n)
         return out

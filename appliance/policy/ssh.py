@@ -42,18 +42,24 @@ def _src_nodes(r: Resolver, rule: SSHRule) -> list[Node]:
     return list(ids.values())
 
 
-def _user_map(rule: SSHRule, localpart: str | None) -> dict[str, str]:
+def is_localpart(u: str) -> bool:
+    """"localpart:*@domain" maps each user of the domain to their own local
+    part; any other "localpart:…" text is an ordinary (odd) user name."""
+    return u.startswith("localpart:*@") and len(u) > len("localpart:*@")
+
+
+def _user_map(users: tuple[str, ...]) -> dict[str, str]:
+    """sshUsers for the plain (non-localpart) users of a rule. Tailscale
+    always says what happens to root: "" (refused) unless root is listed."""
     m: dict[str, str] = {}
-    for u in rule.users:
+    for u in users:
+        if is_localpart(u):
+            continue
         if u == "autogroup:nonroot":
             m["*"] = "="
-        elif u.startswith("localpart:"):
-            if localpart:
-                m[localpart] = localpart
         else:
             m[u] = u
-    if "*" in m and "root" not in m:
-        # nonroot means any user but root: say so explicitly.
+    if "root" not in m:
         m["root"] = ""
     return m
 
@@ -62,21 +68,27 @@ def _localpart_users(r: Resolver, rule: SSHRule) -> dict[int, str]:
     """user id → local part, for users matched by localpart:*@domain."""
     out: dict[int, str] = {}
     for u in rule.users:
-        if not u.startswith("localpart:"):
+        if not is_localpart(u):
             continue
-        pattern = u[len("localpart:"):]
-        domain = pattern.split("@", 1)[1] if "@" in pattern else ""
+        domain = u.split("@", 1)[1].lower()
         for user in r.tailnet.users:
-            if user.email and user.email.lower().endswith("@" + domain.lower()):
+            if user.email and user.email.lower().endswith("@" + domain):
                 out[user.id] = user.email.split("@", 1)[0]
     return out
 
 
 def ssh_policy_for(policy: Policy, r: Resolver, node: Node, server_url: str) -> dict | None:
     """The SSHPolicy dict for ``node``; {"rules": []} when nothing applies."""
-    rules_out: list[dict] = []
+    check_rules: list[dict] = []
+    accept_rules: list[dict] = []
     for rule in policy.ssh or ():
         other, self_ = _dst_matches(r, rule, node)
+        if (not other and not self_ and any(is_localpart(u) for u in rule.users)
+                and not node.is_tagged and node.user_id is not None):
+            # Observed in Tailscale's captures (ssh-d2…): a localpart rule
+            # also reaches every user-owned node, for that user's own
+            # devices, as if autogroup:self were among the destinations.
+            self_ = True
         if not other and not self_:
             continue
         srcs = _src_nodes(r, rule)
@@ -88,29 +100,30 @@ def ssh_policy_for(policy: Policy, r: Resolver, node: Node, server_url: str) -> 
             action = dict(ACCEPT_ACTION)
         else:
             action = {"holdAndDelegate": server_url.rstrip("/") + CHECK_PATH}
-        has_localpart = any(u.startswith("localpart:") for u in rule.users)
-        groups: list[tuple[list[Node], str | None]]
-        if has_localpart:
+        if any(is_localpart(u) for u in rule.users):
+            # One rule per source user: the plain users first, then the
+            # user's own local part alone (Tailscale SaaS layout).
             lp = _localpart_users(r, rule)
-            groups = []
-            plain = _user_map(rule, None)
-            if plain:
-                groups.append((srcs, None))
+            groups: list[tuple[list[Node], dict[str, str]]] = []
+            tagged = [n for n in srcs if n.is_tagged or n.user_id is None]
+            if tagged:
+                groups.append((tagged, _user_map(rule.users)))
             by_user: dict[int, list[Node]] = {}
             for n in srcs:
-                if not n.is_tagged and n.user_id in lp:
+                if not n.is_tagged and n.user_id is not None:
                     by_user.setdefault(n.user_id, []).append(n)
-            for uid, ns in by_user.items():
-                groups.append((ns, lp[uid]))
+            for uid in sorted(by_user):
+                groups.append((by_user[uid], _user_map(rule.users)))
+                if uid in lp:
+                    groups.append((by_user[uid], {lp[uid]: lp[uid]}))
         else:
-            groups = [(srcs, None)]
-        for nodes, localpart in groups:
-            users = _user_map(rule, localpart) if localpart else _user_map(rule, None)
-            if not users:
-                continue
+            groups = [(srcs, _user_map(rule.users))]
+        for nodes, users in groups:
             principals = [{"nodeIP": ip} for n in nodes for ip in n.ips]
             out = {"principals": principals, "sshUsers": users, "action": action}
             if rule.accept_env:
                 out["acceptEnv"] = list(rule.accept_env)
-            rules_out.append(out)
-    return {"rules": rules_out}
+            (check_rules if rule.action == "check" else accept_rules).append(out)
+    # Tailscale puts every check rule ahead of the accept rules, so a check
+    # is never shadowed by a broader accept.
+    return {"rules": check_rules + accept_rules}
