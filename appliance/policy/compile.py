@@ -69,7 +69,7 @@ class FilterCompiler:
         for i, rule in enumerate(rules):
             self.rules.extend(self._compile_rule(i, rule))
         for cr in self.rules:
-            if cr.app is not None:
+            if cr.app is not None and not cr.via:
                 cr.dst_nodes = frozenset(n.id for n in tailnet.nodes if self._cap_dsts(cr, n))
             else:
                 cr.dst_nodes = frozenset(n.id for n in tailnet.nodes if self._entries_for(cr, n, probe=True))
@@ -125,7 +125,14 @@ class FilterCompiler:
             out.append(CompiledRule(index, src_strings, src_set, src_nodes, danger, ipp.protocols,
                                     [(t, ipp.ports) for t in targets], via=rule.via,
                                     self_srcs=self_srcs))
-        if rule.app:
+        if rule.app and rule.via:
+            # App capabilities do not travel through via routers: the
+            # captures show no CapGrant for via grants, yet the routers
+            # become visible to the sources (grant-k12).
+            out.append(CompiledRule(index, src_strings, src_set, src_nodes, danger, None,
+                                    [(t, ((0, 65535),)) for t in targets], app=rule.app,
+                                    via=rule.via, self_srcs=self_srcs))
+        elif rule.app:
             out.append(CompiledRule(index, src_strings, src_set, src_nodes, danger, None,
                                     [(t, ()) for t in targets], app=rule.app, via=rule.via,
                                     self_srcs=self_srcs))
@@ -175,7 +182,8 @@ class FilterCompiler:
         rules: list[dict] = []
         for cr in self.rules:
             if cr.app is not None:
-                rules.extend(self._cap_rules_for(cr, node))
+                if not cr.via:
+                    rules.extend(self._cap_rules_for(cr, node))
                 continue
             entries = self._entries_for(cr, node)
             if entries:
@@ -227,18 +235,33 @@ class FilterCompiler:
         return out
 
     def _companion_rules_for(self, node: Node) -> list[dict]:
-        """Reverse rules for companion caps, sent to the grant's sources."""
+        """Reverse rules for companion caps, sent to the grant's sources:
+        SrcIPs are the grant's destinations, Dsts the receiving source."""
         out = []
         for cr in self.rules:
-            if not cr.app:
+            if not cr.app or cr.via:
                 continue
-            comps = [c for name, c in COMPANION_CAPS.items() if name in cr.app]
-            if not comps or node.id not in cr.src_nodes:
+            comps = sorted(c for name, c in COMPANION_CAPS.items() if name in cr.app)
+            if not comps:
                 continue
-            dst_ips = IPSet.union_all(self.r.node_ips[i] for i in sorted(cr.dst_nodes))
+            parts = []
+            if node.id in cr.src_nodes:
+                for t, _ in cr.dsts:
+                    if t.kind == "wildcard":
+                        parts.append(self.r.alias_addrs(Alias("wildcard", "*")))
+                    elif t.kind == "nodes":
+                        parts.extend(self.r.node_ips[i] for i in t.node_ids)
+                    elif t.kind == "prefix":
+                        parts.append(t.prefix)
+            if node.id in cr.self_srcs:
+                for t, _ in cr.dsts:
+                    if t.kind == "self":
+                        parts.extend(self.r.node_ips[n.id] for n in self.tailnet.nodes
+                                     if not n.is_tagged and n.user_id == node.user_id)
+            dst_ips = IPSet.union_all(parts)
             if not dst_ips:
                 continue
-            for comp in sorted(comps):
+            for comp in comps:
                 out.append({"SrcIPs": dst_ips.strings(),
                             "CapGrant": [{"Dsts": _host_prefixes(node), "CapMap": {comp: None}}]})
         return out

@@ -38,23 +38,29 @@ class Resolver:
         """Approved, non-exit routes per node: those a router forwards for."""
         out = {}
         for n in self.nodes:
-            routes = [r for r in n.approved_routes if r not in ("0.0.0.0/0", "::/0")]
+            routes = [r for r in self.approved[n.id] if r not in ("0.0.0.0/0", "::/0")]
             out[n.id] = IPSet.parse(*routes) if routes else EMPTY
         return out
 
     @cached_property
-    def advertised_routes(self) -> dict[int, IPSet]:
-        """Advertised non-exit routes, approved or not, per node."""
+    def approved(self) -> dict[int, tuple[str, ...]]:
+        """Approved routes per node: those approved by an admin plus the
+        advertised subnet routes autoApprovers approve (Tailscale approves
+        these as soon as they are advertised, acl-ah01). Exit routes are
+        left to the server: the captures show advertised exit routes that
+        autoApprovers cover staying unapproved until approved (acl-a05)."""
+        from .routes import EXIT, auto_approved
         out = {}
         for n in self.nodes:
-            routes = [r for r in n.routable_ips + n.approved_routes if r not in ("0.0.0.0/0", "::/0")]
-            out[n.id] = IPSet.parse(*routes) if routes else EMPTY
+            auto = auto_approved(self.policy, self, n) if n.routable_ips else ()
+            auto = tuple(r for r in auto if r not in EXIT)
+            out[n.id] = tuple(dict.fromkeys(n.approved_routes + auto))
         return out
 
     @cached_property
     def exit_nodes(self) -> frozenset[int]:
         return frozenset(n.id for n in self.nodes
-                         if "0.0.0.0/0" in n.approved_routes or "::/0" in n.approved_routes)
+                         if "0.0.0.0/0" in self.approved[n.id] or "::/0" in self.approved[n.id])
 
     @cached_property
     def all_subnet_routes(self) -> IPSet:
@@ -121,12 +127,11 @@ class Resolver:
         return IPSet.union_all(self.node_ips[n.id] for n in nodes)
 
     def nodes_in(self, addrs: IPSet, with_routes: bool = True) -> list[Node]:
-        """Nodes whose addresses (and, optionally, advertised subnet routes)
-        meet a set. Tailscale shows a router to the peers a source prefix
-        lets it reach even before its route is approved (acl-ah01)."""
+        """Nodes whose addresses (and, optionally, approved subnet routes)
+        meet a set."""
         out = []
         for n in self.nodes:
-            routes = self.advertised_routes[n.id]
+            routes = self.subnet_routes[n.id]
             if self.node_ips[n.id].overlaps(addrs) or (
                     with_routes and routes and routes.overlaps(addrs)):
                 out.append(n)
