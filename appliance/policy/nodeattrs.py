@@ -7,6 +7,10 @@ from .model import Node
 from .resolve import Resolver
 
 
+FUNNEL_PORTS = "https://tailscale.com/cap/funnel-ports?ports=443,8443,10000"
+FUNNEL_NO_HTTPS = "https://tailscale.com/cap/warn-funnel-no-https"
+
+
 def self_cap_map(policy: Policy, r: Resolver, node: Node) -> dict:
     """{capability: values-or-None} that the policy gives ``node``.
 
@@ -23,6 +27,11 @@ def self_cap_map(policy: Policy, r: Resolver, node: Node) -> dict:
             continue
         for attr in na.attrs:
             caps.setdefault(attr, None)
+            if attr == "funnel":
+                # Tailscale expands "funnel" into the ports Funnel may use and,
+                # with no HTTPS certificates in the tailnet, a warning cap.
+                caps.setdefault(FUNNEL_PORTS, None)
+                caps.setdefault(FUNNEL_NO_HTTPS, None)
         for name, values in (na.app or {}).items():
             caps.setdefault(name, [])
             caps[name] = (caps[name] or []) + list(values)

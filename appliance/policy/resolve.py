@@ -93,7 +93,12 @@ class Resolver:
                 return [n for n in self.nodes if n.is_tagged]
             if name in ("self", "internet", "danger-all"):
                 return None
-            return []   # admin/owner/…: roles we do not model
+            if name in ("owner", "admin") and self.tailnet.users:
+                # Roles are not modelled; the first user created the tailnet
+                # and owns it, as in Tailscale.
+                owner = min(u.id for u in self.tailnet.users)
+                return [n for n in self.nodes if not n.is_tagged and n.user_id == owner]
+            return []   # other admin roles: not modelled
         return None
 
     def src_set(self, srcs) -> tuple[IPSet, bool]:
