@@ -73,6 +73,9 @@ def compare(case: dict, got: dict) -> list[str]:
     if case["expect_error"]:
         if got["error"] is None:
             diffs.append("Tailscale refused the policy, we accepted it")
+        want_msg = (case.get("api_response_body") or {}).get("message")
+        if got["error"] is not None and want_msg and got["error"] != want_msg:
+            diffs.append(f"refusal message {got['error']!r} != Tailscale's {want_msg!r}")
         return diffs
     if got["error"] is not None:
         return [f"we refused the policy: {got['error']}"]
