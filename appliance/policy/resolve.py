@@ -25,6 +25,9 @@ class Resolver:
         self.tailnet = tailnet
         self.nodes = tailnet.nodes
         self.node_ips: dict[int, IPSet] = {n.id: IPSet.parse(*n.ips) for n in self.nodes}
+        self._alias_memo: dict[Alias, list[Node] | None] = {}
+        # SSH source nodes per rule, filled by ssh.py (same reason).
+        self.ssh_src_memo: dict[int, tuple] = {}
         self.users_by_login: dict[str, int] = {}
         for u in tailnet.users:
             if u.email:
@@ -71,7 +74,17 @@ class Resolver:
         return self.users_by_login.get(login.lower())
 
     def alias_nodes(self, a: Alias) -> list[Node] | None:
-        """Nodes an alias names, or None when it names addresses instead."""
+        """Nodes an alias names, or None when it names addresses instead.
+
+        Memoised: the compiler asks the same question for every node."""
+        try:
+            return self._alias_memo[a]
+        except KeyError:
+            pass
+        out = self._alias_memo[a] = self._alias_nodes(a)
+        return out
+
+    def _alias_nodes(self, a: Alias) -> list[Node] | None:
         k = a.kind
         if k == "tag":
             return [n for n in self.nodes if a.value in n.tags]

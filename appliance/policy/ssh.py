@@ -31,6 +31,15 @@ def _dst_matches(r: Resolver, rule: SSHRule, node: Node) -> tuple[bool, bool]:
 
 
 def _src_nodes(r: Resolver, rule: SSHRule) -> list[Node]:
+    memo = r.ssh_src_memo
+    if id(rule) in memo:
+        return memo[id(rule)][1]
+    out = _resolve_src_nodes(r, rule)
+    memo[id(rule)] = (rule, out)   # keep rule alive so id() stays unique
+    return out
+
+
+def _resolve_src_nodes(r: Resolver, rule: SSHRule) -> list[Node]:
     ids: dict[int, Node] = {}
     for a in rule.srcs:
         nodes = r.alias_nodes(a)
