@@ -27,7 +27,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         text = f.read()
     with open(args.topology, "rb") as f:
         topology = json.load(f)
-    if "topology" in topology and "nodes" not in topology:
+    if isinstance(topology.get("topology"), dict):
         topology = topology["topology"]   # accept a whole corpus case too
     out = evaluate(text, topology, server_url=args.server_url)
     json.dump(out, sys.stdout, indent=2, sort_keys=True)
