@@ -1,0 +1,156 @@
+"""Resolving aliases against the tailnet: which nodes, which addresses."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from .aliases import Alias
+from .document import Policy
+from .ipset import EMPTY, TAILNET_SPACE, IPSet
+from .model import Node, Tailnet
+
+# autogroup:internet as Tailscale's control plane writes it into exit nodes'
+# filters: all IPv4 except private, CGNAT and link-local space, and global
+# unicast IPv6 (2000::/3).
+_NON_INTERNET = IPSet.parse("10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16",
+                            "172.16.0.0/12", "192.168.0.0/16")
+INTERNET = IPSet.parse("0.0.0.0/0", "2000::/3") - _NON_INTERNET
+
+
+class Resolver:
+    """Alias → nodes and addresses for one (policy, tailnet) pair."""
+
+    def __init__(self, policy: Policy, tailnet: Tailnet) -> None:
+        self.policy = policy
+        self.tailnet = tailnet
+        self.nodes = tailnet.nodes
+        self.node_ips: dict[int, IPSet] = {n.id: IPSet.parse(*n.ips) for n in self.nodes}
+        self._alias_memo: dict[Alias, list[Node] | None] = {}
+        # SSH source nodes per rule, filled by ssh.py (same reason).
+        self.ssh_src_memo: dict[int, tuple] = {}
+        self.users_by_login: dict[str, int] = {}
+        for u in tailnet.users:
+            if u.email:
+                self.users_by_login[u.email.lower()] = u.id
+            if u.name:
+                self.users_by_login.setdefault(f"{u.name.lower()}@", u.id)
+
+    # --- routes -----------------------------------------------------------
+    @cached_property
+    def subnet_routes(self) -> dict[int, IPSet]:
+        """Approved, non-exit routes per node: those a router forwards for."""
+        out = {}
+        for n in self.nodes:
+            routes = [r for r in self.approved[n.id] if r not in ("0.0.0.0/0", "::/0")]
+            out[n.id] = IPSet.parse(*routes) if routes else EMPTY
+        return out
+
+    @cached_property
+    def approved(self) -> dict[int, tuple[str, ...]]:
+        """Approved routes per node: those approved by an admin plus the
+        advertised subnet routes autoApprovers approve (Tailscale approves
+        these as soon as they are advertised, acl-ah01). Exit routes are
+        left to the server: the captures show advertised exit routes that
+        autoApprovers cover staying unapproved until approved (acl-a05)."""
+        from .routes import EXIT, auto_approved
+        out = {}
+        for n in self.nodes:
+            auto = auto_approved(self.policy, self, n) if n.routable_ips else ()
+            auto = tuple(r for r in auto if r not in EXIT)
+            out[n.id] = tuple(dict.fromkeys(n.approved_routes + auto))
+        return out
+
+    @cached_property
+    def exit_nodes(self) -> frozenset[int]:
+        return frozenset(n.id for n in self.nodes
+                         if "0.0.0.0/0" in self.approved[n.id] or "::/0" in self.approved[n.id])
+
+    @cached_property
+    def all_subnet_routes(self) -> IPSet:
+        return IPSet.union_all(self.subnet_routes.values())
+
+    # --- aliases ----------------------------------------------------------
+    def user_id(self, login: str) -> int | None:
+        return self.users_by_login.get(login.lower())
+
+    def alias_nodes(self, a: Alias) -> list[Node] | None:
+        """Nodes an alias names, or None when it names addresses instead.
+
+        Memoised: the compiler asks the same question for every node."""
+        try:
+            return self._alias_memo[a]
+        except KeyError:
+            pass
+        out = self._alias_memo[a] = self._alias_nodes(a)
+        return out
+
+    def _alias_nodes(self, a: Alias) -> list[Node] | None:
+        k = a.kind
+        if k == "tag":
+            return [n for n in self.nodes if a.value in n.tags]
+        if k == "user":
+            uid = self.user_id(a.value)
+            return [n for n in self.nodes if not n.is_tagged and uid is not None and n.user_id == uid]
+        if k == "domain":
+            domain = "@" + a.value.split("@", 1)[1].lower()
+            uids = {u.id for u in self.tailnet.users if u.email.lower().endswith(domain)}
+            return [n for n in self.nodes if not n.is_tagged and n.user_id in uids]
+        if k == "group":
+            uids = {self.user_id(m) for m in self.policy.groups.get(a.value, ())} - {None}
+            return [n for n in self.nodes if not n.is_tagged and n.user_id in uids]
+        if k == "autogroup":
+            name = a.value.split(":", 1)[1]
+            if name == "member":
+                return [n for n in self.nodes if not n.is_tagged and n.user_id is not None]
+            if name == "tagged":
+                return [n for n in self.nodes if n.is_tagged]
+            if name in ("self", "internet", "danger-all"):
+                return None
+            if name in ("owner", "admin") and self.tailnet.users:
+                # Roles are not modelled; the first user created the tailnet
+                # and owns it, as in Tailscale.
+                owner = min(u.id for u in self.tailnet.users)
+                return [n for n in self.nodes if not n.is_tagged and n.user_id == owner]
+            return []   # other admin roles: not modelled
+        return None
+
+    def src_set(self, srcs) -> tuple[IPSet, bool]:
+        """Addresses of a rule's sources; flag True for autogroup:danger-all."""
+        sets = []
+        danger = False
+        for a in srcs:
+            if a.kind == "wildcard":
+                # "*" as a source is every tailnet address plus every approved
+                # subnet route, not the whole internet (Tailscale SaaS).
+                sets.append(TAILNET_SPACE)
+                sets.append(self.all_subnet_routes)
+            elif a.value == "autogroup:danger-all":
+                danger = True
+            else:
+                sets.append(self.alias_addrs(a))
+        return IPSet.union_all(sets), danger
+
+    def alias_addrs(self, a: Alias) -> IPSet:
+        if a.kind == "prefix":
+            return IPSet.parse(a.value)
+        if a.kind == "host":
+            return IPSet.parse(self.policy.hosts[a.value])
+        if a.kind == "wildcard":
+            return TAILNET_SPACE | self.all_subnet_routes
+        if a.value == "autogroup:internet":
+            return INTERNET
+        nodes = self.alias_nodes(a)
+        if not nodes:
+            return EMPTY
+        return IPSet.union_all(self.node_ips[n.id] for n in nodes)
+
+    def nodes_in(self, addrs: IPSet, with_routes: bool = True) -> list[Node]:
+        """Nodes whose addresses (and, optionally, approved subnet routes)
+        meet a set."""
+        out = []
+        for n in self.nodes:
+            routes = self.subnet_routes[n.id]
+            if self.node_ips[n.id].overlaps(addrs) or (
+                    with_routes and routes and routes.overlaps(addrs)):
+                out.append(n)
+        return out
