@@ -27,6 +27,7 @@ from .relay import DerpMapSource, make_relay, relay_routes, run_stun
 from .storage import Store
 from .tailnet.housekeeping import run_housekeeping
 from .tailnet.model import Tailnet
+from .tailnet.policy import PolicyManager
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class Running:
     config: Config
     tailnet: Tailnet
     control: ControlService
+    policy: PolicyManager
     front: FrontDoor
     ports: list[int]
     cancel_scope: trio.CancelScope
@@ -83,6 +85,11 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             tailnet, base_domain=cfg.dns.base_domain or "invalid", dns_config=lambda: dns,
             derp_map=derp_maps.current,
         )
+        policy = PolicyManager(
+            tailnet, lambda access: setattr(mapper, "access", access), mode=cfg.policy.mode,
+            path=cfg.policy.path, server_url=cfg.server_url,
+        )
+        await policy.load()
         control = ControlService(tailnet, mapper, cfg.server_url)
         front = FrontDoor(noise_key, control)
         front.plain_routes.append(login_page_route(control))
@@ -93,7 +100,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             front.plain_routes.append(derp_plain)
             front.upgrade_routes["/derp"] = derp_upgrade
         admin = HTTPServer("admin")
-        admin.plain_routes.append(AdminAPI(tailnet, control))
+        admin.plain_routes.append(AdminAPI(tailnet, control, policy))
 
         async with trio.open_nursery() as nursery:
             host, port = split_host_port(cfg.listen_addr)
@@ -103,6 +110,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             unix = await open_unix_listener(cfg.unix_socket, cfg.unix_socket_permission)
             nursery.start_soon(trio.serve_listeners, admin.handle, [unix])
             await nursery.start(run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
+            await nursery.start(policy.watch_file)
             if relay is not None:
                 nursery.start_soon(relay.run)
                 if cfg.derp.stun_listen_addr:
@@ -111,7 +119,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
                 "trioscale serving %s on %s (admin socket %s, %d nodes, %d users)",
                 cfg.server_url, cfg.listen_addr, cfg.unix_socket, len(tailnet.nodes), len(tailnet.users),
             )
-            task_status.started(Running(cfg, tailnet, control, front, ports, nursery.cancel_scope))
+            task_status.started(Running(cfg, tailnet, control, policy, front, ports, nursery.cancel_scope))
     finally:
         with trio.CancelScope(shield=True):
             try:
@@ -122,11 +130,15 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
 
 async def serve_until_signalled(cfg: Config) -> None:
-    """The process's main: serve, and stop cleanly on SIGINT or SIGTERM."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """The process's main: serve, reload the policy on SIGHUP, stop on SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve, cfg)
+            running: Running = await nursery.start(serve, cfg)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("received SIGHUP, reloading the policy")
+                    await running.policy.reload()
+                    continue
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break

@@ -81,7 +81,7 @@ def netns_available() -> str | None:
 class Server:
     """A trioscale process inside the namespace."""
 
-    def __init__(self, ns: Netns, workdir: Path, port: int = 8080, overrides: dict | None = None) -> None:
+    def __init__(self, ns: Netns, workdir: Path, port: int = 9911, overrides: dict | None = None) -> None:
         self.ns = ns
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
