@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(nodes, "register", nodes_register, "approve an interactive login")
     p.add_argument("-u", "--user", required=True)
     p.add_argument("-k", "--key", required=True)
+    p = cmd(nodes, "list-routes", nodes_list_routes, "routes advertised, approved and primary per node", output=True)
+    p.add_argument("-i", "--identifier", type=int)
     p = cmd(nodes, "approve-routes", nodes_approve_routes, "set a node's approved routes")
     p.add_argument("-i", "--identifier", type=int, required=True)
     p.add_argument("-r", "--routes", default="", help="comma-separated prefixes; empty removes all")
@@ -332,6 +334,17 @@ def nodes_move(args) -> int:
 def nodes_register(args) -> int:
     doc = _client(args).call("POST", f"/api/v1/node/register?user={args.user}&key={args.key}")
     print(f"Node {doc['node']['givenName']} registered")
+    return 0
+
+
+def nodes_list_routes(args) -> int:
+    nodes = _client(args).call("GET", "/api/v1/node")["nodes"]
+    if args.identifier is not None:
+        nodes = [n for n in nodes if n["id"] == str(args.identifier)]
+    nodes = [n for n in nodes if n["availableRoutes"] or n["approvedRoutes"]]
+    rows = [[n["id"], n["givenName"], ", ".join(n["approvedRoutes"]), ", ".join(n["availableRoutes"]),
+             ", ".join(n["primaryRoutes"])] for n in nodes]
+    _emit(args, nodes, rows, ["ID", "Hostname", "Approved", "Available", "Serving (Primary)"])
     return 0
 
 

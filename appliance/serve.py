@@ -14,7 +14,7 @@ import trio
 
 from .admin.api import AdminAPI
 from .config import Config, split_host_port
-from .control.dnsconfig import build_dns_config
+from .control.dnsconfig import DNSConfigSource
 from .control.loginpage import login_page_route
 from .control.mapper import Mapper
 from .control.service import ControlService
@@ -79,10 +79,10 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             node_expiry=cfg.node.expiry,
         )
         await tailnet.load()
-        dns = build_dns_config(cfg.dns)
+        dns = DNSConfigSource(cfg.dns, lambda: tailnet.bus.part_changed("dns"))
         derp_maps = DerpMapSource(cfg)
         mapper = Mapper(
-            tailnet, base_domain=cfg.dns.base_domain or "invalid", dns_config=lambda: dns,
+            tailnet, base_domain=cfg.dns.base_domain or "invalid", dns_config=dns.current,
             derp_map=derp_maps.current,
         )
         policy = PolicyManager(
@@ -111,6 +111,8 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             nursery.start_soon(trio.serve_listeners, admin.handle, [unix])
             await nursery.start(run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
             await nursery.start(policy.watch_file)
+            await nursery.start(policy.run_auto_approver)
+            await nursery.start(dns.watch)
             if relay is not None:
                 nursery.start_soon(relay.run)
                 if cfg.derp.stun_listen_addr:

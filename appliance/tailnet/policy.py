@@ -89,6 +89,8 @@ class PolicyManager:
         self._known: dict[int, PolicyNode] = {}
         self._known_users: dict[int, PolicyUser] = {}
         self._mtime: float | None = None
+        self._approve_pending: set[int] = set()
+        self._approve_wake = trio.Event()
         tailnet.on_nodes_changed = self.nodes_changed
         tailnet.on_users_changed = self.users_changed
 
@@ -138,6 +140,33 @@ class PolicyManager:
     def _remember(self) -> None:
         self._known = {n.id: policy_node(n) for n in self.tailnet.nodes.values()}
         self._known_users = {u.id: policy_user(u) for u in self.tailnet.users.values()}
+        self._queue_auto_approval(set(self._known))
+
+    def _queue_auto_approval(self, ids: set[int]) -> None:
+        self._approve_pending |= ids
+        self._approve_wake.set()
+
+    async def run_auto_approver(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Approve advertised routes that the policy's autoApprovers cover (Headscale persists
+        them as approved, so they survive a later policy change)."""
+        task_status.started()
+        while True:
+            await self._approve_wake.wait()
+            self._approve_wake = trio.Event()
+            ids, self._approve_pending = self._approve_pending, set()
+            for node_id in sorted(ids):
+                node = self.tailnet.nodes.get(node_id)
+                if self.engine is None or node is None:
+                    continue
+                try:
+                    auto = set(self.engine.auto_approved_routes(node_id))
+                except KeyError:
+                    continue
+                have = set(node.approved_routes)
+                if not auto <= have:
+                    log.info("node %d (%s): routes %s approved by autoApprovers", node_id,
+                             node.given_name, ", ".join(sorted(auto - have)))
+                    await self.tailnet.set_approved_routes(node_id, have | auto)
 
     def check(self, text: str) -> None:
         """Raises PolicyError if ``text`` would be refused against the live tailnet."""
@@ -214,6 +243,8 @@ class PolicyManager:
             pn = policy_node(rec)
             if self._known.get(node_id) == pn:
                 continue  # nothing the policy looks at changed
+            if self._known.get(node_id) is None or self._known[node_id].routable_ips != pn.routable_ips:
+                self._queue_auto_approval({node_id})
             self._known[node_id] = pn
             changed |= self.engine.upsert_node(pn)
         self._dispatch(changed, before)
