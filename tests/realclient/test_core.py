@@ -171,6 +171,18 @@ def test_logout_and_login_keeps_addresses(tailnet):
     wait_until(lambda: nodes["alpha"].peers().get("beta", {}).get("Online"), 5, what="alpha to see beta again")
 
 
+def test_node_key_rotation_keeps_the_node(tailnet):
+    """--force-reauth makes a new node key and sends the old one as OldNodeKey."""
+    server, nodes = tailnet["server"], tailnet["nodes"]
+    before = {n["givenName"]: n for n in server.cli_json("nodes", "list")}["alpha"]
+    nodes["alpha"].up(server, key(server), "--force-reauth")
+    after = {n["givenName"]: n for n in server.cli_json("nodes", "list")}["alpha"]
+    assert after["id"] == before["id"] and after["ipAddresses"] == before["ipAddresses"]
+    assert after["nodeKey"] != before["nodeKey"]
+    wait_until(lambda: nodes["beta"].peers().get("alpha", {}).get("PublicKey") == after["nodeKey"], 5,
+               what="beta to learn alpha's new key")
+
+
 def test_server_restart_loses_nothing(tailnet):
     server, nodes = tailnet["server"], tailnet["nodes"]
     before_nodes = {n["givenName"]: sorted(n["ipAddresses"]) for n in server.cli_json("nodes", "list")}
