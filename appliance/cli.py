@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(nodes, "approve-routes", nodes_approve_routes, "set a node's approved routes")
     p.add_argument("-i", "--identifier", type=int, required=True)
     p.add_argument("-r", "--routes", default="", help="comma-separated prefixes; empty removes all")
+    apikeys = _with_config(sub.add_parser("apikeys", aliases=["apikey"], help="API keys for the HTTP API")).add_subparsers(dest="sub", required=True)
+    p = cmd(apikeys, "create", apikeys_create, "create an API key (printed alone on stdout, shown once)")
+    p.add_argument("-e", "--expiration", default="90d")
+    cmd(apikeys, "list", apikeys_list, "list API keys", aliases=["ls"], output=True)
+    p = cmd(apikeys, "expire", apikeys_expire, "expire an API key")
+    p.add_argument("-p", "--prefix", required=True)
+
     pol = _with_config(sub.add_parser("policy", help="the access policy")).add_subparsers(dest="sub", required=True)
     cmd(pol, "get", policy_get, "print the policy in force")
     p = cmd(pol, "set", policy_set, "replace the policy (policy.mode: database)")
@@ -351,6 +358,26 @@ def nodes_list_routes(args) -> int:
 def nodes_approve_routes(args) -> int:
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     return _node_cmd(args, "POST", "/approve_routes", {"routes": routes}, message="Routes approved")
+
+
+def apikeys_create(args) -> int:
+    when = datetime.now(timezone.utc) + parse_duration(args.expiration, "--expiration")
+    doc = _client(args).call("POST", "/api/v1/apikey", {"expiration": when.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    print(doc["apiKey"])
+    return 0
+
+
+def apikeys_list(args) -> int:
+    keys = _client(args).call("GET", "/api/v1/apikey")["apiKeys"]
+    rows = [[k["id"], k["prefix"], k["expiration"], k["createdAt"], k["lastSeen"]] for k in keys]
+    _emit(args, keys, rows, ["ID", "Prefix", "Expiration", "Created", "Last seen"])
+    return 0
+
+
+def apikeys_expire(args) -> int:
+    _client(args).call("POST", "/api/v1/apikey/expire", {"prefix": args.prefix})
+    print("Key expired")
+    return 0
 
 
 def _read(path: str) -> str:

@@ -99,8 +99,10 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             derp_plain, derp_upgrade = relay_routes(relay)
             front.plain_routes.append(derp_plain)
             front.upgrade_routes["/derp"] = derp_upgrade
+        api = AdminAPI(tailnet, control, policy)
         admin = HTTPServer("admin")
-        admin.plain_routes.append(AdminAPI(tailnet, control, policy))
+        admin.plain_routes.append(api)
+        front.plain_routes.append(api.public_route())
 
         async with trio.open_nursery() as nursery:
             host, port = split_host_port(cfg.listen_addr)

@@ -14,6 +14,7 @@ from .. import __version__
 from ..control.service import ControlService
 from ..errors import Invalid, NotFound, TrioscaleError
 from ..http.server import Answer
+from ..tailnet import secrets as keysecrets
 from ..tailnet.model import Tailnet
 from ..policy import PolicyError
 from ..policy.reach import reach
@@ -65,6 +66,9 @@ class AdminAPI:
         r("POST", r"/api/v1/node/(?P<id>\d+)/tags", self.tag_node)
         r("POST", r"/api/v1/node/(?P<id>\d+)/user", self.move_node)
         r("POST", r"/api/v1/node/(?P<id>\d+)/approve_routes", self.approve_routes)
+        r("GET", r"/api/v1/apikey", self.list_api_keys)
+        r("POST", r"/api/v1/apikey", self.create_api_key)
+        r("POST", r"/api/v1/apikey/expire", self.expire_api_key)
         r("GET", r"/api/v1/policy", self.get_policy)
         r("PUT", r"/api/v1/policy", self.set_policy)
         r("POST", r"/api/v1/policy/check", self.check_policy)
@@ -205,6 +209,57 @@ class AdminAPI:
             raise Invalid("register needs a user and the key shown on the login page")
         node = await self.control.complete_interactive(str(key), str(user))
         return {"node": node_json(self.tailnet, node)}
+
+    # --- API keys -----------------------------------------------------------------------
+
+    async def list_api_keys(self, query: dict, body: dict) -> dict:
+        keys = await self.tailnet.store.list_api_keys()
+        return {"apiKeys": [
+            {"id": str(k.id), "prefix": k.prefix, "expiration": ts(k.expiration),
+             "createdAt": ts(k.created_at), "lastSeen": ts(k.last_seen)}
+            for k in keys
+        ]}
+
+    async def create_api_key(self, query: dict, body: dict) -> dict:
+        now = self.tailnet.clock()
+        lifetime = _parse_expiration(body.get("expiration"), now) if body.get("expiration") else timedelta(days=90)
+        text, prefix, hashed = keysecrets.new_secret("api")
+        await self.tailnet.store.create_api_key(prefix, hashed, now, now + lifetime)
+        return {"apiKey": text}
+
+    async def expire_api_key(self, query: dict, body: dict) -> dict:
+        prefix = keysecrets.split_prefix("api", str(body.get("prefix") or "")) or str(body.get("prefix") or "")
+        if not await self.tailnet.store.expire_api_key(prefix, self.tailnet.clock()):
+            raise NotFound(f"API key {prefix!r} not found")
+        return {}
+
+    async def authorized(self, authorization: str | None) -> bool:
+        """Is ``Authorization: Bearer <key>`` a valid, unexpired API key? (The unix socket
+        needs none: its file mode guards it.)"""
+        if not authorization or not authorization.startswith("Bearer "):
+            return False
+        text = authorization[len("Bearer "):].strip()
+        prefix = keysecrets.split_prefix("api", text)
+        if prefix is None:
+            return False
+        now = self.tailnet.clock()
+        for k in await self.tailnet.store.list_api_keys():
+            if k.prefix == prefix and keysecrets.matches(text, k.hash):
+                return k.expiration is None or k.expiration > now
+        return False
+
+    def public_route(self):
+        """The same API on the public listener, for Headscale's UIs and scripts: Bearer API keys."""
+
+        async def route(req: h11.Request, body: bytes) -> Answer | None:
+            if not req.target.startswith(b"/api/v1/"):
+                return None
+            auth = next((v.decode("latin-1") for k, v in req.headers if k == b"authorization"), None)
+            if not await self.authorized(auth):
+                return _json(401, {"code": 16, "message": "unauthorized: a valid API key is needed (Authorization: Bearer ...)"})
+            return await self(req, body)
+
+        return route
 
     # --- policy -------------------------------------------------------------------------
 

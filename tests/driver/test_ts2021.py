@@ -128,3 +128,28 @@ async def test_bad_upgrades_are_refused_and_the_server_serves_on(server, request
     assert head.split(b" ")[1] == status
     await stream.aclose()
     assert await server_key(port)  # still serving
+
+
+async def test_http_api_needs_a_valid_api_key(server):
+    port, running = server
+    head, _, s = await http(port, b"GET /api/v1/user HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert head.split(b" ")[1] == b"401"
+    await s.aclose()
+    from appliance.admin.api import AdminAPI
+
+    api = AdminAPI(running.tailnet, running.control, running.policy)
+    key = (await api.create_api_key({}, {}))["apiKey"]
+    assert key.startswith("hskey-api-")
+    await running.tailnet.create_user("zoe")
+    head, rest, s = await http(port, b"GET /api/v1/user HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                     b"Authorization: Bearer " + key.encode() + b"\r\n\r\n")
+    with trio.fail_after(5):
+        while True:
+            more = await s.receive_some(65536)
+            if not more:
+                break
+            rest += more
+    assert head.split(b" ")[1] == b"200" and json.loads(rest)["users"][0]["name"] == "zoe"
+    prefix = (await api.list_api_keys({}, {}))["apiKeys"][0]["prefix"]
+    await api.expire_api_key({}, {"prefix": prefix})
+    assert not await api.authorized("Bearer " + key)
