@@ -177,6 +177,8 @@ class Mapper:
         msg: dict[str, Any] = {}
         if pending.self_node:
             msg["Node"] = self.self_json(self.tailnet.nodes[view.node_id])
+        if pending.derp_map:
+            msg["DERPMap"] = self.derp_map()  # a MapResponse with just DERPMap is a valid delta
         changed, patches, removed = [], [], []
         visible = None
         for node_id, patch in pending.peers.items():

@@ -23,6 +23,7 @@ class Pending:
     everything: bool = False  # DERP map, DNS, packet filter, profiles, peer set: recompute all
     peers: dict[int, dict | None] = field(default_factory=dict)  # node id → patch fields or FULL
     removed: set[int] = field(default_factory=set)
+    derp_map: bool = False  # only the DERP map changed: resend it alone
 
     def mark_peer(self, node_id: int, patch: dict | None) -> None:
         self.removed.discard(node_id)
@@ -41,11 +42,12 @@ class Pending:
         self.removed.add(node_id)
 
     def empty(self) -> bool:
-        return not (self.self_node or self.everything or self.peers or self.removed)
+        return not (self.self_node or self.everything or self.peers or self.removed or self.derp_map)
 
     def take(self) -> "Pending":
-        taken = Pending(self.self_node, self.everything, self.peers, self.removed)
+        taken = Pending(self.self_node, self.everything, self.peers, self.removed, self.derp_map)
         self.self_node, self.everything, self.peers, self.removed = False, False, {}, set()
+        self.derp_map = False
         return taken
 
 
@@ -121,6 +123,12 @@ class ChangeBus:
         """Something every netmap depends on changed (policy, DNS, DERP map, users)."""
         for h in self._all():
             h.pending.everything = True
+            h.wake()
+
+    def derp_map_changed(self) -> None:
+        """The DERP map changed; every session gets a delta holding just the new map."""
+        for h in self._all():
+            h.pending.derp_map = True
             h.wake()
 
     def recompute(self, node_ids: set[int]) -> None:
