@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 def make_relay(cfg: Config, tailnet: Tailnet) -> DerpServer:
     key = load_or_create_private_key(cfg.derp.private_key_path)
+    if urlsplit(cfg.server_url).scheme != "https":
+        # Clients dial DERP over TLS only (TS_DEBUG_USE_DERP_HTTP=1 aside).
+        log.warning("server_url is not https: clients will not be able to use the embedded DERP relay")
     mesh_key = None
     if cfg.derp.mesh_key_path is not None:
         try:

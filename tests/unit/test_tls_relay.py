@@ -271,3 +271,28 @@ def test_derp_map_change_is_a_delta_with_only_the_map():
     msg = mapper.delta(SessionView(7), pending)
     assert msg == {"DERPMap": {"Regions": {"999": region(999, "x")}}}
     assert mapper.delta(SessionView(7), Pending()) is None
+
+
+def test_mesh_with_needs_a_mesh_key(tmp_path):
+    with pytest.raises(ConfigError, match="derp.server.mesh_with"):
+        make_cfg(tmp_path, derp={"server": {"enabled": True, "stun_listen_addr": "127.0.0.1:0",
+                                            "mesh_with": ["https://derp2.example:443"]}})
+    (tmp_path / "mk").write_text("ab" * 32)
+    cfg = make_cfg(tmp_path, derp={"server": {"enabled": True, "stun_listen_addr": "127.0.0.1:0",
+                                              "mesh_key_path": str(tmp_path / "mk"),
+                                              "mesh_with": ["https://derp2.example:443"]}})
+    assert cfg.derp.mesh_with == ("https://derp2.example:443",)
+
+
+def test_trioscale_derp_runs_the_standalone_server(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "appliance", "derp", "--help"], cwd=repo,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "--mesh-with" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "appliance", "derp", "-a", "127.0.0.1:0",
+                          "--key-file", str(tmp_path / "k")], cwd=repo, capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "TLS needs" in bad.stderr
