@@ -15,7 +15,10 @@ from ..control.service import ControlService
 from ..errors import Invalid, NotFound, TrioscaleError
 from ..http.server import Answer
 from ..tailnet.model import Tailnet
-from .shapes import node_json, preauth_json, user_json
+from ..policy import PolicyError
+from ..policy.reach import reach
+from ..tailnet.policy import policy_node
+from .shapes import node_json, preauth_json, ts, user_json
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -62,6 +65,11 @@ class AdminAPI:
         r("POST", r"/api/v1/node/(?P<id>\d+)/tags", self.tag_node)
         r("POST", r"/api/v1/node/(?P<id>\d+)/user", self.move_node)
         r("POST", r"/api/v1/node/(?P<id>\d+)/approve_routes", self.approve_routes)
+        r("GET", r"/api/v1/policy", self.get_policy)
+        r("PUT", r"/api/v1/policy", self.set_policy)
+        r("POST", r"/api/v1/policy/check", self.check_policy)
+        r("GET", r"/api/v1/policy/topology", self.topology)
+        r("GET", r"/api/v1/policy/reach", self.reach)
         r("GET", r"/api/v1/version", self.version)
         r("GET", r"/version", self.version)
 
@@ -197,6 +205,57 @@ class AdminAPI:
             raise Invalid("register needs a user and the key shown on the login page")
         node = await self.control.complete_interactive(str(key), str(user))
         return {"node": node_json(self.tailnet, node)}
+
+    # --- policy -------------------------------------------------------------------------
+
+    async def get_policy(self, query: dict, body: dict) -> dict:
+        return {"policy": self.policy.text or "", "updatedAt": ts(self.policy.updated_at)}
+
+    async def set_policy(self, query: dict, body: dict) -> dict:
+        text = body.get("policy")
+        if not isinstance(text, str):
+            raise Invalid("policy: expected the policy text as a string")
+        await self.policy.set(text)
+        return await self.get_policy(query, body)
+
+    async def check_policy(self, query: dict, body: dict) -> dict:
+        text = body.get("policy")
+        if not isinstance(text, str):
+            raise Invalid("policy: expected the policy text as a string")
+        try:
+            self.policy.check(text)
+        except PolicyError as e:
+            raise Invalid(str(e)) from None
+        return {}
+
+    async def topology(self, query: dict, body: dict) -> dict:
+        """The live tailnet in the policy corpus's topology format (for `policy evaluate`)."""
+        users = [{"id": u.id, "name": u.name, "email": u.email} for u in self.tailnet.users.values()]
+        names = {u.id: u.name for u in self.tailnet.users.values()}
+        nodes = {}
+        for n in self.tailnet.nodes.values():
+            pn = policy_node(n)
+            nodes[n.given_name] = {
+                "hostname": n.given_name, "tags": list(n.tags), "ipv4": n.ipv4, "ipv6": n.ipv6,
+                "user": names.get(n.user_id) if not n.tags else None,
+                "routable_ips": list(pn.routable_ips), "approved_routes": list(n.approved_routes),
+            }
+        return {"users": users, "nodes": nodes}
+
+    async def reach(self, query: dict, body: dict) -> dict:
+        src, dst = self._node_named(query.get("src", "")), self._node_named(query.get("dst", ""))
+        port = int(query.get("port") or 0)
+        engine = self.policy.engine
+        if engine is None:
+            return {"allowed": True, "reason": "no policy is set: every node may reach every node"}
+        allowed, reason = reach(engine, policy_node(src), policy_node(dst), port)
+        return {"allowed": allowed, "reason": reason}
+
+    def _node_named(self, ref: str):
+        for n in self.tailnet.nodes.values():
+            if ref in (str(n.id), n.given_name, n.hostname, n.ipv4, n.ipv6):
+                return n
+        raise NotFound(f"node {ref!r} not found")
 
     async def version(self, query: dict, body: dict) -> dict:
         return {"version": __version__}

@@ -109,7 +109,7 @@ class Server:
     """A trioscale process inside the namespace. With ``tls``, it serves https on ``port``
     (control and DERP) with those certificate files; ``env`` adds to its environment."""
 
-    def __init__(self, ns: Netns, workdir: Path, port: int = 8080, overrides: dict | None = None,
+    def __init__(self, ns: Netns, workdir: Path, port: int = 9911, overrides: dict | None = None,
                  tls: Certs | None = None, env: dict[str, str] | None = None) -> None:
         self.ns = ns
         self.dir = workdir

@@ -258,9 +258,9 @@ async def test_unreachable_url_at_start_leaves_it_out(tmp_path):
 def test_derp_map_change_is_a_delta_with_only_the_map():
     bus = ChangeBus()
     h = bus.open(7)
-    bus.derp_map_changed()
+    bus.part_changed("derp")  # what serve.py gives DerpMapSource.run as on_change
     pending = h.pending.take()
-    assert pending.derp_map and not pending.everything and h.pending.empty()
+    assert pending.parts == {"derp"} and not pending.everything and h.pending.empty()
 
     class FakeTailnet:
         nodes = {7: object()}
