@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(sub, "serve", do_serve, "run the server")
     cmd(sub, "configtest", do_configtest, "check the configuration and print the effective one")
     cmd(sub, "version", do_version, "print the version", output=True)
+    # Its flags are derp.cli's (like Tailscale's derper); main() hands them over unparsed.
+    sub.add_parser("derp", help="run a standalone DERP relay and STUN server (see `trioscale derp --help`)",
+                   add_help=False)
 
     users = _with_config(sub.add_parser("users", aliases=["user"], help="manage users")).add_subparsers(dest="sub", required=True)
     p = cmd(users, "create", users_create, "create a user")
@@ -462,6 +465,11 @@ def setup_logging(level: int, fmt: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["derp"]:
+        from derp.cli import main as derp_main
+
+        return derp_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.cmd not in ("serve", "configtest"):
         # The admin verbs only need the socket path: config warnings are for serve/configtest.

@@ -23,11 +23,13 @@ from .http.server import HTTPServer
 from .keys import load_or_create_private_key
 from derp.stun import StunStats
 
+from .metrics import Sources, serve_metrics
 from .relay import DerpMapSource, make_relay, relay_routes, run_stun
 from .storage import Store
 from .tailnet.housekeeping import run_housekeeping
 from .tailnet.model import Tailnet
 from .tailnet.policy import PolicyManager
+from .tlsserve import tls_for_config
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class Running:
     front: FrontDoor
     ports: list[int]
     cancel_scope: trio.CancelScope
+    metrics_port: int | None = None
 
 
 async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
@@ -103,12 +106,15 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         admin = HTTPServer("admin")
         admin.plain_routes.append(api)
         front.plain_routes.append(api.public_route())
+        public = tls_for_config(cfg, front.handle)  # the front door, behind TLS when configured
+        stun_stats = StunStats()
 
         async with trio.open_nursery() as nursery:
+            await nursery.start(derp_maps.run, lambda: tailnet.bus.part_changed("derp"))
             host, port = split_host_port(cfg.listen_addr)
             listeners = await trio.open_tcp_listeners(port, host=host or None)
             ports = sorted({ln.socket.getsockname()[1] for ln in listeners})
-            nursery.start_soon(trio.serve_listeners, front.handle, listeners)
+            nursery.start_soon(trio.serve_listeners, public, listeners)
             unix = await open_unix_listener(cfg.unix_socket, cfg.unix_socket_permission)
             nursery.start_soon(trio.serve_listeners, admin.handle, [unix])
             await nursery.start(run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
@@ -118,12 +124,20 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             if relay is not None:
                 nursery.start_soon(relay.run)
                 if cfg.derp.stun_listen_addr:
-                    await nursery.start(run_stun, cfg, StunStats())
+                    await nursery.start(run_stun, cfg, stun_stats)
+            metrics_port = None
+            if cfg.metrics_listen_addr:
+                sources = Sources(
+                    nodes=lambda: len(tailnet.nodes), online_nodes=lambda: len(tailnet.online),
+                    noise_connections=lambda: front.noise_connections, relay=relay,
+                    stun=stun_stats if relay is not None and cfg.derp.stun_listen_addr else None,
+                )
+                metrics_port = await nursery.start(serve_metrics, cfg.metrics_listen_addr, sources)
             log.info(
                 "trioscale serving %s on %s (admin socket %s, %d nodes, %d users)",
                 cfg.server_url, cfg.listen_addr, cfg.unix_socket, len(tailnet.nodes), len(tailnet.users),
             )
-            task_status.started(Running(cfg, tailnet, control, policy, front, ports, nursery.cancel_scope))
+            task_status.started(Running(cfg, tailnet, control, policy, front, ports, nursery.cancel_scope, metrics_port))
     finally:
         with trio.CancelScope(shield=True):
             try:
