@@ -132,23 +132,23 @@ def test_used_and_expired_keys_are_refused(tailnet, netns):
         second.start()
         first.up(server, single)
         used = second.up(server, single, check=False)
-        assert used.returncode != 0
-        assert "already been used" in used.stderr + used.stdout
+        assert used.returncode != 0, used
+        assert "already been used" in used.stderr + used.stdout, used
 
         expired = key(server, "--expiration", "1s")
         time.sleep(1.5)
         res = second.up(server, expired, check=False)
-        assert res.returncode != 0
-        assert "expired" in res.stderr + res.stdout
+        assert res.returncode != 0, res
+        assert "expired" in res.stderr + res.stdout, res
 
         unknown = second.up(server, "hskey-auth-aaaaaaaaaaaa-" + "0" * 64, check=False)
-        assert unknown.returncode != 0
-        assert "not known" in unknown.stderr + unknown.stdout
+        assert unknown.returncode != 0, unknown
+        assert "not known" in unknown.stderr + unknown.stdout, unknown
 
         explicit = key(server)
         server.cli("preauthkeys", "expire", explicit)
         res = second.up(server, explicit, check=False)
-        assert "expired" in res.stderr + res.stdout
+        assert "expired" in res.stderr + res.stdout, res
         assert "zeta" not in node_ids(server)
     finally:
         first.stop()
