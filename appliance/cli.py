@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -312,7 +311,7 @@ def nodes_list(args) -> int:
 
 
 def _node_cmd(args, method: str, suffix: str, body: Any = None, message: str = "") -> int:
-    doc = _client(args).call(method, f"/api/v1/node/{args.identifier}{suffix}", body)
+    _client(args).call(method, f"/api/v1/node/{args.identifier}{suffix}", body)
     print(message or "OK")
     return 0
 
