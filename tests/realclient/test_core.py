@@ -73,7 +73,7 @@ def test_three_nodes_join_and_see_each_other(tailnet):
 
 
 def test_tcp_through_the_tailnet(tailnet, netns):
-    server, nodes, work = tailnet["server"], tailnet["nodes"], tailnet["work"]
+    nodes, work = tailnet["nodes"], tailnet["work"]
     site = work / "site"
     site.mkdir()
     payload = os.urandom(3 * 1024 * 1024)

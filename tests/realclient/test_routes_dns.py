@@ -110,7 +110,7 @@ def dns_answer(node: Node, name: str) -> str:
 
 
 def test_magic_dns_names_extra_records_and_split_dns(net):
-    nodes, server = net["nodes"], net["server"]
+    nodes = net["nodes"]
     b_ip = nodes["b"].ips()[0]
     assert b_ip in dns_answer(nodes["a"], "b.ts.test")
     assert "100.64.0.250" in dns_answer(nodes["a"], "db.ts.test")

@@ -19,7 +19,6 @@ from appliance.serve import serve
 from appliance.tailnet.changes import ChangeBus, Pending
 from derp import frames as fr
 from derp.client import connect_url
-from derp.errors import ConnectionClosed
 
 
 @pytest.fixture(scope="module")
