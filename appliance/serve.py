@@ -120,6 +120,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             await nursery.start(run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
             await nursery.start(policy.watch_file)
             await nursery.start(policy.run_auto_approver)
+            await nursery.start(policy.run_recompiler)
             await nursery.start(dns.watch)
             if relay is not None:
                 nursery.start_soon(relay.run)

@@ -278,7 +278,7 @@ class AdminAPI:
         if not isinstance(text, str):
             raise Invalid("policy: expected the policy text as a string")
         try:
-            self.policy.check(text)
+            await self.policy.check(text)
         except PolicyError as e:
             raise Invalid(str(e)) from None
         return {}

@@ -28,6 +28,8 @@ from .model import Tailnet
 log = logging.getLogger(__name__)
 
 FILE_POLL_INTERVAL = 1.0
+# Changes within this window are compiled together.
+RECOMPILE_COALESCE = 0.02
 
 
 def policy_user(u: UserRecord) -> PolicyUser:
@@ -89,6 +91,10 @@ class PolicyManager:
         self._known: dict[int, PolicyNode] = {}
         self._known_users: dict[int, PolicyUser] = {}
         self._mtime: float | None = None
+        self._dirty_nodes: set[int] = set()
+        self._dirty_users = False
+        self._recompile_wake = trio.Event()
+        self._engine_lock = trio.Lock()  # one engine mutation (thread) at a time
         self._approve_pending: set[int] = set()
         self._approve_wake = trio.Event()
         tailnet.on_nodes_changed = self.nodes_changed
@@ -106,11 +112,10 @@ class PolicyManager:
             text, self._mtime = self._read_file()
         if text is not None and text.strip():
             try:
-                self._install(text)
+                await self._install(text)
             except PolicyError as e:
                 where = f"{self.path}" if self.mode == "file" else "the policy stored in the database"
                 raise PolicyError(f"{where}: {e}") from None
-            self.updated_at = self.tailnet.clock()
 
     def _read_file(self) -> tuple[str, float]:
         assert self.path is not None
@@ -120,27 +125,32 @@ class PolicyManager:
         except OSError as e:
             raise PolicyError(f"policy.path: cannot read {self.path}: {e.strerror or e}") from None
 
-    def _engine_for(self, text: str) -> PolicyEngine:
-        users = [policy_user(u) for u in self.tailnet.users.values()]
-        nodes = [policy_node(n) for n in self.tailnet.nodes.values()]
-        engine = PolicyEngine(None, users, nodes, server_url=self.server_url)
-        engine.set_policy(text)  # raises PolicyError and installs nothing
-        return engine
+    async def _build(self, text: str) -> tuple[PolicyEngine, dict[int, PolicyNode], dict[int, PolicyUser]]:
+        """Compile ``text`` against a snapshot of the tailnet, in a worker thread.
+        Raises PolicyError and changes nothing when the policy is refused."""
+        users = {u.id: policy_user(u) for u in self.tailnet.users.values()}
+        nodes = {n.id: policy_node(n) for n in self.tailnet.nodes.values()}
 
-    def _install(self, text: str) -> None:
-        engine = self._engine_for(text)
-        old_access = self.engine
-        self.engine = engine
-        self.text = text
-        self._remember()
-        self._set_access(PolicyAccess(engine))
-        if old_access is not None or self.tailnet.bus.connected_nodes():
+        def build() -> PolicyEngine:
+            engine = PolicyEngine(None, users.values(), nodes.values(), server_url=self.server_url)
+            engine.set_policy(text)
+            return engine
+
+        return await trio.to_thread.run_sync(build), nodes, users
+
+    async def _install(self, text: str) -> None:
+        async with self._engine_lock:
+            engine, nodes, users = await self._build(text)
+            self.engine, self.text = engine, text
+            self._known, self._known_users = nodes, users
+            self.updated_at = self.tailnet.clock()
+            self._set_access(PolicyAccess(engine))
             self.tailnet.bus.everything_changed()
-
-    def _remember(self) -> None:
-        self._known = {n.id: policy_node(n) for n in self.tailnet.nodes.values()}
-        self._known_users = {u.id: policy_user(u) for u in self.tailnet.users.values()}
-        self._queue_auto_approval(set(self._known))
+            self._queue_auto_approval(set(nodes))  # this engine already knows these nodes
+            # Whatever changed while it compiled is applied by the recompiler.
+            self._dirty_nodes |= set(self.tailnet.nodes) | set(nodes)
+            self._dirty_users = True
+            self._recompile_wake.set()
 
     def _queue_auto_approval(self, ids: set[int]) -> None:
         self._approve_pending |= ids
@@ -168,9 +178,9 @@ class PolicyManager:
                              node.given_name, ", ".join(sorted(auto - have)))
                     await self.tailnet.set_approved_routes(node_id, have | auto)
 
-    def check(self, text: str) -> None:
+    async def check(self, text: str) -> None:
         """Raises PolicyError if ``text`` would be refused against the live tailnet."""
-        self._engine_for(text)
+        await self._build(text)
 
     async def set(self, text: str) -> None:
         """``policy set``: validate, store, apply. The old policy stays on any error."""
@@ -180,15 +190,11 @@ class PolicyManager:
                 "reloads it on change and on SIGHUP (set policy.mode: database to use `policy set`)"
             )
         try:
-            engine = self._engine_for(text)
+            await self._build(text)  # refuse a bad policy before storing anything
         except PolicyError as e:
             raise Invalid(str(e)) from None
         await self.tailnet.store.set_policy(text, self.tailnet.clock())
-        self.engine, self.text = engine, text
-        self._remember()
-        self.updated_at = self.tailnet.clock()
-        self._set_access(PolicyAccess(engine))
-        self.tailnet.bus.everything_changed()
+        await self._install(text)
         log.info("policy updated (%d bytes)", len(text))
 
     async def reload(self) -> bool:
@@ -205,11 +211,10 @@ class PolicyManager:
                 self.tailnet.bus.everything_changed()
                 log.info("policy file %s is empty: every node may reach every node", self.path)
                 return True
-            self._install(text)
+            await self._install(text)
         except PolicyError as e:
             log.error("policy file %s was not applied, the previous policy stays: %s", self.path, e)
             return False
-        self.updated_at = self.tailnet.clock()
         log.info("policy reloaded from %s", self.path)
         return True
 
@@ -232,36 +237,63 @@ class PolicyManager:
     def nodes_changed(self, ids: set[int]) -> None:
         if self.engine is None:
             return
-        before = self.engine.results()
-        changed: set[int] = set()
+        self._dirty_nodes |= ids
+        self._recompile_wake.set()
+
+    def users_changed(self) -> None:
+        if self.engine is None:
+            return
+        self._dirty_users = True
+        self._recompile_wake.set()
+
+    async def run_recompiler(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Apply node and user changes to the engine in batches, compiling in a worker thread:
+        a burst of joins costs one recompilation, and the event loop never waits for one."""
+        task_status.started()
+        while True:
+            await self._recompile_wake.wait()
+            self._recompile_wake = trio.Event()
+            await trio.sleep(RECOMPILE_COALESCE)
+            async with self._engine_lock:
+                await self._recompile_batch()
+
+    async def _recompile_batch(self) -> None:
+        engine = self.engine
+        ids, self._dirty_nodes = self._dirty_nodes, set()
+        users_dirty, self._dirty_users = self._dirty_users, False
+        if engine is None:
+            return
+        upserts, removals, new_routes = [], [], set()
         for node_id in ids:
             rec = self.tailnet.nodes.get(node_id)
             if rec is None:
                 if self._known.pop(node_id, None) is not None:
-                    changed |= self.engine.remove_node(node_id)
+                    removals.append(node_id)
                 continue
             pn = policy_node(rec)
             if self._known.get(node_id) == pn:
                 continue  # nothing the policy looks at changed
             if self._known.get(node_id) is None or self._known[node_id].routable_ips != pn.routable_ips:
-                self._queue_auto_approval({node_id})
+                new_routes.add(node_id)
             self._known[node_id] = pn
-            changed |= self.engine.upsert_node(pn)
-        self._dispatch(changed, before)
-
-    def users_changed(self) -> None:
-        if self.engine is None:
+            upserts.append(pn)
+        user_upserts, user_removals = [], []
+        if users_dirty:
+            current = {u.id: policy_user(u) for u in self.tailnet.users.values()}
+            user_removals = [uid for uid in self._known_users if uid not in current]
+            user_upserts = [pu for uid, pu in current.items() if self._known_users.get(uid) != pu]
+            self._known_users = current
+        if not (upserts or removals or user_upserts or user_removals):
             return
-        before = self.engine.results()
-        changed: set[int] = set()
-        current = {u.id: policy_user(u) for u in self.tailnet.users.values()}
-        for uid in set(self._known_users) - set(current):
-            changed |= self.engine.remove_user(uid)
-        for uid, pu in current.items():
-            if self._known_users.get(uid) != pu:
-                changed |= self.engine.upsert_user(pu)
-        self._known_users = current
-        self._dispatch(changed, before)
+        before = engine.results()
+        changed = await trio.to_thread.run_sync(
+            lambda: engine.apply(nodes=upserts, removed_nodes=removals, users=user_upserts,
+                                 removed_users=user_removals)
+        )
+        if engine is self.engine:
+            self._dispatch(changed, before)
+            # Only now does the engine know the advertised routes it may auto-approve.
+            self._queue_auto_approval(new_routes)
 
     def _dispatch(self, changed: set[int], before: dict) -> None:
         bus = self.tailnet.bus
