@@ -95,17 +95,19 @@ class TLSAcceptor:
                     hello = reader.receive_data(data)
                     if hello is not None:
                         break
-                challenge = ACME_TLS_ALPN in hello.alpn_protocols
-                ctx = self.source.challenge_context(hello.server_name) if challenge else None
+                ctx = None
+                if ACME_TLS_ALPN in hello.alpn_protocols:
+                    ctx = self.source.challenge_context(hello.server_name)
+                # A probe offering acme-tls/1 with no validation pending gets the ordinary
+                # certificate, whose context does not offer acme-tls/1, so it never matches.
+                challenge = ctx is not None
                 if ctx is None:
                     ctx = self.source.current_context()
-                    if ctx is None:
-                        log.warning("tls %s: no certificate yet for %s; closing", peer,
-                                    hello.server_name)
-                        await _close(tcp_stream)
-                        return None
-                else:
-                    challenge = True
+                if ctx is None:
+                    log.warning("tls %s: no certificate yet for %s; closing", peer,
+                                hello.server_name)
+                    await _close(tcp_stream)
+                    return None
                 ssl_stream = trio.SSLStream(ReplayStream(reader.data, tcp_stream), ctx,
                                             server_side=True, https_compatible=True)
                 await ssl_stream.do_handshake()

@@ -11,7 +11,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import trio
@@ -20,7 +20,8 @@ from acme import crypto_util, messages
 from .acmeclient import (CHALLENGE_HTTP, CHALLENGE_TLS_ALPN, AcmeSession, challenge_token,
                          challenge_type)
 from .cache import CertCache
-from .errors import AcmeError, AutocertError, CertificateError, ConfigError, IssuanceTimeout
+from .errors import (AcmeError, AutocertError, CacheError, CertificateError, ConfigError,
+                     IssuanceTimeout)
 from .schedule import RenewalSchedule, RetryPolicy
 from .tlsconfig import DEFAULT_ALPN, CertInfo, challenge_context, load_pair, new_private_key_pem
 
@@ -293,9 +294,14 @@ class CertManager:
         chain_pem = await self._in_thread(session.download_certificate, order.certificate)
         ctx, info = load_pair(chain_pem, key_pem, hostname=self.hostname,
                               alpn_protocols=self.alpn_protocols)
-        await trio.to_thread.run_sync(self._cache.store_certificate, self.hostname, chain_pem,
-                                      key_pem, self.directory_url)
         self._install(ctx, info)
+        try:
+            await trio.to_thread.run_sync(self._cache.store_certificate, self.hostname,
+                                          chain_pem, key_pem, self.directory_url)
+        except CacheError as exc:
+            # The new certificate is served anyway; only the next restart would re-order.
+            log.error("autocert: %s; %s; the new certificate is served but a restart will "
+                      "order another", exc, exc.hint)
         log.info("autocert: certificate for %s obtained from %s, valid until %s, renewal at %s",
                  self.hostname, info.issuer, _iso(info.not_after),
                  _iso(self._schedule.renewal_time(info)))

@@ -230,3 +230,23 @@ async def test_shutdown_not_held_up_by_a_stuck_acme_call(tmp_path: Path) -> None
             await trio.sleep(0.2)
             nursery.cancel_scope.cancel()
     assert time.monotonic() - start < 1.5
+
+
+async def test_cache_write_failure_still_serves(tmp_path: Path, mock_clock, clock, caplog,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from autocert.errors import CacheError
+
+    def refuse(*args: object) -> None:
+        raise CacheError("cannot write /cache/ts.example.net.key: No space left on device")
+    monkeypatch.setattr(CertCache, "store_certificate", refuse)
+    fake = FakeAcme(clock)
+    mgr = make(tmp_path, clock, fake)
+    with trio.fail_after(HOUR):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mgr.run)
+            await mgr.wait_certificate()
+            await trio.sleep(60)
+            nursery.cancel_scope.cancel()
+    assert len(fake.order_times) == 1 and mgr.status()["failures"] == 0
+    [line] = errors_in(caplog)
+    assert "No space left" in line and "restart will order another" in line
