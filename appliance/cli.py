@@ -37,7 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         return p
 
-    cmd(sub, "serve", do_serve, "run the server")
+    p = cmd(sub, "serve", do_serve, "run the server")
+    p.add_argument("--domain", help="the one-flag appliance: serve https://DOMAIN on :443 with a certificate "
+                   "from Let's Encrypt (TLS-ALPN-01), :80 redirecting to https, the embedded DERP relay and "
+                   "STUN; overrides the config file's values for these")
+    p.add_argument("--email", help="contact address for the ACME account (acme_email)")
+    cmd(sub, "certs", certs_show, "show the served TLS certificate: names, issuer, expiry, next renewal",
+        aliases=["cert"], output=True)
     cmd(sub, "configtest", do_configtest, "check the configuration and print the effective one")
     cmd(sub, "version", do_version, "print the version", output=True)
     # Its flags are derp.cli's (like Tailscale's derper); main() hands them over unparsed.
@@ -129,7 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
-    return load_config(getattr(args, "config", None))
+    return load_config(getattr(args, "config", None), overrides=serve_overrides(args))
+
+
+def serve_overrides(args) -> dict[str, Any]:
+    """The config values ``serve --domain D [--email E]`` stands for (they win over the file).
+
+    The data directory stays the file's or the default (/var/lib/trioscale as root).
+    """
+    out: dict[str, Any] = {}
+    domain = getattr(args, "domain", None)
+    if domain:
+        out.update({
+            "server_url": f"https://{domain}",
+            "listen_addr": ":443",
+            "tls_letsencrypt_hostname": domain,
+            "tls_letsencrypt_challenge_type": "TLS-ALPN-01",
+            "tls_letsencrypt_listen": ":http",
+            "tls_cert_path": "",
+            "tls_key_path": "",
+            # The embedded region's host name is server_url's, so the DERP map says DOMAIN.
+            "derp": {"server": {"enabled": True}},
+        })
+    email = getattr(args, "email", None)
+    if email:
+        out["acme_email"] = email
+    return out
 
 
 def _client(args) -> AdminClient:
@@ -210,6 +241,28 @@ def do_configtest(args) -> int:
     cfg = _config(args)
     print(config_to_yaml(cfg, redact=True), end="")
     print(f"# configuration OK{(' (' + str(cfg.path) + ')') if cfg.path else ' (embedded defaults)'}", file=sys.stderr)
+    return 0
+
+
+def certs_show(args) -> int:
+    doc = _client(args).call("GET", "/api/v1/certs")
+    cert = doc.get("certificate")
+    if args.output != "table":
+        _emit(args, doc)
+        return 0
+    if not doc.get("tls") or cert is None:
+        print("trioscale does not terminate TLS (no tls_letsencrypt_hostname, no tls_cert_path)")
+        return 0
+    rows = [
+        ["Source", "ACME " + cert.get("directory_url", "") if cert["source"] == "acme" else cert.get("cert_path")],
+        ["Names", ", ".join(cert["names"]) or "(no certificate yet)"],
+        ["Issuer", cert["issuer"]],
+        ["Valid from", cert["not_before"]],
+        ["Expires", (cert["not_after"] or "") + ("  (EXPIRED)" if cert["expired"] else "")],
+        ["Next renewal", cert["next_renewal"] or "(by you: files are reloaded when they change)"],
+        ["Last error", cert["last_error"] or "none"],
+    ]
+    _emit(args, doc, rows, ["Certificate", ""])
     return 0
 
 

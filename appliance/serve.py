@@ -29,7 +29,7 @@ from .storage import Store
 from .tailnet.housekeeping import run_housekeeping
 from .tailnet.model import Tailnet
 from .tailnet.policy import PolicyManager
-from .tlsserve import tls_for_config
+from .tlsserve import certificate_source, start_tls
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class Running:
     ports: list[int]
     cancel_scope: trio.CancelScope
     metrics_port: int | None = None
+    certs: object = None  # the autocert source (CertManager / StaticCertificate), None without TLS
 
 
 async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
@@ -102,15 +103,17 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             derp_plain, derp_upgrade = relay_routes(relay)
             front.plain_routes.append(derp_plain)
             front.upgrade_routes["/derp"] = derp_upgrade
-        api = AdminAPI(tailnet, control, policy)
+        certs = certificate_source(cfg)  # ConfigError for unusable certificate files
+        api = AdminAPI(tailnet, control, policy, certs=certs)
         admin = HTTPServer("admin")
         admin.plain_routes.append(api)
         front.plain_routes.append(api.public_route())
-        public = tls_for_config(cfg, front.handle)  # the front door, behind TLS when configured
         stun_stats = StunStats()
 
         async with trio.open_nursery() as nursery:
             await nursery.start(derp_maps.run, lambda: tailnet.bus.part_changed("derp"))
+            # Certificates before listeners: a cached one is served from the first connection.
+            public = await start_tls(cfg, certs, nursery, front.handle)
             host, port = split_host_port(cfg.listen_addr)
             listeners = await trio.open_tcp_listeners(port, host=host or None)
             ports = sorted({ln.socket.getsockname()[1] for ln in listeners})
@@ -138,7 +141,8 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
                 "trioscale serving %s on %s (admin socket %s, %d nodes, %d users)",
                 cfg.server_url, cfg.listen_addr, cfg.unix_socket, len(tailnet.nodes), len(tailnet.users),
             )
-            task_status.started(Running(cfg, tailnet, control, policy, front, ports, nursery.cancel_scope, metrics_port))
+            task_status.started(Running(cfg, tailnet, control, policy, front, ports, nursery.cancel_scope,
+                                        metrics_port, certs))
     finally:
         with trio.CancelScope(shield=True):
             try:

@@ -1,134 +1,115 @@
-"""TLS on the main listener: wrap each accepted TCP stream in a ``trio.SSLStream``.
+"""TLS on the main listener: a thin adapter from trioscale's config to ``autocert``.
 
-Where the ``ssl.SSLContext`` comes from is not this module's business: it takes a *provider*,
-a callable returning the context to use for the next connection. Manual certificates
-(``tls_cert_path`` / ``tls_key_path``) are one provider (:class:`CertificateFiles`); the ACME
-manager in ``autocert/`` plugs in the same way (its context answers SNI and ``acme-tls/1``).
-
-The provider is called once per accepted connection, so a renewed certificate is used from
-the next connection on without restarting the listener.
+autocert owns every piece of TLS (contexts, SNI and ``acme-tls/1`` routing, certificate files,
+ACME orders and renewal, the port-80 server); this module only chooses the certificate source
+from the config, starts it in the supervisor's nursery and wraps the front door's handler.
+Manual files (``tls_cert_path``/``tls_key_path``) and ACME (``tls_letsencrypt_hostname``) take
+the same path: a source, a :class:`autocert.TLSAcceptor` over it, the same handler.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import ssl
-from pathlib import Path
-from typing import Awaitable, Callable
+from collections.abc import Mapping
+from functools import partial
+from typing import Awaitable, Callable, Union
+from urllib.parse import urlsplit
 
 import trio
 
+import autocert
+
+from .config import ConfigError, split_host_port
+
 log = logging.getLogger(__name__)
 
-# A client gets this long to complete the TLS handshake; a TCP connection that never speaks
-# TLS must not hold a task and a socket for ever (slowloris before the HTTP deadlines apply).
-HANDSHAKE_TIMEOUT = 10.0
-
-ContextProvider = Callable[[], ssl.SSLContext]
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
+CertificateSource = Union[autocert.CertManager, autocert.StaticCertificate]
 
 
-def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
-    """A server context for a PEM chain and key: TLS 1.2 or newer, ALPN ``http/1.1``.
+def acme_ca_bundle(cfg, env: Mapping[str, str] | None = None) -> str | None:
+    """The PEM bundle trusted for the ACME server's HTTPS: ``acme_ca_bundle``, else
+    ``$SSL_CERT_FILE``, else None (the system's store).
 
-    Raises OSError / ssl.SSLError when the files are missing or do not match.
+    SSL_CERT_FILE is honoured because the ACME library (requests) ignores it by itself, and an
+    operator of a private ACME server who set it expects it to count.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    # Tailscale's DERP and control clients speak HTTP/1.1 only (HTTP/2 runs inside Noise).
-    ctx.set_alpn_protocols(["http/1.1"])
-    ctx.load_cert_chain(str(cert_path), str(key_path))
-    return ctx
+    env = os.environ if env is None else env
+    if cfg.tls.acme_ca_bundle is not None:
+        return str(cfg.tls.acme_ca_bundle)
+    return env.get("SSL_CERT_FILE") or None
 
 
-class CertificateFiles:
-    """A provider for manual certificates: reloads the files when either one changes on disk.
+def certificate_source(cfg, env: Mapping[str, str] | None = None) -> CertificateSource | None:
+    """The certificate source ``cfg`` asks for, or None for plain HTTP (behind a TLS-terminating
+    proxy, or tests).
 
-    A failed reload (say, the key written before the chain) keeps the previous context and
-    logs it; the next connection tries again.
+    Manual files are read here, so that unusable files stop the start with a ConfigError naming
+    ``tls_cert_path``; ACME never stops the start (failures are logged and retried by the
+    manager, and the control plane serves on without TLS until a certificate arrives).
     """
-
-    def __init__(self, cert_path: Path, key_path: Path) -> None:
-        self.cert_path = Path(cert_path)
-        self.key_path = Path(key_path)
-        self._stamp = self._mtimes()
-        self._ctx = server_context(self.cert_path, self.key_path)  # bad files fail at start
-
-    def _mtimes(self) -> tuple[int, int]:
-        return (os.stat(self.cert_path).st_mtime_ns, os.stat(self.key_path).st_mtime_ns)
-
-    def __call__(self) -> ssl.SSLContext:
+    tls = cfg.tls
+    if tls.uses_files:
+        static = autocert.StaticCertificate(tls.cert_path, tls.key_path)
         try:
-            stamp = self._mtimes()
-            if stamp != self._stamp:
-                self._ctx = server_context(self.cert_path, self.key_path)
-                self._stamp = stamp
-                log.info("tls: reloaded certificate %s", self.cert_path)
-        except (OSError, ssl.SSLError) as e:
-            log.error("tls: cannot reload %s / %s, keeping the old certificate: %s",
-                      self.cert_path, self.key_path, e)
-        return self._ctx
+            static.load()
+        except autocert.CertificateError as e:
+            raise ConfigError(f"tls_cert_path: cannot use {tls.cert_path} with {tls.key_path}: {e}; "
+                              f"{e.hint}", key="tls_cert_path") from None
+        return static
+    if tls.uses_letsencrypt:
+        try:
+            return autocert.CertManager(
+                tls.letsencrypt_hostname, tls.letsencrypt_cache_dir, tls.acme_url,
+                tls.acme_email, tls.letsencrypt_challenge_type, ca_bundle=acme_ca_bundle(cfg, env))
+        except autocert.ConfigError as e:
+            raise ConfigError(f"tls_letsencrypt_hostname: {e}", key="tls_letsencrypt_hostname") from None
+    return None
 
 
-def tls_handler(handler: Handler, contexts: ContextProvider, *,
-                handshake_timeout: float = HANDSHAKE_TIMEOUT) -> Handler:
-    """Wrap ``handler`` (which serves a plain stream) so that it serves TLS streams.
+def tls_handler(handler: Handler, acceptor: autocert.TLSAcceptor) -> Handler:
+    """Wrap ``handler`` (which serves a plain stream and closes it) so that it serves TLS.
 
-    The returned coroutine function takes an accepted TCP stream, completes the server-side
-    handshake within ``handshake_timeout`` and hands the ``SSLStream`` to ``handler``, which
-    then owns it (and closes it). A failed or slow handshake closes the TCP stream, logs at
-    DEBUG (scanners and plain-HTTP clients are common, not our fault) and returns.
+    The returned coroutine function takes an accepted TCP stream; the acceptor completes the
+    handshake within its deadline, answers ``acme-tls/1`` validations itself, and closes the
+    stream when the peer fails or no certificate exists yet. Only a handshaken stream reaches
+    ``handler``, which then owns it.
     """
 
     async def serve_tls(stream: trio.abc.Stream) -> None:
-        try:
-            ctx = contexts()
-        except Exception:
-            log.exception("tls: no certificate available; closing the connection")
-            await trio.aclose_forcefully(stream)
-            return
-        # https_compatible: HTTP clients often close without close_notify; that is not an error.
-        tls = trio.SSLStream(stream, ctx, server_side=True, https_compatible=True)
-        try:
-            with trio.fail_after(handshake_timeout):
-                await tls.do_handshake()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, OSError) as e:
-            log.debug("tls: handshake with %s failed: %r", _peer(stream), e)
-            await trio.aclose_forcefully(stream)
-            return
-        await handler(tls)
+        tls = await acceptor.accept(stream)
+        if tls is not None:
+            await handler(tls)
 
     return serve_tls
 
 
-def _peer(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
-    try:
-        addr = sock.getpeername() if sock is not None else None
-    except OSError:
-        addr = None
-    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else "?"
+async def start_tls(cfg, source: CertificateSource | None, nursery: trio.Nursery,
+                    handler: Handler) -> Handler:
+    """Start ``source`` (and, for ACME, the port-80 server) in ``nursery``; return the main
+    listener's connection handler: ``handler`` behind TLS, or ``handler`` itself without TLS.
 
-
-def tls_for_config(cfg, handler: Handler) -> Handler:
-    """The main listener's connection handler for ``cfg``: ``handler`` behind TLS when
-    ``tls_cert_path``/``tls_key_path`` are set, else ``handler`` itself (plain HTTP: behind a
-    TLS-terminating proxy, or tests). Raises ConfigError when the files cannot be used.
-
-    ACME (``tls_letsencrypt_hostname``) is autocert's: it will pass its own provider to
-    :func:`tls_handler` here.
+    Call it before the main listener opens: the manager loads its cache first, so a cached
+    certificate is served from the first connection. A port-80 address that cannot be bound is
+    logged, not fatal: TLS-ALPN-01 does not need it, and the control plane must come up.
     """
-    from .config import ConfigError
-
-    if cfg.tls.uses_files:
+    if source is None:
+        return handler
+    await nursery.start(source.run)
+    if isinstance(source, autocert.CertManager):
+        host, port = split_host_port(cfg.tls.letsencrypt_listen)
+        https_port = urlsplit(cfg.server_url).port or 443
         try:
-            provider = CertificateFiles(cfg.tls.cert_path, cfg.tls.key_path)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError(f"tls_cert_path: cannot load {cfg.tls.cert_path} with {cfg.tls.key_path}: {e}",
-                              key="tls_cert_path") from None
-        log.info("tls: serving %s", cfg.tls.cert_path)
-        return tls_handler(handler, provider)
-    if cfg.tls.uses_letsencrypt:
-        log.error("tls_letsencrypt_hostname: ACME is not available in this build; serving plain HTTP")
-    return handler
+            await nursery.start(partial(autocert.serve_http01, https_port=https_port),
+                                source, host or None, port)
+        except* OSError as group:
+            err = group.exceptions[0]
+            log.error("tls_letsencrypt_listen %s: cannot listen (%s); HTTP-01 validation and the "
+                      "redirect to https are off: free the port or change tls_letsencrypt_listen",
+                      cfg.tls.letsencrypt_listen, getattr(err, "strerror", None) or err)
+        log.info("tls: certificates for %s from %s (%s)", source.hostname, source.directory_url,
+                 source.challenge_type)
+    else:
+        log.info("tls: serving %s", source.cert_path)
+    return tls_handler(handler, autocert.TLSAcceptor(source))

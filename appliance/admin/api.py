@@ -44,10 +44,12 @@ def _parse_expiration(value: Any, now: datetime) -> timedelta | None:
 
 
 class AdminAPI:
-    def __init__(self, tailnet: Tailnet, control: ControlService, policy: Any = None) -> None:
+    def __init__(self, tailnet: Tailnet, control: ControlService, policy: Any = None, *,
+                 certs: Any = None) -> None:
         self.tailnet = tailnet
         self.control = control
         self.policy = policy  # the policy manager, once it exists
+        self.certs = certs  # autocert's CertManager or StaticCertificate; None without TLS
         self.routes: list[tuple[str, re.Pattern, Handler]] = []
         r = self._route
         r("GET", r"/api/v1/user", self.list_users)
@@ -74,6 +76,7 @@ class AdminAPI:
         r("POST", r"/api/v1/policy/check", self.check_policy)
         r("GET", r"/api/v1/policy/topology", self.topology)
         r("GET", r"/api/v1/policy/reach", self.reach)
+        r("GET", r"/api/v1/certs", self.get_certs)
         r("GET", r"/api/v1/version", self.version)
         r("GET", r"/version", self.version)
 
@@ -311,6 +314,13 @@ class AdminAPI:
             if ref in (str(n.id), n.given_name, n.hostname, n.ipv4, n.ipv6):
                 return n
         raise NotFound(f"node {ref!r} not found")
+
+    async def get_certs(self, query: dict, body: dict) -> dict:
+        """The served certificate (names, issuer, validity, next renewal, last error), as
+        autocert reports it; ``certificate`` is null when trioscale does not terminate TLS."""
+        if self.certs is None:
+            return {"tls": False, "certificate": None}
+        return {"tls": True, "certificate": self.certs.status()}
 
     async def version(self, query: dict, body: dict) -> dict:
         return {"version": __version__}

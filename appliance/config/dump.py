@@ -75,6 +75,7 @@ def config_to_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
         },
         "acme_url": cfg.tls.acme_url,
         "acme_email": cfg.tls.acme_email or "",
+        "acme_ca_bundle": _opt_path(cfg.tls.acme_ca_bundle),
         "tls_letsencrypt_hostname": cfg.tls.letsencrypt_hostname or "",
         "tls_letsencrypt_cache_dir": str(cfg.tls.letsencrypt_cache_dir),
         "tls_letsencrypt_challenge_type": cfg.tls.letsencrypt_challenge_type,

@@ -79,7 +79,8 @@ def find_config_file(env: Mapping[str, str] | None = None) -> Path | None:
     return user if user.is_file() else None
 
 
-def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, object] | None = None) -> Config:
     """Read and check the configuration.
 
     Args:
@@ -87,6 +88,8 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
         falls back to the built-in defaults if there is none.
       env: environment to consult instead of os.environ (HOME, XDG_*,
         TRIOSCALE_CONFIG).
+      overrides: values that win over the file's, in the file's nested layout
+        (command-line flags such as ``serve --domain``).
 
     Raises ConfigError if the file cannot be read or holds a value we cannot
     use. Unknown keys are not an error: one warning names them all.
@@ -94,19 +97,32 @@ def load_config(path: str | os.PathLike | None = None, *, env: Mapping[str, str]
     env = os.environ if env is None else env
     file = Path(path) if path is not None else find_config_file(env)
     if file is None:
-        return config_from_dict(None, env=env)
+        return config_from_dict(merge_overrides(None, overrides), env=env)
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such configuration file", source=file) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: cannot read configuration file: {exc}", source=file) from exc
-    data = parse_yaml(text, source=file)
+    data = merge_overrides(parse_yaml(text, source=file), overrides)
     try:
         return config_from_dict(data, path=file, env=env)
     except ConfigError as exc:
         exc.source = file
         raise
+
+
+def merge_overrides(data: object, overrides: Mapping[str, object] | None) -> object:
+    """``data`` (a parsed document) with ``overrides`` laid over it, nested mappings merged."""
+    if not overrides:
+        return data
+    base = dict(data) if isinstance(data, dict) else {}
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            base[key] = merge_overrides(base[key], value)
+        else:
+            base[key] = dict(value) if isinstance(value, Mapping) else value
+    return base
 
 
 def config_from_dict(
@@ -532,6 +548,7 @@ def _tls(r: _Reader, data_dir: Path, listen_addr: str) -> TLSSettings:
         letsencrypt_cache_dir=r.path("tls_letsencrypt_cache_dir", data_dir / "cache"),
         acme_url=r.text("acme_url", v.parse_http_url, LETS_ENCRYPT_DIRECTORY) or LETS_ENCRYPT_DIRECTORY,
         acme_email=r.text("acme_email", v.parse_str, None),
+        acme_ca_bundle=r.path("acme_ca_bundle", None),
     )
 
 

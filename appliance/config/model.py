@@ -107,6 +107,8 @@ class TLSSettings:
     letsencrypt_cache_dir: Path
     acme_url: str
     acme_email: str | None
+    # ours: a PEM bundle trusted for the ACME server's HTTPS (a private CA); None: the system's
+    acme_ca_bundle: Path | None = None
 
     @property
     def uses_letsencrypt(self) -> bool:

@@ -70,6 +70,7 @@ MAIN_KEYS: frozenset[str] = frozenset(
         "tls_letsencrypt_cache_dir",
         "acme_url",
         "acme_email",
+        "acme_ca_bundle",  # ours, not Headscale's
     }
 )
 

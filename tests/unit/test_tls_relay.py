@@ -126,17 +126,19 @@ async def test_control_and_derp_share_the_tls_listener(tmp_path, certs, ca):
         nursery.cancel_scope.cancel()
 
 
-async def test_a_slow_tls_handshake_is_cut_off(tmp_path, certs, monkeypatch):
-    from appliance import tlsserve
+async def test_a_slow_tls_handshake_is_cut_off(tmp_path, certs):
+    from autocert import StaticCertificate, TLSAcceptor
+    from appliance.tlsserve import tls_handler
 
-    monkeypatch.setattr(tlsserve, "HANDSHAKE_TIMEOUT", 0.3)
     served = []
 
     async def handler(stream):
         served.append(stream)
 
     cert, key = certs
-    wrapped = tlsserve.tls_handler(handler, tlsserve.CertificateFiles(cert, key), handshake_timeout=0.3)
+    source = StaticCertificate(cert, key)
+    source.load()
+    wrapped = tls_handler(handler, TLSAcceptor(source, handshake_timeout=0.3))
     a, b = trio.testing.memory_stream_pair()
     with trio.fail_after(3):
         await wrapped(a)  # the peer says nothing at all
@@ -146,17 +148,17 @@ async def test_a_slow_tls_handshake_is_cut_off(tmp_path, certs, monkeypatch):
 
 
 def test_bad_certificate_files_are_a_config_error(tmp_path):
-    from appliance.tlsserve import tls_for_config
+    from appliance.tlsserve import certificate_source
 
     (tmp_path / "c.pem").write_text("not a cert")
     (tmp_path / "k.pem").write_text("not a key")
     cfg = make_cfg(tmp_path, tls_cert_path=str(tmp_path / "c.pem"), tls_key_path=str(tmp_path / "k.pem"))
     with pytest.raises(ConfigError, match="tls_cert_path"):
-        tls_for_config(cfg, None)
+        certificate_source(cfg)
 
 
 async def test_certificate_files_reload_when_changed(tmp_path, ca):
-    from appliance.tlsserve import CertificateFiles
+    from autocert import StaticCertificate
 
     def write(names):
         leaf = ca.issue_cert(*names)
@@ -164,14 +166,17 @@ async def test_certificate_files_reload_when_changed(tmp_path, ca):
         leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "c.pem"))
 
     write(["one.test"])
-    files = CertificateFiles(tmp_path / "c.pem", tmp_path / "k.pem")
-    first = files()
+    files = StaticCertificate(tmp_path / "c.pem", tmp_path / "k.pem")
+    assert files.load()
+    first = files.current_context()
     assert first.minimum_version == ssl.TLSVersion.TLSv1_2
-    assert files() is first
+    assert not files.load() and files.current_context() is first
     write(["two.test"])
     import os
     os.utime(tmp_path / "c.pem", ns=(1, 1))  # an mtime surely different from before
-    assert files() is not first
+    assert files.load()
+    assert files.current_context() is not first
+    assert files.status()["names"] == ["two.test"]
 
 
 # --- DERP map sources --------------------------------------------------------------------
