@@ -56,9 +56,9 @@ def answer(packet: bytes) -> bytes:
 class DNSStub:
     """Serves answer() on a loopback UDP port from a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self._stop = threading.Event()
@@ -82,3 +82,14 @@ class DNSStub:
         self._stop.set()
         self._thread.join(2)
         self.sock.close()
+
+
+if __name__ == "__main__":
+    # ``python -m tests.autocert.dnsstub PORT``: serve until killed (pebble in a namespace).
+    import sys
+
+    stub = DNSStub(int(sys.argv[1]))
+    try:
+        threading.Event().wait()
+    finally:
+        stub.close()

@@ -13,9 +13,10 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import trustme
 from .dnsstub import DNSStub
 
 PEBBLE_PACKAGE = "pebble"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -68,8 +70,49 @@ class Pebble:
         return Path(self.log_path).read_text(errors="replace")
 
 
+def wait_ready(directory_url: str, management_url: str, ca_path: str, root_path: str,
+               timeout: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll pebble's directory until it answers, then save its issuing root to root_path.
+
+    Raises RuntimeError after timeout or when alive() turns false.
+    """
+    ctx = ssl.create_default_context(cafile=ca_path)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(directory_url, context=ctx, timeout=2) as r:
+                json.load(r)
+            break
+        except OSError:
+            if not alive() or time.monotonic() > deadline:
+                raise RuntimeError("pebble did not start") from None
+            time.sleep(0.1)
+    with urllib.request.urlopen(management_url + "/roots/0", context=ctx, timeout=5) as r:
+        Path(root_path).write_bytes(r.read())
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
-def run_pebble(workdir: Path, *, validity: int | None = None) -> Iterator[Pebble]:
+def run_pebble(workdir: Path, *, validity: int | None = None,
+               wrap: Callable[[list[str]], list[str]] | None = None,
+               tls_port: int | None = None, http_port: int | None = None) -> Iterator[Pebble]:
+    """Run pebble (and its DNS stub) until the block exits.
+
+    Args:
+        validity: lifetime of issued certificates in seconds (pebble's default otherwise).
+        wrap: runs pebble and the DNS stub inside a network namespace: turns an argv into the
+            argv that runs it there (``Netns.wrap``). Without it they run here, on loopback.
+        tls_port, http_port: where pebble connects for TLS-ALPN-01 / HTTP-01 (free ports by
+            default; 443 and 80 inside a namespace).
+    """
     binary = find_or_install_pebble()
     workdir.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
@@ -79,7 +122,8 @@ def run_pebble(workdir: Path, *, validity: int | None = None) -> Iterator[Pebble
     server_cert.private_key_pem.write_to_path(str(key_path))
     ca.cert_pem.write_to_path(str(ca_path))
     listen, mgmt = free_port(), free_port()
-    tls_port, http_port = free_port(), free_port()
+    tls_port = tls_port or free_port()
+    http_port = http_port or free_port()
     conf: dict[str, object] = {
         "listenAddress": f"127.0.0.1:{listen}",
         "managementListenAddress": f"127.0.0.1:{mgmt}",
@@ -96,37 +140,45 @@ def run_pebble(workdir: Path, *, validity: int | None = None) -> Iterator[Pebble
     conf_path.write_text(json.dumps({"pebble": conf}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
     env.update(PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0")
-    dns = DNSStub()
+    dns: DNSStub | None = None
+    dns_proc: subprocess.Popen | None = None
+    if wrap is None:
+        dns = DNSStub()
+        dns_port = dns.port
+    else:
+        # The stub must live where pebble resolves: inside the namespace, as a process.
+        dns_port = free_port()
+        dns_proc = subprocess.Popen(wrap([sys.executable, "-m", "tests.autocert.dnsstub", str(dns_port)]),
+                                    cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     log_path = workdir / "pebble.log"
     log_file = open(log_path, "wb")
-    proc = subprocess.Popen([binary, "-config", str(conf_path), "-dnsserver", f"127.0.0.1:{dns.port}"],
-                            stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    argv = [binary, "-config", str(conf_path), "-dnsserver", f"127.0.0.1:{dns_port}"]
+    proc = subprocess.Popen(wrap(argv) if wrap else argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
-        ctx = ssl.create_default_context(cafile=str(ca_path))
         directory_url = f"https://127.0.0.1:{listen}/dir"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(directory_url, context=ctx, timeout=2) as r:
-                    json.load(r)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("pebble did not start:\n" + log_path.read_text(errors="replace"))
-                time.sleep(0.1)
         management_url = f"https://127.0.0.1:{mgmt}"
-        with urllib.request.urlopen(management_url + "/roots/0", context=ctx, timeout=5) as r:
-            root_pem = r.read()
         root_path = workdir / "pebble-root.pem"
-        root_path.write_bytes(root_pem)
+        args = (directory_url, management_url, str(ca_path), str(root_path))
+        try:
+            if wrap is None:
+                wait_ready(*args, 20, alive=lambda: proc.poll() is None)
+            else:
+                subprocess.run(wrap([sys.executable, "-m", "tests.autocert.pebble", *args]), cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, timeout=30,
+                               capture_output=True)
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            raise RuntimeError(f"pebble did not start ({exc}):\n" + log_path.read_text(errors="replace")) from None
         yield Pebble(directory_url, management_url, str(ca_path), str(root_path), tls_port,
                      http_port, str(log_path))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _terminate(proc)
         log_file.close()
-        dns.close()
+        if dns is not None:
+            dns.close()
+        if dns_proc is not None:
+            _terminate(dns_proc)
+
+
+if __name__ == "__main__":
+    # Used by run_pebble(wrap=...): wait for pebble from inside its namespace.
+    wait_ready(*sys.argv[1:5], 20)

@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,8 +68,24 @@ class Netns:
     def wrap(self, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *argv]
 
+    @property
+    def etc_dir(self) -> Path:
+        # `ip netns exec` bind-mounts each file here over /etc/<file> for what it runs.
+        return Path("/etc/netns") / self.name
+
+    def add_host(self, name: str, address: str = "127.0.0.1") -> None:
+        """Make ``name`` resolve to ``address`` for processes started in the namespace afterwards
+        (through /etc/hosts, which Go's resolver and glibc read)."""
+        hosts = self.etc_dir / "hosts"
+        if not hosts.exists():
+            self.etc_dir.mkdir(parents=True, exist_ok=True)
+            hosts.write_text("127.0.0.1 localhost\n::1 localhost\n")
+        with hosts.open("a") as f:
+            f.write(f"{address} {name}\n")
+
     def close(self) -> None:
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+        shutil.rmtree(self.etc_dir, ignore_errors=True)
 
 
 def netns_available() -> str | None:
@@ -107,15 +124,18 @@ def make_certs(directory: Path, *names: str, ca: trustme.CA | None = None) -> Ce
 
 class Server:
     """A trioscale process inside the namespace. With ``tls``, it serves https on ``port``
-    (control and DERP) with those certificate files; ``env`` adds to its environment."""
+    (control and DERP) with those certificate files; ``env`` adds to its environment;
+    ``serve_args`` are flags for ``trioscale serve`` (then ``url`` says where clients go)."""
 
     def __init__(self, ns: Netns, workdir: Path, port: int = 9911, overrides: dict | None = None,
-                 tls: Certs | None = None, env: dict[str, str] | None = None) -> None:
+                 tls: Certs | None = None, env: dict[str, str] | None = None,
+                 serve_args: tuple[str, ...] = (), url: str | None = None) -> None:
         self.ns = ns
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self.url = url or f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self.serve_args = tuple(serve_args)
         self.env = env or {}
         self.config_path = self.dir / "config.yaml"
         cfg: dict[str, Any] = {
@@ -137,7 +157,7 @@ class Server:
     def start(self) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            self.ns.wrap([sys.executable, "-m", "appliance", "serve", "-c", str(self.config_path)]),
+            self.ns.wrap([sys.executable, "-m", "appliance", "serve", "-c", str(self.config_path), *self.serve_args]),
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, "PYTHONPATH": str(REPO)},
         )
         wait_until(lambda: self.proc.poll() is None and self.cli_ok("users", "list"), 20,
