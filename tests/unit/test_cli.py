@@ -53,3 +53,35 @@ def test_trioscale_config_env_var(tmp_path):
 
     res = run("configtest", env={**os.environ, "TRIOSCALE_CONFIG": str(cfg)})
     assert yaml.safe_load(res.stdout)["listen_addr"] == "127.0.0.1:7777"
+
+
+def test_serve_domain_is_the_one_flag_appliance(tmp_path):
+    from appliance.cli import _config, build_parser
+    from appliance.relay import embedded_region
+
+    cfg_path = write_config(tmp_path, listen_addr="127.0.0.1:8080", server_url="http://old.example:8080",
+                            tls_cert_path="/nonexistent/c.pem", tls_key_path="/nonexistent/k.pem",
+                            acme_email="old@example.com", derp={"server": {"enabled": False}})
+    args = build_parser().parse_args(["serve", "-c", str(cfg_path), "--domain", "vpn.example.com",
+                                      "--email", "admin@example.com"])
+    cfg = _config(args)
+    assert cfg.server_url == "https://vpn.example.com"
+    assert cfg.listen_addr == ":443"
+    assert cfg.tls.uses_letsencrypt and not cfg.tls.uses_files
+    assert cfg.tls.letsencrypt_hostname == "vpn.example.com"
+    assert cfg.tls.letsencrypt_challenge_type == "TLS-ALPN-01"
+    assert cfg.tls.letsencrypt_listen == ":http"
+    assert cfg.tls.acme_email == "admin@example.com"
+    assert cfg.data_dir == tmp_path / "data"  # the file's data_dir is kept
+    assert cfg.derp.server_enabled and cfg.derp.stun_listen_addr == "0.0.0.0:3478"
+    assert embedded_region(cfg)["Nodes"][0]["HostName"] == "vpn.example.com"
+
+    # Without --domain the file's values stand; the admin verbs ignore serve's flags.
+    plain = _config(build_parser().parse_args(["serve", "-c", str(cfg_path)]))
+    assert plain.tls.uses_files and plain.listen_addr == "127.0.0.1:8080"
+    assert not _config(build_parser().parse_args(["certs", "-c", str(cfg_path)])).tls.uses_letsencrypt
+
+
+def test_certs_without_a_server_is_one_line(tmp_path):
+    res = run("certs", "-c", str(write_config(tmp_path)))
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import ssl
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import h11
 import pytest
@@ -19,6 +22,9 @@ from appliance.serve import serve
 from appliance.tailnet.changes import ChangeBus, Pending
 from derp import frames as fr
 from derp.client import connect_url
+
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +104,15 @@ async def test_control_and_derp_share_the_tls_listener(tmp_path, certs, ca):
             status, body = await http_get(tls, "/key?v=130")
             assert status == 200 and json.loads(body)["publicKey"].startswith("mkey:")
             await tls.aclose()
+
+            # `trioscale certs` reports the file's certificate through the admin socket.
+            (tmp_path / "c.yaml").write_text(f"unix_socket: {cfg.unix_socket}\n")
+            res = await trio.to_thread.run_sync(lambda: subprocess.run(
+                [sys.executable, "-m", "appliance", "-c", str(tmp_path / "c.yaml"), "certs", "-o", "json"],
+                cwd=REPO, capture_output=True, text=True, timeout=30))
+            doc = json.loads(res.stdout)
+            assert doc["tls"] and doc["certificate"]["source"] == "file"
+            assert "localhost" in doc["certificate"]["names"] and doc["certificate"]["next_renewal"] is None
 
             # Plain HTTP to the TLS port gets no HTTP answer; the listener keeps serving.
             tcp = await trio.open_tcp_stream("127.0.0.1", port)
