@@ -76,6 +76,7 @@ async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
 async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run the server until cancelled. ``task_status.started`` gets a ``Running``."""
     store = Store(cfg.database.sqlite_path)
+    bound_socket = False
     try:
         noise_key = load_or_create_private_key(cfg.noise_private_key_path)
         tailnet = Tailnet(
@@ -119,6 +120,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             ports = sorted({ln.socket.getsockname()[1] for ln in listeners})
             nursery.start_soon(trio.serve_listeners, public, listeners)
             unix = await open_unix_listener(cfg.unix_socket, cfg.unix_socket_permission)
+            bound_socket = True
             nursery.start_soon(trio.serve_listeners, admin.handle, [unix])
             await nursery.start(run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
             await nursery.start(policy.watch_file)
@@ -145,10 +147,11 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
                                         metrics_port, certs))
     finally:
         with trio.CancelScope(shield=True):
-            try:
-                Path(cfg.unix_socket).unlink(missing_ok=True)
-            except OSError:
-                pass
+            if bound_socket:  # never another running server's socket
+                try:
+                    Path(cfg.unix_socket).unlink(missing_ok=True)
+                except OSError:
+                    pass
             store.close()
 
 
