@@ -8,9 +8,9 @@ through its DNS stub, also inside the namespace."""
 
 from __future__ import annotations
 
-from tests.autocert.pebble import run_pebble
-
 import pytest
+
+from tests.autocert.pebble import run_pebble
 
 from .harness import Node, Server, wait_until
 
@@ -42,7 +42,7 @@ def tailnet(netns, client_binaries, tmp_path_factory):
 
 
 def test_one_flag_appliance_gets_a_certificate_and_clients_join_over_https(tailnet):
-    server, nodes, pebble = tailnet["server"], tailnet["nodes"], tailnet["pebble"]
+    server, nodes = tailnet["server"], tailnet["nodes"]
     doc = wait_until(lambda: (d := server.cli_json("certs"))["certificate"]["names"] and d, 60,
                      what="a certificate from pebble")
     cert = doc["certificate"]
