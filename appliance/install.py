@@ -265,6 +265,13 @@ def user_ids(t: Target) -> tuple[int, int] | None:
     return None
 
 
+def _group_exists(t: Target) -> bool:
+    try:
+        return any(line.startswith(f"{USER}:") for line in t.at("/etc/group").read_text().splitlines())
+    except FileNotFoundError:
+        return False
+
+
 def prefix_args(t: Target) -> list[str]:
     return [] if t.root == Path("/") else ["--prefix", str(t.root)]
 
@@ -446,6 +453,9 @@ def uninstall(t: Target, purge: bool) -> None:
         if user_ids(t) is not None:
             subprocess.run(["userdel", *prefix_args(t), USER], check=True, timeout=60)
             t.say(f"removed user {USER}")
+        # userdel leaves the user's group when login.defs does not say USERGROUPS_ENAB.
+        if _group_exists(t):
+            subprocess.run(["groupdel", *prefix_args(t), USER], check=True, timeout=60)
     else:
         t.say(f"kept {CONFIG}, the data in {STATE_DIR} and the user {USER} (--purge removes them)")
 
@@ -469,6 +479,7 @@ def target_from_args(args, need_program: bool) -> Target:
 
 def do_install(args) -> int:
     try:
+        check_root()  # first: a non-root user may not even see --root
         t = target_from_args(args, need_program=True)
         install(t, args.domain, args.email)
     except Refused as e:
@@ -479,6 +490,7 @@ def do_install(args) -> int:
 
 def do_uninstall(args) -> int:
     try:
+        check_root()
         t = target_from_args(args, need_program=False)
         uninstall(t, args.purge)
     except Refused as e:
