@@ -95,10 +95,11 @@ def make_root(dest: Path) -> Path:
     return dest
 
 
-def run(root: Path, *argv: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+def run(root: Path, *argv: str, timeout: float = 600, check: bool = True,
+        prefix: list[str] | None = None) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8",
            "HOME": "/root"}
-    r = subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True, timeout=timeout, env=env)
+    r = subprocess.run([*(prefix or []), "chroot", str(root), *argv], capture_output=True, text=True, timeout=timeout, env=env)
     if check and r.returncode != 0:
         raise AssertionError(f"in chroot: {' '.join(argv)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r

@@ -68,7 +68,7 @@ def test_lintian_reports_no_error(deb):
     assert not errors and r.returncode == 0, r.stdout + r.stderr
 
 
-def test_deb_installs_upgrades_and_purges_in_a_clean_debian(deb, debian, tmp_path):
+def test_deb_installs_upgrades_and_purges_in_a_clean_debian(deb, debian, tmp_path, netns):
     run = lambda *argv, **kw: chroot.run(debian, *argv, **kw)  # noqa: E731
     run("apt-get", "update", "-qq", timeout=600)
     # The package's dependencies from apt, and systemd for systemd-analyze (a VPS has it).
@@ -90,8 +90,24 @@ def test_deb_installs_upgrades_and_purges_in_a_clean_debian(deb, debian, tmp_pat
     r = run("python3", "-c", "import sys; sys.argv=['trioscale']; exec(open('/usr/bin/trioscale').read().split('from appliance')[0]); import yaml, appliance; print(yaml.__file__, appliance.__file__)")
     assert r.stdout.split() == ["/usr/lib/trioscale/site/yaml/__init__.py", "/usr/lib/trioscale/site/appliance/__init__.py"]
 
-    # An upgrade keeps the admin's config edits and the data.
+    # `trioscale install` from the package: no systemd in the chroot, so refused; with --root /
+    # (and systemd's marker) it configures the package's conffile and starts nothing. Inside the
+    # test namespace, so that its port check sees free ports.
     conf = debian / "etc/trioscale/config.yaml"
+    packaged = conf.read_text()
+    r = run("trioscale", "install", "--domain", "vpn.example.com", check=False)
+    assert r.returncode == 2 and "systemd is not running" in r.stderr, r.stderr
+    assert conf.read_text() == packaged
+    (debian / "run/systemd/system").mkdir(parents=True)
+    r = run("trioscale", "install", "--domain", "vpn.example.com", "--email", "admin@example.com", "--root", "/",
+            prefix=["ip", "netns", "exec", netns.name])
+    (debian / "run/systemd/system").rmdir()
+    assert "tailscale up --login-server https://vpn.example.com" in r.stdout
+    assert not (debian / "usr/local/lib/trioscale").exists() and not (debian / "etc/systemd/system/trioscale.service").exists()
+    r = run("trioscale", "configtest")
+    assert "server_url: https://vpn.example.com" in r.stdout and "data_dir: /var/lib/trioscale" in r.stdout
+
+    # An upgrade keeps the admin's config edits and the data.
     edited = conf.read_text().replace("  level: info", "  level: debug")
     assert edited != conf.read_text()
     conf.write_text(edited)
