@@ -28,7 +28,6 @@ import trio
 
 from . import frames as fr
 from .errors import ClientRefused, ConnectionClosed, DerpError, HandshakeError, ProtocolError
-from .frames import FrameType
 from .transport import RECV_SIZE, WebSocketStream, peer_address
 from .websocket import accept_key
 

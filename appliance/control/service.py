@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from ..errors import AuthFailed, TrioscaleError
+from ..errors import AuthFailed, NotFound
 from ..http.h2server import H2Server, Request, Response
 from ..keys import KeyFormatError, ZERO_KEY, decode_key, decode_optional_key, encode_key
 from ..storage.records import NodeRecord
@@ -165,8 +165,6 @@ class ControlService:
 
     async def complete_interactive(self, token: str, user_ref: str) -> NodeRecord:
         """Admin approval of a pending interactive login (``nodes register``)."""
-        from ..errors import NotFound
-
         pending = self.logins.get(token)
         if pending is None:
             raise NotFound("no pending login with that key (it may have expired)")

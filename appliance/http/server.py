@@ -13,6 +13,8 @@ from typing import Awaitable, Callable
 import h11
 import trio
 
+from derp.errors import DerpError
+
 from ..noise.errors import NoiseError
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,8 @@ class HTTPServer:
             log.warning("%s: malformed HTTP: %s", name, e)
         except NoiseError as e:
             log.warning("%s: Noise protocol error: %s", name, e)
+        except DerpError as e:  # WebSocket framing errors (the codec is shared with DERP)
+            log.warning("%s: WebSocket protocol error: %s", name, e)
         except OSError as e:  # TLS failures and resets surface as OSError subclasses
             log.debug("%s: connection error: %r", name, e)
         except Exception:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from .compile import FilterCompiler
 from .document import Policy
@@ -121,6 +122,20 @@ class PolicyEngine:
     def remove_user(self, user_id: int) -> set[int]:
         self._users.pop(user_id, None)
         return self._recompile()
+
+    def apply(self, *, nodes: Iterable[Node] = (), removed_nodes: Iterable[int] = (),
+              users: Iterable[User] = (), removed_users: Iterable[int] = ()) -> set[int]:
+        """Many changes, one recompilation (the server batches bursts of joins this way)."""
+        removed = set(removed_nodes)
+        for n in nodes:
+            self._nodes[n.id] = n
+        for i in removed:
+            self._nodes.pop(i, None)
+        for u in users:
+            self._users[u.id] = u
+        for i in removed_users:
+            self._users.pop(i, None)
+        return self._recompile() | removed
 
     # --- outputs --------------------------------------------------------
     def result(self, node_id: int) -> NodeResult:

@@ -1,0 +1,111 @@
+"""The change bus and the mapper's deltas: what a connected client is told after each change."""
+
+import ipaddress
+from datetime import timedelta
+
+import pytest
+
+from appliance.control.mapper import Mapper, SessionView
+from appliance.storage import Store
+from appliance.tailnet.changes import FULL, Pending
+from appliance.tailnet.model import Tailnet
+
+
+def test_pending_merges_patches_and_full_wins():
+    p = Pending()
+    p.mark_peer(1, {"Online": True})
+    p.mark_peer(1, {"Endpoints": ["1.2.3.4:5"]})
+    assert p.peers[1] == {"Online": True, "Endpoints": ["1.2.3.4:5"]}
+    p.mark_peer(1, FULL)
+    p.mark_peer(1, {"Online": False})
+    assert p.peers[1] is FULL
+    p.mark_removed(1)
+    assert 1 not in p.peers and p.removed == {1}
+    p.mark_peer(1, FULL)  # re-added after removal
+    assert p.removed == set()
+    taken = p.take()
+    assert taken.peers == {1: FULL} and p.empty()
+
+
+@pytest.fixture
+async def tailnet(tmp_path):
+    store = Store(tmp_path / "db.sqlite")
+    t = Tailnet(store, v4=ipaddress.ip_network("100.64.0.0/10"), v6=ipaddress.ip_network("fd7a:115c:a1e0::/48"))
+    await t.load()
+    yield t
+    store.close()
+
+
+async def register(t: Tailnet, name: str, n: int):
+    u = next(iter(t.users.values()), None) or await t.create_user("alice", email="alice@example.com")
+    rec, text = await t.create_preauth_key(u.id, reusable=True)
+    return await t.register_with_key(
+        t.check_preauth_key(text), machine_key=f"mkey:{n:064x}", node_key=f"nodekey:{n:064x}",
+        old_node_key=None, hostinfo={"Hostname": name},
+    )
+
+
+def mapper(t):
+    return Mapper(t, base_domain="ts.test", dns_config=lambda: None, derp_map=lambda: {"Regions": {}})
+
+
+async def test_join_patch_and_delete_are_deltas_not_full_maps(tailnet):
+    m = mapper(tailnet)
+    a = await register(tailnet, "a", 1)
+    b = await register(tailnet, "b", 2)
+    handle = tailnet.bus.open(a.id)
+    view = SessionView(a.id)
+    first = m.full(view)
+    assert [p["Name"] for p in first["Peers"]] == ["b.ts.test."]
+    assert first["Node"]["Addresses"] == ["100.64.0.1/32", "fd7a:115c:a1e0::1/128"]
+
+    c = await register(tailnet, "c", 3)
+    delta = m.delta(view, handle.pending.take())
+    assert "Peers" not in delta and [p["ID"] for p in delta["PeersChanged"]] == [c.id]
+
+    tailnet.stream_opened(b.id)
+    await tailnet.update_node(b.id, endpoints=("192.0.2.1:41641",), patch={"Endpoints": ["192.0.2.1:41641"]})
+    delta = m.delta(view, handle.pending.take())
+    assert delta == {"PeersChangedPatch": [{"NodeID": b.id, "Online": True, "Endpoints": ["192.0.2.1:41641"]}]}
+
+    await tailnet.delete_node(c.id)
+    assert m.delta(view, handle.pending.take()) == {"PeersRemoved": [c.id]}
+
+
+async def test_expired_peer_is_removed_and_renamed_peer_resent(tailnet):
+    m = mapper(tailnet)
+    a = await register(tailnet, "a", 1)
+    b = await register(tailnet, "b", 2)
+    handle = tailnet.bus.open(a.id)
+    view = SessionView(a.id)
+    m.full(view)
+    await tailnet.rename_node(b.id, "bravo")
+    delta = m.delta(view, handle.pending.take())
+    assert delta["PeersChanged"][0]["Name"] == "bravo.ts.test."
+    await tailnet.expire_node(b.id)
+    assert m.delta(view, handle.pending.take()) == {"PeersRemoved": [b.id]}
+
+
+async def test_names_and_addresses_stay_unique_and_survive_reload(tailnet, tmp_path):
+    a = await register(tailnet, "Web Server", 1)
+    b = await register(tailnet, "web-server", 2)
+    assert (a.given_name, b.given_name) == ("web-server", "web-server-1")
+    assert a.ipv4 != b.ipv4 and a.ipv6 != b.ipv6
+    again = Tailnet(tailnet.store, v4=tailnet.pool4.network, v6=tailnet.pool6.network)
+    await again.load()
+    c = await register(again, "c", 3)
+    assert c.ipv4 not in (a.ipv4, b.ipv4)
+
+
+async def test_relogin_of_the_same_machine_keeps_the_node(tailnet):
+    a = await register(tailnet, "a", 1)
+    await tailnet.logout(a, tailnet.clock() - timedelta(days=1))
+    assert tailnet.is_expired(tailnet.nodes[a.id])
+    u = next(iter(tailnet.users.values()))
+    _, text = await tailnet.create_preauth_key(u.id)
+    again = await tailnet.register_with_key(
+        tailnet.check_preauth_key(text), machine_key=a.machine_key, node_key=f"nodekey:{99:064x}",
+        old_node_key=None, hostinfo={"Hostname": "a"},
+    )
+    assert (again.id, again.ipv4, again.given_name) == (a.id, a.ipv4, a.given_name)
+    assert not tailnet.is_expired(again)
