@@ -371,7 +371,12 @@ def install(t: Target, domain: str | None, email: str | None) -> None:
         _systemctl("daemon-reload")
         _systemctl("enable", SERVICE)
         _systemctl("restart", SERVICE)
-        wait_answering(t)
+        try:
+            wait_answering(t)
+        except RuntimeError as e:
+            # Everything is in place; the service itself failed. Say where to look.
+            print(f"trioscale install: installed, but {e}", file=sys.stderr)
+            raise SystemExit(1) from None
         t.say("trioscale.service is enabled and running")
     else:
         t.say(f"--root: not starting the service (would run: systemctl enable --now {SERVICE})")
