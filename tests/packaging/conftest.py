@@ -35,6 +35,13 @@ def pyz(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def pyz_other_arch(tmp_path_factory) -> tuple[str, Path]:
+    """The zipapp for the other of the two architectures (cross-built: wheels only)."""
+    other = "aarch64" if os.uname().machine == "x86_64" else "x86_64"
+    return other, _build("build_pyz.py", tmp_path_factory.mktemp("pyz-other"), "--arch", other)
+
+
+@pytest.fixture(scope="session")
 def deb(tmp_path_factory) -> Path:
     if subprocess.run(["which", "dpkg-deb"], capture_output=True).returncode != 0:
         pytest.skip("dpkg-deb is not on this machine (not Debian)")
