@@ -377,6 +377,8 @@ def install(t: Target, domain: str | None, email: str | None) -> None:
             # Everything is in place; the service itself failed. Say where to look.
             print(f"trioscale install: installed, but {e}", file=sys.stderr)
             raise SystemExit(1) from None
+        if t.kind == "zipapp":
+            prune_unpacked(t.at(CACHE_DIR))
         t.say("trioscale.service is enabled and running")
     else:
         t.say(f"--root: not starting the service (would run: systemctl enable --now {SERVICE})")
@@ -404,6 +406,16 @@ def wait_answering(t: Target) -> None:
                     f"the service did not answer within {START_TIMEOUT}s ({e}); see: journalctl -u trioscale"
                 ) from e
         time.sleep(0.5)
+
+
+def prune_unpacked(cache: Path) -> None:
+    """Remove what earlier zipapps unpacked into the service's cache (shiv keeps one directory
+    per build and never removes one); the newest is the running service's."""
+    unpacked = sorted((p for p in cache.glob("*.pyz_*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in unpacked[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
+        for lock in cache.glob(f".{old.name}*lock"):
+            lock.unlink(missing_ok=True)
 
 
 def next_steps(t: Target, domain: str) -> None:

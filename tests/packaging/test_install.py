@@ -224,3 +224,15 @@ def test_install_refuses_from_a_source_checkout(tmp_path):
     r = subprocess.run([sys.executable, "-m", "appliance", "install", "--domain", DOMAIN, "--root", str(tmp_path)],
                        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     _refused(r, "from the zipapp")
+
+
+def test_upgrade_prunes_what_older_zipapps_unpacked(tmp_path):
+    from appliance.install import prune_unpacked
+
+    for i, build in enumerate(("old1", "old2", "new")):
+        d = tmp_path / f"trioscale.pyz_{build}"
+        (d / "site-packages").mkdir(parents=True)
+        (tmp_path / f".trioscale.pyz_{build}_lock").touch()
+        os.utime(d, (1_000_000 + i, 1_000_000 + i))
+    prune_unpacked(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".trioscale.pyz_new_lock", "trioscale.pyz_new"]
