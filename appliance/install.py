@@ -324,6 +324,7 @@ def install(t: Target, domain: str | None, email: str | None) -> None:
         raise Refused("--domain is needed for a first install (the DNS name clients will reach)")
     if domain:
         check_domain(domain)
+        domain = domain.strip().lower()
     text = render_config(existing, domain, email)
     check_config(text, config_path)
     if t.kind == "deb":
