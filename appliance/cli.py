@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("derp", help="run a standalone DERP relay and STUN server (see `trioscale derp --help`)",
                    add_help=False)
 
+    from .install import do_install, do_uninstall
+
+    p = cmd(sub, "install", do_install, "set up this machine: config, user, systemd service (as root)")
+    p.add_argument("--domain", help="the DNS name clients reach the server at, e.g. vpn.example.com")
+    p.add_argument("--email", help="contact address for the Let's Encrypt account")
+    p.add_argument("--root", help="install below this directory instead of / and start nothing (for tests and images)")
+    p = cmd(sub, "uninstall", do_uninstall, "stop and remove the systemd service (as root); data kept unless --purge")
+    p.add_argument("--purge", action="store_true", help="also remove the config, the data and the trioscale user")
+    p.add_argument("--root", help="uninstall below this directory instead of / and stop nothing")
+
     users = _with_config(sub.add_parser("users", aliases=["user"], help="manage users")).add_subparsers(dest="sub", required=True)
     p = cmd(users, "create", users_create, "create a user")
     p.add_argument("name")
