@@ -153,15 +153,14 @@ def serve_overrides(args) -> dict[str, Any]:
 
     The data directory stays the file's or the default (/var/lib/trioscale as root).
     """
+    from .install import appliance_settings
+
     out: dict[str, Any] = {}
     domain = getattr(args, "domain", None)
     if domain:
+        out.update(appliance_settings(domain, ""))
+        del out["data_dir"], out["acme_email"]  # the file's (or the default) stay
         out.update({
-            "server_url": f"https://{domain}",
-            "listen_addr": ":443",
-            "tls_letsencrypt_hostname": domain,
-            "tls_letsencrypt_challenge_type": "TLS-ALPN-01",
-            "tls_letsencrypt_listen": ":http",
             "tls_cert_path": "",
             "tls_key_path": "",
             # The embedded region's host name is server_url's, so the DERP map says DOMAIN.

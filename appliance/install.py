@@ -139,14 +139,16 @@ def set_key(text: str, key: str, value: str) -> str:
 
 
 def appliance_settings(domain: str, email: str) -> dict[str, str]:
-    """The keys install sets: public HTTPS with a Let's Encrypt certificate for ``domain``."""
+    """The keys install sets: public HTTPS with a Let's Encrypt certificate for ``domain``.
+    `trioscale serve --domain` stands for the same keys (cli.serve_overrides)."""
     return {
         "server_url": f"https://{domain}",
         "listen_addr": ":443",  # every address, IPv4 and IPv6
         "data_dir": STATE_DIR,
         "tls_letsencrypt_hostname": domain,
         "acme_email": email,
-        "tls_letsencrypt_challenge_type": "HTTP-01",
+        # TLS-ALPN-01 needs only port 443; port 80 still answers, to redirect to https.
+        "tls_letsencrypt_challenge_type": "TLS-ALPN-01",
         "tls_letsencrypt_listen": ":http",
     }
 
