@@ -72,7 +72,8 @@ class ControlService:
                 await resp.simple(200, b"{}", "application/json")
             else:
                 await resp.simple(404, b"not found\n")
-        except (WireError, KeyFormatError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        # RecursionError: json.loads on nesting deeper than the interpreter's stack allows.
+        except (WireError, KeyFormatError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             log.warning("%s: bad %s request: %s", conn.name, path, e)
             if not resp.headers_sent:
                 await resp.simple(400, f"bad request: {e}\n".encode())
