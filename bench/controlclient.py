@@ -159,6 +159,9 @@ class NoiseChannel:
     stream: NoiseStream
     raw: trio.abc.Stream
     initiation: bytes
+    response: bytes
+    tx_key: bytes  # client → server
+    rx_key: bytes
     early: dict | None
 
 
@@ -227,7 +230,7 @@ async def dial_noise(
         with trio.move_on_after(1, shield=True):
             await raw.aclose()
         raise
-    return _Replay(noise, rest), NoiseChannel(noise, raw, hs.initiation, early)
+    return _Replay(noise, rest), NoiseChannel(noise, raw, hs.initiation, response, tx, rx, early)
 
 
 # --- HTTP/2 part ----------------------------------------------------------------------------
