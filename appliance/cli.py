@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(sub, "serve", do_serve, "run the server")
     cmd(sub, "configtest", do_configtest, "check the configuration and print the effective one")
     cmd(sub, "version", do_version, "print the version", output=True)
+    # Its flags are derp.cli's (like Tailscale's derper); main() hands them over unparsed.
+    sub.add_parser("derp", help="run a standalone DERP relay and STUN server (see `trioscale derp --help`)",
+                   add_help=False)
 
     users = _with_config(sub.add_parser("users", aliases=["user"], help="manage users")).add_subparsers(dest="sub", required=True)
     p = cmd(users, "create", users_create, "create a user")
@@ -94,9 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(nodes, "register", nodes_register, "approve an interactive login")
     p.add_argument("-u", "--user", required=True)
     p.add_argument("-k", "--key", required=True)
+    p = cmd(nodes, "list-routes", nodes_list_routes, "routes advertised, approved and primary per node", output=True)
+    p.add_argument("-i", "--identifier", type=int)
     p = cmd(nodes, "approve-routes", nodes_approve_routes, "set a node's approved routes")
     p.add_argument("-i", "--identifier", type=int, required=True)
     p.add_argument("-r", "--routes", default="", help="comma-separated prefixes; empty removes all")
+    apikeys = _with_config(sub.add_parser("apikeys", aliases=["apikey"], help="API keys for the HTTP API")).add_subparsers(dest="sub", required=True)
+    p = cmd(apikeys, "create", apikeys_create, "create an API key (printed alone on stdout, shown once)")
+    p.add_argument("-e", "--expiration", default="90d")
+    cmd(apikeys, "list", apikeys_list, "list API keys", aliases=["ls"], output=True)
+    p = cmd(apikeys, "expire", apikeys_expire, "expire an API key")
+    p.add_argument("-p", "--prefix", required=True)
+
+    pol = _with_config(sub.add_parser("policy", help="the access policy")).add_subparsers(dest="sub", required=True)
+    cmd(pol, "get", policy_get, "print the policy in force")
+    p = cmd(pol, "set", policy_set, "replace the policy (policy.mode: database)")
+    p.add_argument("-f", "--file", required=True)
+    p = cmd(pol, "check", policy_check, "check a policy file (against the live tailnet when the server runs)")
+    p.add_argument("-f", "--file", required=True)
+    p = _with_config(pol.add_parser("evaluate", help="what every node gets under a policy (offline with --topology)"))
+    p.add_argument("--policy", required=True, help="policy file (HuJSON)")
+    p.add_argument("--topology", help="topology file (JSON, the policy corpus's format); default: the live tailnet")
+    p.add_argument("-o", "--output", choices=["json"], default="json")
+    p.set_defaults(fn=policy_evaluate)
+    p = cmd(pol, "reach", policy_reach, "may SRC reach DST[:PORT] under the policy in force, and by which rule")
+    p.add_argument("src")
+    p.add_argument("dst")
     return top
 
 
@@ -152,10 +178,33 @@ def do_serve(args) -> int:
 
     from .serve import serve_until_signalled
 
+    from .policy import PolicyError
+    from .storage import StoreError
+
     cfg = _config(args)
     setup_logging(cfg.log.level_no, cfg.log.format)
-    trio.run(serve_until_signalled, cfg)
+    try:
+        trio.run(serve_until_signalled, cfg)
+    except BaseExceptionGroup as group:
+        # Start-up failures arrive wrapped by the nurseries; report them as one clear line.
+        fatal = group.subgroup(lambda e: isinstance(e, (PolicyError, StoreError, ConfigError, OSError)))
+        if fatal is None:
+            raise
+        for e in _leaves(fatal):
+            print(f"trioscale: cannot start: {e}", file=sys.stderr)
+        return 1
+    except (PolicyError, StoreError, OSError) as e:
+        print(f"trioscale: cannot start: {e}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _leaves(group: BaseExceptionGroup):
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            yield from _leaves(e)
+        else:
+            yield e
 
 
 def do_configtest(args) -> int:
@@ -298,9 +347,107 @@ def nodes_register(args) -> int:
     return 0
 
 
+def nodes_list_routes(args) -> int:
+    nodes = _client(args).call("GET", "/api/v1/node")["nodes"]
+    if args.identifier is not None:
+        nodes = [n for n in nodes if n["id"] == str(args.identifier)]
+    nodes = [n for n in nodes if n["availableRoutes"] or n["approvedRoutes"]]
+    rows = [[n["id"], n["givenName"], ", ".join(n["approvedRoutes"]), ", ".join(n["availableRoutes"]),
+             ", ".join(n["primaryRoutes"])] for n in nodes]
+    _emit(args, nodes, rows, ["ID", "Hostname", "Approved", "Available", "Serving (Primary)"])
+    return 0
+
+
 def nodes_approve_routes(args) -> int:
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     return _node_cmd(args, "POST", "/approve_routes", {"routes": routes}, message="Routes approved")
+
+
+def apikeys_create(args) -> int:
+    when = datetime.now(timezone.utc) + parse_duration(args.expiration, "--expiration")
+    doc = _client(args).call("POST", "/api/v1/apikey", {"expiration": when.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    print(doc["apiKey"])
+    return 0
+
+
+def apikeys_list(args) -> int:
+    keys = _client(args).call("GET", "/api/v1/apikey")["apiKeys"]
+    rows = [[k["id"], k["prefix"], k["expiration"], k["createdAt"], k["lastSeen"]] for k in keys]
+    _emit(args, keys, rows, ["ID", "Prefix", "Expiration", "Created", "Last seen"])
+    return 0
+
+
+def apikeys_expire(args) -> int:
+    _client(args).call("POST", "/api/v1/apikey/expire", {"prefix": args.prefix})
+    print("Key expired")
+    return 0
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise SystemExit(f"trioscale: cannot read {path}: {e.strerror}") from None
+
+
+def policy_get(args) -> int:
+    doc = _client(args).call("GET", "/api/v1/policy")
+    if not doc["policy"]:
+        print("# no policy is set: every node may reach every node", file=sys.stderr)
+    print(doc["policy"], end="" if doc["policy"].endswith("\n") else "\n")
+    return 0
+
+
+def policy_set(args) -> int:
+    _client(args).call("PUT", "/api/v1/policy", {"policy": _read(args.file)})
+    print("Policy updated")
+    return 0
+
+
+def policy_check(args) -> int:
+    from .policy import PolicyEngine, PolicyError
+
+    text = _read(args.file)
+    try:
+        _client(args).call("POST", "/api/v1/policy/check", {"policy": text})
+        where = "against the live tailnet"
+    except ServerUnreachable:
+        try:
+            PolicyEngine(None).check_policy(text)
+        except PolicyError as e:
+            print(f"trioscale: {args.file}: {e}", file=sys.stderr)
+            return 1
+        where = "offline (the server is not running: users and nodes were not checked)"
+    except APIError as e:
+        print(f"trioscale: {args.file}: {e}", file=sys.stderr)
+        return 1
+    print(f"Policy is valid ({where})")
+    return 0
+
+
+def policy_evaluate(args) -> int:
+    from .policy import evaluate
+
+    text = _read(args.policy)
+    if args.topology:
+        topology = json.loads(_read(args.topology))
+        if isinstance(topology.get("topology"), dict):
+            topology = topology["topology"]  # a whole corpus case
+    else:
+        topology = _client(args).call("GET", "/api/v1/policy/topology")
+    out = evaluate(text, topology)
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 1 if out["error"] is not None else 0
+
+
+def policy_reach(args) -> int:
+    dst, port = args.dst, "0"
+    if args.dst.count(":") == 1:  # NAME:PORT or IPv4:PORT; IPv6 addresses have more colons
+        dst, port = args.dst.split(":")
+    doc = _client(args).call("GET", f"/api/v1/policy/reach?src={args.src}&dst={dst}&port={port or 0}")
+    print(("allowed: " if doc["allowed"] else "denied: ") + doc["reason"])
+    return 0 if doc["allowed"] else 1
 
 
 def setup_logging(level: int, fmt: str) -> None:
@@ -318,7 +465,15 @@ def setup_logging(level: int, fmt: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["derp"]:
+        from derp.cli import main as derp_main
+
+        return derp_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.cmd not in ("serve", "configtest"):
+        # The admin verbs only need the socket path: config warnings are for serve/configtest.
+        logging.getLogger("appliance.config").setLevel(logging.ERROR)
     try:
         return args.fn(args) or 0
     except ConfigError as e:

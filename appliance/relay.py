@@ -1,14 +1,20 @@
 """The embedded DERP relay and STUN responder, and the DERP map clients are given.
 
 The relay shares the front door's listener (``/derp`` and its side endpoints); STUN gets its
-own UDP socket. The DERP map is the embedded region (when on) merged with the regions of the
-files in ``derp.paths``.
+own UDP socket. The DERP map is, as in Headscale, the regions of the files in ``derp.paths``,
+then those of the maps at ``derp.urls`` (a later source wins for a region ID), then the
+embedded region (when on). With ``derp.auto_update_enabled`` the sources are read again every
+``derp.update_frequency``; a changed map goes to every open map stream as a delta that carries
+only the new DERPMap.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
+import urllib.request
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 import h11
@@ -28,13 +34,28 @@ log = logging.getLogger(__name__)
 
 def make_relay(cfg: Config, tailnet: Tailnet) -> DerpServer:
     key = load_or_create_private_key(cfg.derp.private_key_path)
+    if urlsplit(cfg.server_url).scheme != "https":
+        # Clients dial DERP over TLS only (TS_DEBUG_USE_DERP_HTTP=1 aside).
+        log.warning("server_url is not https: clients will not be able to use the embedded DERP relay")
+    mesh_key = None
+    if cfg.derp.mesh_key_path is not None:
+        try:
+            mesh_key = Path(cfg.derp.mesh_key_path).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"derp.server.mesh_key_path: cannot read it: {e}", key="derp.server.mesh_key_path") from None
 
     async def verify(node_public: bytes) -> bool:
         # Only nodes of this tailnet whose key is still valid may use the relay.
         n = tailnet.node_by_key("nodekey:" + node_public.hex())
         return n is not None and not tailnet.is_expired(n)
 
-    return DerpServer(key, verify_client=verify if cfg.derp.verify_clients else None)
+    try:
+        return DerpServer(
+            key, verify_client=verify if cfg.derp.verify_clients else None,
+            mesh_key=mesh_key, mesh_with=cfg.derp.mesh_with,
+        )
+    except ValueError as e:  # a malformed mesh key
+        raise ConfigError(f"derp.server.mesh_key_path: {e}", key="derp.server.mesh_key_path") from None
 
 
 def relay_routes(relay: DerpServer):
@@ -83,18 +104,55 @@ def load_derp_file(path: Path) -> dict:
     """A DERP map file (JSON or YAML, Tailscale's DERPMap shape, or Headscale's lower-case
     ``regions`` layout). Raises ConfigError naming the file."""
     try:
-        data = yaml.safe_load(Path(path).read_text())  # YAML is a superset of JSON
-    except (OSError, yaml.YAMLError) as e:
+        text = Path(path).read_text()
+    except OSError as e:
         raise ConfigError(f"derp.paths: cannot read {path}: {e}") from None
-    regions = (data or {}).get("Regions") or (data or {}).get("regions")
+    return parse_derp_map(text, f"derp.paths: {path}")
+
+
+def parse_derp_map(text: str | bytes, where: str) -> dict:
+    """The regions of a DERP map document, by decimal region ID. Raises ConfigError."""
+    try:
+        data = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not JSON or YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: not a DERP map")
+    regions = data.get("Regions") or data.get("regions")
     if not isinstance(regions, dict):
-        raise ConfigError(f"derp.paths: {path} has no Regions mapping")
+        raise ConfigError(f"{where}: has no Regions mapping")
     out = {}
     for rid, region in regions.items():
         if not isinstance(region, dict):
-            raise ConfigError(f"derp.paths: {path}: region {rid} is not a mapping")
-        out[str(int(rid))] = _normalise(region)
+            raise ConfigError(f"{where}: region {rid} is not a mapping")
+        try:
+            out[str(int(rid))] = _normalise(region)
+        except ValueError:
+            raise ConfigError(f"{where}: region ID {rid!r} is not a number") from None
     return out
+
+
+# A DERP map larger than this is not one (Tailscale's default map is about 20 KiB).
+MAX_DERP_MAP_BYTES = 4 << 20
+FETCH_TIMEOUT = 15.0
+
+
+def fetch_derp_map(url: str, ssl_context: ssl.SSLContext | None = None) -> dict:
+    """GET a DERP map (blocking: run it in a worker thread). Raises ConfigError naming the URL.
+
+    https certificates are checked against the system trust store (``SSL_CERT_FILE`` works)
+    unless ``ssl_context`` says otherwise.
+    """
+    req = urllib.request.Request(url, headers={"User-Agent": "trioscale", "Accept": "application/json"})
+    ctx = ssl_context or ssl.create_default_context()
+    try:
+        with urllib.request.urlopen(req, timeout=FETCH_TIMEOUT, context=ctx) as resp:
+            body = resp.read(MAX_DERP_MAP_BYTES + 1)
+    except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
+        raise ConfigError(f"derp.urls: cannot fetch {url}: {e}") from None
+    if len(body) > MAX_DERP_MAP_BYTES:
+        raise ConfigError(f"derp.urls: {url}: more than {MAX_DERP_MAP_BYTES} bytes")
+    return parse_derp_map(body, f"derp.urls: {url}")
 
 
 _NAMES = {k.lower(): k for k in (
@@ -114,22 +172,74 @@ def _normalise(obj):
 
 
 class DerpMapSource:
-    def __init__(self, cfg: Config) -> None:
-        regions: dict[str, dict] = {}
-        for p in cfg.derp.paths:
-            regions.update(load_derp_file(p))
-        if cfg.derp.server_enabled and cfg.derp.automatically_add_embedded_derp_region:
-            regions[str(cfg.derp.region_id)] = embedded_region(cfg)
-        self._map = {"Regions": regions}
+    """The DERP map every netmap carries; ``current()`` is cheap (called per map message).
+
+    Args:
+        cfg: the configuration (``derp.*``).
+        ssl_context: for fetching ``derp.urls`` (default: the system trust store).
+
+    A source that fails (unreadable file, unreachable URL) is logged and left out; the other
+    sources still count. On a periodic update, a source that fails keeps its previous regions,
+    so a network hiccup does not take relays away from the clients.
+    """
+
+    def __init__(self, cfg: Config, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.cfg = cfg
+        self.ssl_context = ssl_context
+        self._last: dict[str, dict[str, dict]] = {}  # source → its last good regions
+        self._map: dict = {"Regions": self._merge()}
         self.version = 1
+        self.updates = 0  # how many times the map changed after start
 
     def current(self) -> dict:
         return self._map
+
+    def _merge(self) -> dict[str, dict]:
+        regions: dict[str, dict] = {}
+        for source in [*map(str, self.cfg.derp.paths), *self.cfg.derp.urls]:
+            regions.update(self._last.get(source, {}))
+        if self.cfg.derp.server_enabled and self.cfg.derp.automatically_add_embedded_derp_region:
+            regions[str(self.cfg.derp.region_id)] = embedded_region(self.cfg)
+        return regions
+
+    async def refresh(self) -> bool:
+        """Read every source again; True when the merged map changed."""
+        for p in self.cfg.derp.paths:
+            try:
+                self._last[str(p)] = load_derp_file(p)
+            except ConfigError as e:
+                log.error("%s", e)
+        for url in self.cfg.derp.urls:
+            try:
+                self._last[url] = await trio.to_thread.run_sync(
+                    fetch_derp_map, url, self.ssl_context, abandon_on_cancel=True,
+                )
+            except ConfigError as e:
+                log.error("%s", e)
+        merged = {"Regions": self._merge()}
+        if merged == self._map:
+            return False
+        self._map = merged
+        self.version += 1
+        return True
+
+    async def run(self, on_change: Callable[[], None], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Load the sources, report started, then (with auto-update) re-read them every
+        ``update_frequency`` and call ``on_change`` when the map changed. Runs until cancelled."""
+        await self.refresh()
+        log.info("DERP map: regions %s", ", ".join(sorted(self._map["Regions"], key=int)) or "none")
+        task_status.started()
+        if not self.cfg.derp.auto_update_enabled or not (self.cfg.derp.urls or self.cfg.derp.paths):
+            return
+        period = self.cfg.derp.update_frequency.total_seconds()
+        while True:
+            await trio.sleep(period)
+            if await self.refresh():
+                self.updates += 1
+                log.info("DERP map changed: regions %s", ", ".join(sorted(self._map["Regions"], key=int)))
+                on_change()
 
 
 async def run_stun(cfg: Config, stats: StunStats, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     host, port = split_host_port(cfg.derp.stun_listen_addr)
     await serve_stun(host or "::", port, stats=stats, task_status=task_status)
-
-
-

@@ -14,7 +14,7 @@ import trio
 
 from .admin.api import AdminAPI
 from .config import Config, split_host_port
-from .control.dnsconfig import build_dns_config
+from .control.dnsconfig import DNSConfigSource
 from .control.loginpage import login_page_route
 from .control.mapper import Mapper
 from .control.service import ControlService
@@ -23,10 +23,13 @@ from .http.server import HTTPServer
 from .keys import load_or_create_private_key
 from derp.stun import StunStats
 
+from .metrics import Sources, serve_metrics
 from .relay import DerpMapSource, make_relay, relay_routes, run_stun
 from .storage import Store
 from .tailnet.housekeeping import run_housekeeping
 from .tailnet.model import Tailnet
+from .tailnet.policy import PolicyManager
+from .tlsserve import tls_for_config
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +41,11 @@ class Running:
     config: Config
     tailnet: Tailnet
     control: ControlService
+    policy: PolicyManager
     front: FrontDoor
     ports: list[int]
     cancel_scope: trio.CancelScope
+    metrics_port: int | None = None
 
 
 async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
@@ -77,12 +82,17 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             node_expiry=cfg.node.expiry,
         )
         await tailnet.load()
-        dns = build_dns_config(cfg.dns)
+        dns = DNSConfigSource(cfg.dns, lambda: tailnet.bus.part_changed("dns"))
         derp_maps = DerpMapSource(cfg)
         mapper = Mapper(
-            tailnet, base_domain=cfg.dns.base_domain or "invalid", dns_config=lambda: dns,
+            tailnet, base_domain=cfg.dns.base_domain or "invalid", dns_config=dns.current,
             derp_map=derp_maps.current,
         )
+        policy = PolicyManager(
+            tailnet, lambda access: setattr(mapper, "access", access), mode=cfg.policy.mode,
+            path=cfg.policy.path, server_url=cfg.server_url,
+        )
+        await policy.load()
         control = ControlService(tailnet, mapper, cfg.server_url)
         front = FrontDoor(noise_key, control)
         front.plain_routes.append(login_page_route(control))
@@ -92,26 +102,42 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             derp_plain, derp_upgrade = relay_routes(relay)
             front.plain_routes.append(derp_plain)
             front.upgrade_routes["/derp"] = derp_upgrade
+        api = AdminAPI(tailnet, control, policy)
         admin = HTTPServer("admin")
-        admin.plain_routes.append(AdminAPI(tailnet, control))
+        admin.plain_routes.append(api)
+        front.plain_routes.append(api.public_route())
+        public = tls_for_config(cfg, front.handle)  # the front door, behind TLS when configured
+        stun_stats = StunStats()
 
         async with trio.open_nursery() as nursery:
+            await nursery.start(derp_maps.run, lambda: tailnet.bus.part_changed("derp"))
             host, port = split_host_port(cfg.listen_addr)
             listeners = await trio.open_tcp_listeners(port, host=host or None)
             ports = sorted({ln.socket.getsockname()[1] for ln in listeners})
-            nursery.start_soon(trio.serve_listeners, front.handle, listeners)
+            nursery.start_soon(trio.serve_listeners, public, listeners)
             unix = await open_unix_listener(cfg.unix_socket, cfg.unix_socket_permission)
             nursery.start_soon(trio.serve_listeners, admin.handle, [unix])
             await nursery.start(run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
+            await nursery.start(policy.watch_file)
+            await nursery.start(policy.run_auto_approver)
+            await nursery.start(dns.watch)
             if relay is not None:
                 nursery.start_soon(relay.run)
                 if cfg.derp.stun_listen_addr:
-                    await nursery.start(run_stun, cfg, StunStats())
+                    await nursery.start(run_stun, cfg, stun_stats)
+            metrics_port = None
+            if cfg.metrics_listen_addr:
+                sources = Sources(
+                    nodes=lambda: len(tailnet.nodes), online_nodes=lambda: len(tailnet.online),
+                    noise_connections=lambda: front.noise_connections, relay=relay,
+                    stun=stun_stats if relay is not None and cfg.derp.stun_listen_addr else None,
+                )
+                metrics_port = await nursery.start(serve_metrics, cfg.metrics_listen_addr, sources)
             log.info(
                 "trioscale serving %s on %s (admin socket %s, %d nodes, %d users)",
                 cfg.server_url, cfg.listen_addr, cfg.unix_socket, len(tailnet.nodes), len(tailnet.users),
             )
-            task_status.started(Running(cfg, tailnet, control, front, ports, nursery.cancel_scope))
+            task_status.started(Running(cfg, tailnet, control, policy, front, ports, nursery.cancel_scope, metrics_port))
     finally:
         with trio.CancelScope(shield=True):
             try:
@@ -122,11 +148,15 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
 
 async def serve_until_signalled(cfg: Config) -> None:
-    """The process's main: serve, and stop cleanly on SIGINT or SIGTERM."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    """The process's main: serve, reload the policy on SIGHUP, stop on SIGINT or SIGTERM."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(serve, cfg)
+            running: Running = await nursery.start(serve, cfg)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("received SIGHUP, reloading the policy")
+                    await running.policy.reload()
+                    continue
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break

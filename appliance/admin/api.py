@@ -14,8 +14,12 @@ from .. import __version__
 from ..control.service import ControlService
 from ..errors import Invalid, NotFound, TrioscaleError
 from ..http.server import Answer
+from ..tailnet import secrets as keysecrets
 from ..tailnet.model import Tailnet
-from .shapes import node_json, preauth_json, user_json
+from ..policy import PolicyError
+from ..policy.reach import reach
+from ..tailnet.policy import policy_node
+from .shapes import node_json, preauth_json, ts, user_json
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -62,6 +66,14 @@ class AdminAPI:
         r("POST", r"/api/v1/node/(?P<id>\d+)/tags", self.tag_node)
         r("POST", r"/api/v1/node/(?P<id>\d+)/user", self.move_node)
         r("POST", r"/api/v1/node/(?P<id>\d+)/approve_routes", self.approve_routes)
+        r("GET", r"/api/v1/apikey", self.list_api_keys)
+        r("POST", r"/api/v1/apikey", self.create_api_key)
+        r("POST", r"/api/v1/apikey/expire", self.expire_api_key)
+        r("GET", r"/api/v1/policy", self.get_policy)
+        r("PUT", r"/api/v1/policy", self.set_policy)
+        r("POST", r"/api/v1/policy/check", self.check_policy)
+        r("GET", r"/api/v1/policy/topology", self.topology)
+        r("GET", r"/api/v1/policy/reach", self.reach)
         r("GET", r"/api/v1/version", self.version)
         r("GET", r"/version", self.version)
 
@@ -197,6 +209,108 @@ class AdminAPI:
             raise Invalid("register needs a user and the key shown on the login page")
         node = await self.control.complete_interactive(str(key), str(user))
         return {"node": node_json(self.tailnet, node)}
+
+    # --- API keys -----------------------------------------------------------------------
+
+    async def list_api_keys(self, query: dict, body: dict) -> dict:
+        keys = await self.tailnet.store.list_api_keys()
+        return {"apiKeys": [
+            {"id": str(k.id), "prefix": k.prefix, "expiration": ts(k.expiration),
+             "createdAt": ts(k.created_at), "lastSeen": ts(k.last_seen)}
+            for k in keys
+        ]}
+
+    async def create_api_key(self, query: dict, body: dict) -> dict:
+        now = self.tailnet.clock()
+        lifetime = _parse_expiration(body.get("expiration"), now) if body.get("expiration") else timedelta(days=90)
+        text, prefix, hashed = keysecrets.new_secret("api")
+        await self.tailnet.store.create_api_key(prefix, hashed, now, now + lifetime)
+        return {"apiKey": text}
+
+    async def expire_api_key(self, query: dict, body: dict) -> dict:
+        prefix = keysecrets.split_prefix("api", str(body.get("prefix") or "")) or str(body.get("prefix") or "")
+        if not await self.tailnet.store.expire_api_key(prefix, self.tailnet.clock()):
+            raise NotFound(f"API key {prefix!r} not found")
+        return {}
+
+    async def authorized(self, authorization: str | None) -> bool:
+        """Is ``Authorization: Bearer <key>`` a valid, unexpired API key? (The unix socket
+        needs none: its file mode guards it.)"""
+        if not authorization or not authorization.startswith("Bearer "):
+            return False
+        text = authorization[len("Bearer "):].strip()
+        prefix = keysecrets.split_prefix("api", text)
+        if prefix is None:
+            return False
+        now = self.tailnet.clock()
+        for k in await self.tailnet.store.list_api_keys():
+            if k.prefix == prefix and keysecrets.matches(text, k.hash):
+                return k.expiration is None or k.expiration > now
+        return False
+
+    def public_route(self):
+        """The same API on the public listener, for Headscale's UIs and scripts: Bearer API keys."""
+
+        async def route(req: h11.Request, body: bytes) -> Answer | None:
+            if not req.target.startswith(b"/api/v1/"):
+                return None
+            auth = next((v.decode("latin-1") for k, v in req.headers if k == b"authorization"), None)
+            if not await self.authorized(auth):
+                return _json(401, {"code": 16, "message": "unauthorized: a valid API key is needed (Authorization: Bearer ...)"})
+            return await self(req, body)
+
+        return route
+
+    # --- policy -------------------------------------------------------------------------
+
+    async def get_policy(self, query: dict, body: dict) -> dict:
+        return {"policy": self.policy.text or "", "updatedAt": ts(self.policy.updated_at)}
+
+    async def set_policy(self, query: dict, body: dict) -> dict:
+        text = body.get("policy")
+        if not isinstance(text, str):
+            raise Invalid("policy: expected the policy text as a string")
+        await self.policy.set(text)
+        return await self.get_policy(query, body)
+
+    async def check_policy(self, query: dict, body: dict) -> dict:
+        text = body.get("policy")
+        if not isinstance(text, str):
+            raise Invalid("policy: expected the policy text as a string")
+        try:
+            self.policy.check(text)
+        except PolicyError as e:
+            raise Invalid(str(e)) from None
+        return {}
+
+    async def topology(self, query: dict, body: dict) -> dict:
+        """The live tailnet in the policy corpus's topology format (for `policy evaluate`)."""
+        users = [{"id": u.id, "name": u.name, "email": u.email} for u in self.tailnet.users.values()]
+        names = {u.id: u.name for u in self.tailnet.users.values()}
+        nodes = {}
+        for n in self.tailnet.nodes.values():
+            pn = policy_node(n)
+            nodes[n.given_name] = {
+                "hostname": n.given_name, "tags": list(n.tags), "ipv4": n.ipv4, "ipv6": n.ipv6,
+                "user": names.get(n.user_id) if not n.tags else None,
+                "routable_ips": list(pn.routable_ips), "approved_routes": list(n.approved_routes),
+            }
+        return {"users": users, "nodes": nodes}
+
+    async def reach(self, query: dict, body: dict) -> dict:
+        src, dst = self._node_named(query.get("src", "")), self._node_named(query.get("dst", ""))
+        port = int(query.get("port") or 0)
+        engine = self.policy.engine
+        if engine is None:
+            return {"allowed": True, "reason": "no policy is set: every node may reach every node"}
+        allowed, reason = reach(engine, policy_node(src), policy_node(dst), port)
+        return {"allowed": allowed, "reason": reason}
+
+    def _node_named(self, ref: str):
+        for n in self.tailnet.nodes.values():
+            if ref in (str(n.id), n.given_name, n.hostname, n.ipv4, n.ipv6):
+                return n
+        raise NotFound(f"node {ref!r} not found")
 
     async def version(self, query: dict, body: dict) -> dict:
         return {"version": __version__}

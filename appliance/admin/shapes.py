@@ -7,6 +7,7 @@ from datetime import datetime
 
 from ..storage.records import NodeRecord, PreAuthKeyRecord, UserRecord
 from ..tailnet.model import Tailnet
+from ..tailnet.routes import advertised
 
 
 def ts(t: datetime | None) -> str | None:
@@ -48,7 +49,7 @@ _METHODS = {"authkey": "REGISTER_METHOD_AUTH_KEY", "cli": "REGISTER_METHOD_CLI",
 
 def node_json(tailnet: Tailnet, n: NodeRecord) -> dict:
     key = tailnet.keys.get(n.auth_key_id) if n.auth_key_id is not None else None
-    routable = [r for r in (n.hostinfo.get("RoutableIPs") or []) if isinstance(r, str)]
+    routable = sorted(advertised(n))
     return {
         "id": str(n.id),
         "machineKey": n.machine_key,
@@ -67,6 +68,7 @@ def node_json(tailnet: Tailnet, n: NodeRecord) -> dict:
         "approvedRoutes": list(n.approved_routes),
         "availableRoutes": routable,
         "subnetRoutes": [r for r in routable if r in n.approved_routes],
+        "primaryRoutes": tailnet.routes.primaries_of(n.id),
         "tags": list(n.tags),
         "ephemeral": n.ephemeral,
         "expired": tailnet.is_expired(n),

@@ -47,6 +47,8 @@ def config_to_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
                 "automatically_add_embedded_derp_region": cfg.derp.automatically_add_embedded_derp_region,
                 "ipv4": cfg.derp.ipv4 or "",
                 "ipv6": cfg.derp.ipv6 or "",
+                "mesh_key_path": str(cfg.derp.mesh_key_path) if cfg.derp.mesh_key_path else "",
+                "mesh_with": list(cfg.derp.mesh_with),
             },
             "urls": list(cfg.derp.urls),
             "paths": [str(p) for p in cfg.derp.paths],

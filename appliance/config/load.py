@@ -442,6 +442,16 @@ def _derp(r: _Reader, data_dir: Path) -> DERPSettings:
             "DERP server must be described in a file listed in derp.paths",
             key="derp.paths",
         )
+    mesh_key_path = r.path("derp.server.mesh_key_path", None)
+    mesh_with = tuple(
+        v.parse_http_url(u, f"{r.name('derp.server.mesh_with')}[{i}]", bare=True)
+        for i, u in enumerate(r.get("derp.server.mesh_with", v.parse_str_list, ()))
+    )
+    if mesh_with and mesh_key_path is None:
+        raise ConfigError(
+            "derp.server.mesh_with: meshing needs the region's key in derp.server.mesh_key_path",
+            key="derp.server.mesh_with",
+        )
     if not enabled and not urls and not paths:
         log.warning("no DERP servers configured: nodes that cannot reach each other directly will not connect")
     return DERPSettings(
@@ -459,6 +469,8 @@ def _derp(r: _Reader, data_dir: Path) -> DERPSettings:
         paths=paths,
         auto_update_enabled=r.get("derp.auto_update_enabled", v.parse_bool, True),
         update_frequency=r.get("derp.update_frequency", _update_frequency, timedelta(hours=3)),
+        mesh_key_path=mesh_key_path,
+        mesh_with=mesh_with,
     )
 
 

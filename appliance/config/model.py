@@ -74,6 +74,10 @@ class DERPSettings:
     paths: tuple[Path, ...]
     auto_update_enabled: bool
     update_frequency: timedelta
+    # trioscale's own (Headscale cannot mesh its embedded relay): the region's shared mesh
+    # key file (64 hex) and the URLs of the other DERP servers of the embedded region.
+    mesh_key_path: Path | None = None
+    mesh_with: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

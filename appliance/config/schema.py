@@ -52,6 +52,8 @@ MAIN_KEYS: frozenset[str] = frozenset(
         "derp.server.ipv4",
         "derp.server.ipv6",
         "derp.server.automatically_add_embedded_derp_region",
+        "derp.server.mesh_key_path",  # ours, not Headscale's
+        "derp.server.mesh_with",  # ours, not Headscale's
         "derp.urls",
         "derp.paths",
         "derp.auto_update_enabled",

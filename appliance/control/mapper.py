@@ -14,6 +14,7 @@ from ..storage.records import NodeRecord
 from ..tailnet.access import Access, AllowAll
 from ..tailnet.changes import FULL, Pending
 from ..tailnet.model import TAGGED_DEVICES_LOGIN, TAGGED_DEVICES_USER_ID, Tailnet
+from ..tailnet.routes import EXIT_ROUTES, served
 from .wire import ZERO_TIME, format_time
 
 # Capabilities every node gets, as Headscale grants them by default.
@@ -81,6 +82,8 @@ class Mapper:
             addrs.append(f"{n.ipv6}/128")
         netinfo = n.hostinfo.get("NetInfo") or {}
         home = netinfo.get("PreferredDERP") or 0
+        primary = self.tailnet.routes.primaries_of(n.id)
+        exits = sorted(served(n) & EXIT_ROUTES)
         d: dict[str, Any] = {
             "ID": n.id,
             "StableID": str(n.id),
@@ -90,7 +93,7 @@ class Mapper:
             "KeyExpiry": format_time(n.expiry) if n.expiry else ZERO_TIME,
             "Machine": n.machine_key,
             "Addresses": addrs,
-            "AllowedIPs": list(addrs),
+            "AllowedIPs": addrs + primary + exits,
             "Endpoints": list(n.endpoints),
             "Hostinfo": n.hostinfo,
             "Created": format_time(n.created_at),
@@ -103,6 +106,8 @@ class Mapper:
             d["DERP"] = f"127.3.3.40:{home}"  # clients before capver 111 read only this
         if n.id in self.capver:
             d["Cap"] = self.capver[n.id]
+        if primary:
+            d["PrimaryRoutes"] = primary
         if n.tags:
             d["Tags"] = list(n.tags)
         if n.last_seen:
@@ -177,6 +182,10 @@ class Mapper:
         msg: dict[str, Any] = {}
         if pending.self_node:
             msg["Node"] = self.self_json(self.tailnet.nodes[view.node_id])
+        if "dns" in pending.parts:
+            msg["DNSConfig"] = self.dns_config() or {}
+        if "derp" in pending.parts:
+            msg["DERPMap"] = self.derp_map()
         changed, patches, removed = [], [], []
         visible = None
         for node_id, patch in pending.peers.items():

@@ -8,9 +8,13 @@ import binascii
 import itertools
 import json
 import logging
+from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
+
+from derp.transport import WebSocketStream
+from derp.websocket import accept_key
 
 from ..control.service import ControlService, NoisePeer
 from ..keys import encode_key, generate_private_key, public_key
@@ -60,38 +64,82 @@ class FrontDoor(HTTPServer):
             await self.send_simple(stream, conn, *text(400, "the upgrade request has no body\n"))
             return True
         upgrade = header(req, b"upgrade")
+        if upgrade is not None and upgrade.lower() == "websocket":
+            await self._websocket(stream, conn, req, name)
+            return True
         if req.method != b"POST" or upgrade is None:
             await self.send_simple(stream, conn, *text(400, "missing next protocol\n"))
             return True
         if upgrade != CONTROL_UPGRADE:
             await self.send_simple(stream, conn, *text(400, "unknown next protocol\n"))
             return True
-        try:
-            initiation = base64.b64decode(header(req, b"x-tailscale-handshake") or "", validate=True)
-            hs = respond(self.noise_private, initiation)
-        except (binascii.Error, ValueError, NoiseError) as e:
-            log.warning("%s: bad Noise handshake: %s", name, e)
-            await self.send_simple(stream, conn, *text(400, "bad handshake\n"))
+        hs = await self._handshake(stream, conn, header(req, b"x-tailscale-handshake"), name)
+        if hs is None:
             return True
         head = conn.send(
             h11.InformationalResponse(
                 status_code=101, headers=[("upgrade", CONTROL_UPGRADE), ("connection", "upgrade")]
             )
         )
-        leftover = conn.trailing_data[0]
         transport = NoiseTransport(hs.tx_key, hs.rx_key)
-        challenge = json.dumps(
-            {"nodeKeyChallenge": encode_key("chalpub", public_key(generate_private_key()))}
-        ).encode()
-        early = EARLY_MAGIC + len(challenge).to_bytes(4, "big") + challenge
         # The 101, the Noise response and the early payload go out in one write.
-        await stream.send_all(head + hs.response + transport.encrypt(early))
+        await stream.send_all(head + hs.response + transport.encrypt(_early_payload()))
+        await self._serve_noise(stream, NoiseStream(stream, transport, conn.trailing_data[0]), hs)
+        return True
+
+    async def _websocket(self, stream: trio.abc.Stream, conn: h11.Connection, req: h11.Request, name: str) -> None:
+        """The browser client's variant: WebSocket with subprotocol tailscale-control-protocol,
+        the initiation in the query string, every later byte in binary messages."""
+        protocols = [p.strip() for p in (header(req, b"sec-websocket-protocol") or "").split(",")]
+        ws_key = header(req, b"sec-websocket-key")
+        if CONTROL_UPGRADE not in protocols or not ws_key:
+            await self.send_simple(stream, conn, *text(400, "WebSocket needs subprotocol tailscale-control-protocol\n"))
+            return
+        query = parse_qs(urlsplit(req.target.decode("latin-1")).query)
+        initiation = (query.get("X-Tailscale-Handshake") or [""])[-1]
+        hs = await self._handshake(stream, conn, initiation, name)
+        if hs is None:
+            return
+        head = conn.send(
+            h11.InformationalResponse(
+                status_code=101,
+                headers=[
+                    ("upgrade", "websocket"), ("connection", "Upgrade"),
+                    ("sec-websocket-accept", accept_key(ws_key.encode()).decode()),
+                    ("sec-websocket-protocol", CONTROL_UPGRADE),
+                ],
+            )
+        )
+        await stream.send_all(head)
+        ws = WebSocketStream(stream, client=False, leftover=conn.trailing_data[0])
+        await ws.send_all(hs.response)
+        # No early payload on this path, as the reference server does.
+        transport = NoiseTransport(hs.tx_key, hs.rx_key)
+        await self._serve_noise(stream, NoiseStream(ws, transport), hs)
+
+    async def _handshake(self, stream: trio.abc.Stream, conn: h11.Connection, b64: str | None, name: str):
+        try:
+            initiation = base64.b64decode(b64 or "", validate=True)
+            return respond(self.noise_private, initiation)
+        except (binascii.Error, ValueError, NoiseError) as e:
+            log.warning("%s: bad Noise handshake: %s", name, e)
+            await self.send_simple(stream, conn, *text(400, "bad handshake\n"))
+            return None
+
+    async def _serve_noise(self, raw: trio.abc.Stream, noise: NoiseStream, hs) -> None:
         machine = encode_key("mkey", hs.machine_key)
-        cname = f"noise-{next(_ids)}[{peer_name(stream)} {machine[5:13]}]"
-        peer = NoisePeer(machine_key=machine, version=hs.version, remote=peer_name(stream))
+        cname = f"noise-{next(_ids)}[{peer_name(raw)} {machine[5:13]}]"
+        peer = NoisePeer(machine_key=machine, version=hs.version, remote=peer_name(raw))
         self.noise_connections += 1
         try:
-            await H2Server(NoiseStream(stream, transport, leftover), self.control.handle, cname, peer).serve()
+            await H2Server(noise, self.control.handle, cname, peer).serve()
         finally:
             self.noise_connections -= 1
-        return True
+
+
+def _early_payload() -> bytes:
+    """Magic, length, then a fresh node-key challenge (stored by the client, not yet used)."""
+    challenge = json.dumps(
+        {"nodeKeyChallenge": encode_key("chalpub", public_key(generate_private_key()))}
+    ).encode()
+    return EARLY_MAGIC + len(challenge).to_bytes(4, "big") + challenge

@@ -13,6 +13,8 @@ from typing import Awaitable, Callable
 import h11
 import trio
 
+from derp.errors import DerpError
+
 from ..noise.errors import NoiseError
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,8 @@ class HTTPServer:
             log.warning("%s: malformed HTTP: %s", name, g.exceptions[0])
         except* NoiseError as g:
             log.warning("%s: Noise protocol error: %s", name, g.exceptions[0])
+        except* DerpError as g:  # WebSocket framing errors (the codec is shared with DERP)
+            log.warning("%s: WebSocket protocol error: %s", name, g.exceptions[0])
         except* OSError as g:  # TLS failures and resets surface as OSError subclasses
             log.debug("%s: connection error: %r", name, g.exceptions[0])
         except* Exception as g:

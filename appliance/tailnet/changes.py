@@ -23,6 +23,7 @@ class Pending:
     everything: bool = False  # DERP map, DNS, packet filter, profiles, peer set: recompute all
     peers: dict[int, dict | None] = field(default_factory=dict)  # node id → patch fields or FULL
     removed: set[int] = field(default_factory=set)
+    parts: set[str] = field(default_factory=set)  # tailnet-wide pieces to resend: "dns", "derp"
 
     def mark_peer(self, node_id: int, patch: dict | None) -> None:
         self.removed.discard(node_id)
@@ -41,11 +42,11 @@ class Pending:
         self.removed.add(node_id)
 
     def empty(self) -> bool:
-        return not (self.self_node or self.everything or self.peers or self.removed)
+        return not (self.self_node or self.everything or self.peers or self.removed or self.parts)
 
     def take(self) -> "Pending":
-        taken = Pending(self.self_node, self.everything, self.peers, self.removed)
-        self.self_node, self.everything, self.peers, self.removed = False, False, {}, set()
+        taken = Pending(self.self_node, self.everything, self.peers, self.removed, self.parts)
+        self.self_node, self.everything, self.peers, self.removed, self.parts = False, False, {}, set(), set()
         return taken
 
 
@@ -121,6 +122,13 @@ class ChangeBus:
         """Something every netmap depends on changed (policy, DNS, DERP map, users)."""
         for h in self._all():
             h.pending.everything = True
+            h.wake()
+
+    def part_changed(self, part: str) -> None:
+        """A tailnet-wide piece every netmap carries changed ("dns" or "derp"): each client gets
+        just that piece, not a whole netmap."""
+        for h in self._all():
+            h.pending.parts.add(part)
             h.wake()
 
     def recompute(self, node_ids: set[int]) -> None:

@@ -23,6 +23,7 @@ from . import secrets as keysecrets
 from .addresses import AddressPool
 from .changes import FULL, ChangeBus
 from .names import check_given_name, dns_label, unique_name
+from .routes import RouteTable
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Tailnet:
         self._by_node_key: dict[str, int] = {}
         self.online: dict[int, int] = {}  # node id → open map streams
         self.version: dict[int, int] = {}  # node id → bumped on every change (mapper cache key)
+        self.routes = RouteTable()
         self._lock = trio.Lock()  # one writer at a time keeps memory in step with the store
         # Called with the ids of nodes whose policy inputs changed; set by the policy layer.
         self.on_nodes_changed: Callable[[set[int]], None] = lambda ids: None
@@ -346,6 +348,18 @@ class Tailnet:
     def _announce(self, node_id: int, new: bool) -> None:
         self.on_nodes_changed({node_id})
         self.bus.node_changed(node_id, FULL)
+        self.update_routes()
+
+    def touch(self, node_id: int) -> None:
+        """Something derived about the node changed (not its record): peers get it anew."""
+        if node_id in self.nodes:
+            self.version[node_id] = self.version.get(node_id, 0) + 1
+            self.bus.node_changed(node_id, FULL)
+
+    def update_routes(self) -> None:
+        """Re-elect primary routers (after a node or its online state changed)."""
+        for node_id in self.routes.recompute(self.nodes, set(self.online)):
+            self.touch(node_id)
 
     async def delete_node(self, node_id: int) -> NodeRecord:
         async with self._lock:
@@ -354,6 +368,7 @@ class Tailnet:
             self._drop(node_id)
         self.on_nodes_changed({node_id})
         self.bus.node_removed(node_id)
+        self.update_routes()
         for h in self.bus.sessions_of(node_id):
             h.pending.self_node = True  # its stream learns it is gone and ends
             h.wake()
@@ -392,6 +407,7 @@ class Tailnet:
         self.online[node_id] = self.online.get(node_id, 0) + 1
         if self.online[node_id] == 1:
             self.bus.node_changed(node_id, {"Online": True})
+            self.update_routes()
             return True
         return False
 
@@ -407,3 +423,4 @@ class Tailnet:
         # LastSeen first so peers' patch carries the time it went away.
         await self.update_node(node_id, last_seen=now, patch={"LastSeen": now})
         self.bus.node_changed(node_id, {"Online": False})
+        self.update_routes()

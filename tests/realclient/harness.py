@@ -9,6 +9,7 @@ the filesystem, so they work across namespaces.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -17,8 +18,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
+import trustme
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,15 +81,42 @@ def netns_available() -> str | None:
     return None
 
 
-class Server:
-    """A trioscale process inside the namespace."""
+@dataclass(frozen=True)
+class Certs:
+    """A test CA (``ca``: PEM file for SSL_CERT_FILE) and one server certificate signed by it."""
 
-    def __init__(self, ns: Netns, workdir: Path, port: int = 8080, overrides: dict | None = None) -> None:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_certs(directory: Path, *names: str, ca: trustme.CA | None = None) -> Certs:
+    """Write a certificate for ``names`` (DNS names or IP addresses), made at run time with trustme.
+
+    Pass ``ca`` to sign with an existing CA (its PEM is written again to ``directory``).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = ca or trustme.CA()
+    leaf = ca.issue_cert(*names)
+    certs = Certs(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    ca.cert_pem.write_to_path(str(certs.ca))
+    certs.cert.write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    leaf.private_key_pem.write_to_path(str(certs.key))
+    return certs
+
+
+class Server:
+    """A trioscale process inside the namespace. With ``tls``, it serves https on ``port``
+    (control and DERP) with those certificate files; ``env`` adds to its environment."""
+
+    def __init__(self, ns: Netns, workdir: Path, port: int = 9911, overrides: dict | None = None,
+                 tls: Certs | None = None, env: dict[str, str] | None = None) -> None:
         self.ns = ns
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+        self.env = env or {}
         self.config_path = self.dir / "config.yaml"
         cfg: dict[str, Any] = {
             "server_url": self.url,
@@ -97,6 +127,8 @@ class Server:
             "derp": {"server": {"enabled": False}},
             "log": {"level": "debug"},
         }
+        if tls:
+            cfg["tls_cert_path"], cfg["tls_key_path"] = str(tls.cert), str(tls.key)
         _merge(cfg, overrides or {})
         self.config_path.write_text(yaml.safe_dump(cfg))
         self.proc: subprocess.Popen | None = None
@@ -106,9 +138,10 @@ class Server:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.ns.wrap([sys.executable, "-m", "appliance", "serve", "-c", str(self.config_path)]),
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, "PYTHONPATH": str(REPO)},
         )
-        wait_until(lambda: self.cli_ok("users", "list"), 20, what="trioscale to answer on its socket")
+        wait_until(lambda: self.proc.poll() is None and self.cli_ok("users", "list"), 20,
+                   what="trioscale to answer on its socket")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -175,9 +208,12 @@ class Node:
                 self.proc.wait()
         self.proc = None
 
-    def ts(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
+    def ts(self, *args: str, timeout: float = 60, check: bool = True, in_netns: bool = False) -> subprocess.CompletedProcess:
+        """Run the tailscale CLI. It reaches tailscaled over its unix socket from anywhere; use
+        ``in_netns`` for commands that send traffic themselves (``netcheck`` probes from the CLI)."""
+        argv = [str(self.cli_bin), f"--socket={self.socket}", *args]
         proc = subprocess.run(
-            [str(self.cli_bin), f"--socket={self.socket}", *args],
+            self.ns.wrap(argv) if in_netns else argv,
             capture_output=True, text=True, timeout=timeout, env=self.env,
         )
         if check and proc.returncode != 0:
@@ -189,6 +225,14 @@ class Node:
         if authkey is not None:
             args.append(f"--authkey={authkey}")
         return self.ts(*args, timeout=90, check=check)
+
+    def private_node_key(self) -> str:
+        """The node's private node key (``privkey:<hex>``) from tailscaled's state file."""
+        # A JSON object of Go []byte values, so each value is base64.
+        state = json.loads((self.dir / "tailscaled.state").read_text())
+        profile = base64.b64decode(state["_current-profile"]).decode()
+        prefs = json.loads(base64.b64decode(state[profile]))
+        return prefs["Config"]["PrivateNodeKey"]
 
     def status(self) -> dict:
         return json.loads(self.ts("status", "--json").stdout)

@@ -38,5 +38,9 @@ def fetch(proxy_port: int, host: str, port: int, path: str, timeout: float = 20.
 
 if __name__ == "__main__":
     p, h, port, path = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    body = fetch(p, h, port, path)
+    timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 20.0
+    try:
+        body = fetch(p, h, port, path, timeout)
+    except OSError as e:
+        raise SystemExit(f"fetch failed: {e!r}")
     print(len(body), hashlib.sha256(body).hexdigest())

@@ -171,6 +171,18 @@ def test_logout_and_login_keeps_addresses(tailnet):
     wait_until(lambda: nodes["alpha"].peers().get("beta", {}).get("Online"), 5, what="alpha to see beta again")
 
 
+def test_node_key_rotation_keeps_the_node(tailnet):
+    """--force-reauth makes a new node key and sends the old one as OldNodeKey."""
+    server, nodes = tailnet["server"], tailnet["nodes"]
+    before = {n["givenName"]: n for n in server.cli_json("nodes", "list")}["alpha"]
+    nodes["alpha"].up(server, key(server), "--force-reauth")
+    after = {n["givenName"]: n for n in server.cli_json("nodes", "list")}["alpha"]
+    assert after["id"] == before["id"] and after["ipAddresses"] == before["ipAddresses"]
+    assert after["nodeKey"] != before["nodeKey"]
+    wait_until(lambda: nodes["beta"].peers().get("alpha", {}).get("PublicKey") == after["nodeKey"], 5,
+               what="beta to learn alpha's new key")
+
+
 def test_server_restart_loses_nothing(tailnet):
     server, nodes = tailnet["server"], tailnet["nodes"]
     before_nodes = {n["givenName"]: sorted(n["ipAddresses"]) for n in server.cli_json("nodes", "list")}
@@ -206,3 +218,71 @@ def test_ephemeral_node_is_removed_after_its_timeout(tailnet):
                what="the ephemeral node to be removed")
     assert time.monotonic() - stopped >= EPHEMERAL_TIMEOUT - 5
     wait_until(lambda: "gamma" not in nodes["alpha"].peers(), 5, what="alpha to drop gamma")
+
+
+def test_admin_expire_logs_the_node_out_and_peers_drop_it(tailnet, netns):
+    server, nodes = tailnet["server"], tailnet["nodes"]
+    eta = Node(netns, tailnet["work"], "eta", tailnet["binaries"], env=tailnet["env"])
+    eta.start()
+    try:
+        eta.up(server, key(server))
+        wait_until(lambda: "eta" in nodes["alpha"].peers(), 5, what="alpha to see eta")
+        server.cli("nodes", "expire", "-i", str(node_ids(server)["eta"]))
+        wait_until(lambda: "eta" not in nodes["alpha"].peers(), 5, what="alpha to drop the expired eta")
+        wait_until(lambda: eta.status()["BackendState"] == "NeedsLogin", 10, what="eta to learn it expired")
+        listed = {n["givenName"]: n for n in server.cli_json("nodes", "list")}
+        assert listed["eta"]["expired"] is True
+    finally:
+        eta.stop()
+        server.cli("nodes", "delete", "-i", str(node_ids(server)["eta"]))
+
+
+def test_interactive_login_approved_with_the_cli(tailnet, netns):
+    """Without a key the client gets a login URL; `nodes register` (Headscale's verb) approves it."""
+    server = tailnet["server"]
+    theta = Node(netns, tailnet["work"], "theta", tailnet["binaries"], env=tailnet["env"])
+    theta.start()
+    try:
+        up = subprocess.Popen(
+            [str(theta.cli_bin), f"--socket={theta.socket}", "up", f"--login-server={server.url}",
+             "--hostname=theta", "--timeout=60s"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=theta.env,
+        )
+        url = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and url is None:
+            line = up.stdout.readline()
+            if f"{server.url}/register/" in line:
+                url = line.strip()
+        assert url, "no login URL printed"
+        token = url.rsplit("/", 1)[-1]
+        page = subprocess.run(
+            netns.wrap([sys.executable, "-c", f"import urllib.request;print(urllib.request.urlopen({url!r}).read().decode())"]),
+            capture_output=True, text=True, timeout=20,
+        ).stdout
+        assert f"nodes register --user USERNAME --key {token}" in page
+        server.cli("nodes", "register", "--user", "alice", "--key", token)
+        assert up.wait(60) == 0
+        assert theta.status()["BackendState"] == "Running"
+        assert "theta" in node_ids(server)
+    finally:
+        theta.stop()
+        if "theta" in node_ids(server):
+            server.cli("nodes", "delete", "-i", str(node_ids(server)["theta"]))
+
+
+def test_cli_json_has_headscale_shapes(tailnet):
+    server = tailnet["server"]
+    node = next(n for n in server.cli_json("nodes", "list") if n["givenName"] == "alpha")
+    for field in ("id", "machineKey", "nodeKey", "discoKey", "ipAddresses", "name", "user", "lastSeen",
+                  "createdAt", "registerMethod", "givenName", "online", "tags"):
+        assert field in node
+    assert isinstance(node["id"], str) and node["user"]["name"] == "alice"
+    assert node["createdAt"].endswith("Z") and node["registerMethod"] == "REGISTER_METHOD_AUTH_KEY"
+    user = server.cli_json("users", "list")[0]
+    assert set(user) >= {"id", "name", "createdAt", "displayName", "email"} and isinstance(user["id"], str)
+    keys = server.cli_json("preauthkeys", "list")
+    assert keys and all(k["key"].endswith("-***") for k in keys)  # only hashes are kept
+    import yaml
+
+    assert yaml.safe_load(server.cli("nodes", "list", "-o", "yaml").stdout)[0]["id"]

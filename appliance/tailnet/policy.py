@@ -1,0 +1,283 @@
+"""The policy in the running server: which policy is in force, where it is kept, and how its
+results reach connected clients.
+
+No policy at all means every node may reach every node (Headscale's default). Once a policy is
+in force, the PolicyEngine decides peers, packet filters, SSH policy and node attributes. A
+change to the policy, a user or a node recompiles, and only nodes whose results changed are
+told: by a per-peer delta where only their peer set moved, by a fresh netmap otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import trio
+
+from ..errors import Invalid
+from ..policy import PolicyEngine, PolicyError
+from ..policy.model import Node as PolicyNode
+from ..policy.model import User as PolicyUser
+from ..storage.records import NodeRecord, UserRecord
+from .access import Access, AllowAll
+from .changes import FULL
+from .model import Tailnet
+
+log = logging.getLogger(__name__)
+
+FILE_POLL_INTERVAL = 1.0
+
+
+def policy_user(u: UserRecord) -> PolicyUser:
+    return PolicyUser(id=u.id, name=u.name, email=u.email)
+
+
+def policy_node(n: NodeRecord) -> PolicyNode:
+    routable = tuple(r for r in (n.hostinfo.get("RoutableIPs") or ()) if isinstance(r, str))
+    return PolicyNode(
+        id=n.id, hostname=n.given_name, user_id=None if n.tags else n.user_id, tags=n.tags,
+        ipv4=n.ipv4, ipv6=n.ipv6, routable_ips=routable, approved_routes=n.approved_routes,
+    )
+
+
+class PolicyAccess:
+    """Access decisions from a PolicyEngine (see access.Access)."""
+
+    def __init__(self, engine: PolicyEngine) -> None:
+        self.engine = engine
+
+    def _result(self, node_id: int):
+        try:
+            return self.engine.result(node_id)
+        except KeyError:
+            return None
+
+    def peers(self, viewer_id: int, candidates: set[int]) -> set[int]:
+        r = self._result(viewer_id)
+        return set() if r is None else set(r.peers) & candidates
+
+    def packet_filter(self, node_id: int) -> list:
+        r = self._result(node_id)
+        return [] if r is None else r.packet_filter_rules
+
+    def ssh_policy(self, node_id: int) -> dict | None:
+        r = self._result(node_id)
+        return None if r is None else r.ssh_policy
+
+    def cap_map(self, node_id: int) -> dict:
+        r = self._result(node_id)
+        return {} if r is None else r.self_cap_map
+
+
+class PolicyManager:
+    """Owns the policy text, its storage (file or database) and the engine built from it."""
+
+    def __init__(
+        self, tailnet: Tailnet, set_access: Callable[[Access], None], *, mode: str,
+        path: Path | None, server_url: str,
+    ) -> None:
+        self.tailnet = tailnet
+        self._set_access = set_access
+        self.mode = mode
+        self.path = Path(path) if path else None
+        self.server_url = server_url
+        self.text: str | None = None
+        self.updated_at: datetime | None = None
+        self.engine: PolicyEngine | None = None
+        self._known: dict[int, PolicyNode] = {}
+        self._known_users: dict[int, PolicyUser] = {}
+        self._mtime: float | None = None
+        self._approve_pending: set[int] = set()
+        self._approve_wake = trio.Event()
+        tailnet.on_nodes_changed = self.nodes_changed
+        tailnet.on_users_changed = self.users_changed
+
+    # --- loading ------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """The policy in force at start. Raises PolicyError (with the file named) when the
+        stored policy is invalid: the server must not start with a policy it cannot apply."""
+        text = None
+        if self.mode == "database":
+            text = await self.tailnet.store.get_policy()
+        elif self.path is not None:
+            text, self._mtime = self._read_file()
+        if text is not None and text.strip():
+            try:
+                self._install(text)
+            except PolicyError as e:
+                where = f"{self.path}" if self.mode == "file" else "the policy stored in the database"
+                raise PolicyError(f"{where}: {e}") from None
+            self.updated_at = self.tailnet.clock()
+
+    def _read_file(self) -> tuple[str, float]:
+        assert self.path is not None
+        try:
+            st = self.path.stat()
+            return self.path.read_text(encoding="utf-8"), st.st_mtime
+        except OSError as e:
+            raise PolicyError(f"policy.path: cannot read {self.path}: {e.strerror or e}") from None
+
+    def _engine_for(self, text: str) -> PolicyEngine:
+        users = [policy_user(u) for u in self.tailnet.users.values()]
+        nodes = [policy_node(n) for n in self.tailnet.nodes.values()]
+        engine = PolicyEngine(None, users, nodes, server_url=self.server_url)
+        engine.set_policy(text)  # raises PolicyError and installs nothing
+        return engine
+
+    def _install(self, text: str) -> None:
+        engine = self._engine_for(text)
+        old_access = self.engine
+        self.engine = engine
+        self.text = text
+        self._remember()
+        self._set_access(PolicyAccess(engine))
+        if old_access is not None or self.tailnet.bus.connected_nodes():
+            self.tailnet.bus.everything_changed()
+
+    def _remember(self) -> None:
+        self._known = {n.id: policy_node(n) for n in self.tailnet.nodes.values()}
+        self._known_users = {u.id: policy_user(u) for u in self.tailnet.users.values()}
+        self._queue_auto_approval(set(self._known))
+
+    def _queue_auto_approval(self, ids: set[int]) -> None:
+        self._approve_pending |= ids
+        self._approve_wake.set()
+
+    async def run_auto_approver(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Approve advertised routes that the policy's autoApprovers cover (Headscale persists
+        them as approved, so they survive a later policy change)."""
+        task_status.started()
+        while True:
+            await self._approve_wake.wait()
+            self._approve_wake = trio.Event()
+            ids, self._approve_pending = self._approve_pending, set()
+            for node_id in sorted(ids):
+                node = self.tailnet.nodes.get(node_id)
+                if self.engine is None or node is None:
+                    continue
+                try:
+                    auto = set(self.engine.auto_approved_routes(node_id))
+                except KeyError:
+                    continue
+                have = set(node.approved_routes)
+                if not auto <= have:
+                    log.info("node %d (%s): routes %s approved by autoApprovers", node_id,
+                             node.given_name, ", ".join(sorted(auto - have)))
+                    await self.tailnet.set_approved_routes(node_id, have | auto)
+
+    def check(self, text: str) -> None:
+        """Raises PolicyError if ``text`` would be refused against the live tailnet."""
+        self._engine_for(text)
+
+    async def set(self, text: str) -> None:
+        """``policy set``: validate, store, apply. The old policy stays on any error."""
+        if self.mode != "database":
+            raise Invalid(
+                f"policy.mode is 'file': edit {self.path or 'the policy file'} instead; the server "
+                "reloads it on change and on SIGHUP (set policy.mode: database to use `policy set`)"
+            )
+        try:
+            engine = self._engine_for(text)
+        except PolicyError as e:
+            raise Invalid(str(e)) from None
+        await self.tailnet.store.set_policy(text, self.tailnet.clock())
+        self.engine, self.text = engine, text
+        self._remember()
+        self.updated_at = self.tailnet.clock()
+        self._set_access(PolicyAccess(engine))
+        self.tailnet.bus.everything_changed()
+        log.info("policy updated (%d bytes)", len(text))
+
+    async def reload(self) -> bool:
+        """Re-read the policy file; keep the old policy (and log why) when the new one is bad."""
+        if self.mode != "file" or self.path is None:
+            return False
+        try:
+            text, self._mtime = self._read_file()
+            if text == self.text:
+                return False
+            if not text.strip():
+                self.engine, self.text = None, None
+                self._set_access(AllowAll())
+                self.tailnet.bus.everything_changed()
+                log.info("policy file %s is empty: every node may reach every node", self.path)
+                return True
+            self._install(text)
+        except PolicyError as e:
+            log.error("policy file %s was not applied, the previous policy stays: %s", self.path, e)
+            return False
+        self.updated_at = self.tailnet.clock()
+        log.info("policy reloaded from %s", self.path)
+        return True
+
+    async def watch_file(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Reload when the file's modification time changes (editors replace files, so poll)."""
+        task_status.started()
+        if self.mode != "file" or self.path is None:
+            return
+        while True:
+            await trio.sleep(FILE_POLL_INTERVAL)
+            try:
+                mtime = self.path.stat().st_mtime
+            except OSError:
+                continue
+            if mtime != self._mtime:
+                await self.reload()
+
+    # --- keeping the engine in step with the tailnet ------------------------------------
+
+    def nodes_changed(self, ids: set[int]) -> None:
+        if self.engine is None:
+            return
+        before = self.engine.results()
+        changed: set[int] = set()
+        for node_id in ids:
+            rec = self.tailnet.nodes.get(node_id)
+            if rec is None:
+                if self._known.pop(node_id, None) is not None:
+                    changed |= self.engine.remove_node(node_id)
+                continue
+            pn = policy_node(rec)
+            if self._known.get(node_id) == pn:
+                continue  # nothing the policy looks at changed
+            if self._known.get(node_id) is None or self._known[node_id].routable_ips != pn.routable_ips:
+                self._queue_auto_approval({node_id})
+            self._known[node_id] = pn
+            changed |= self.engine.upsert_node(pn)
+        self._dispatch(changed, before)
+
+    def users_changed(self) -> None:
+        if self.engine is None:
+            return
+        before = self.engine.results()
+        changed: set[int] = set()
+        current = {u.id: policy_user(u) for u in self.tailnet.users.values()}
+        for uid in set(self._known_users) - set(current):
+            changed |= self.engine.remove_user(uid)
+        for uid, pu in current.items():
+            if self._known_users.get(uid) != pu:
+                changed |= self.engine.upsert_user(pu)
+        self._known_users = current
+        self._dispatch(changed, before)
+
+    def _dispatch(self, changed: set[int], before: dict) -> None:
+        bus = self.tailnet.bus
+        for node_id in changed:
+            old = before.get(node_id)
+            try:
+                new = self.engine.result(node_id)
+            except KeyError:
+                continue
+            if old is not None and (old.packet_filter_rules, old.ssh_policy, old.self_cap_map) == (
+                new.packet_filter_rules, new.ssh_policy, new.self_cap_map
+            ):
+                # Only who it sees moved: per-peer deltas, not a whole netmap.
+                for h in bus.sessions_of(node_id):
+                    for peer in old.peers ^ new.peers:
+                        h.pending.mark_peer(peer, FULL)
+                    h.wake()
+            else:
+                bus.recompute({node_id})

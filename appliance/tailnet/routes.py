@@ -1,0 +1,69 @@
+"""Subnet routes and exit nodes: which advertised routes are served, and which node is the
+primary router of each prefix.
+
+A route is served when the node advertises it (Hostinfo.RoutableIPs) and it is approved (by an
+admin or by the policy's autoApprovers). Several nodes serving one prefix form an HA group: the
+primary stays primary while it is online; when it goes offline the lowest-numbered online
+router takes over, and peers are told at once. Exit routes (0.0.0.0/0, ::/0) have no primary:
+every approved exit node is offered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..storage.records import NodeRecord
+
+EXIT_ROUTES = frozenset({"0.0.0.0/0", "::/0"})
+
+
+def normalise(prefix: str) -> str | None:
+    try:
+        return str(ipaddress.ip_network(prefix, strict=False))
+    except (ValueError, TypeError):
+        return None
+
+
+def advertised(n: NodeRecord) -> set[str]:
+    out = set()
+    for r in n.hostinfo.get("RoutableIPs") or ():
+        p = normalise(r) if isinstance(r, str) else None
+        if p:
+            out.add(p)
+    return out
+
+
+def served(n: NodeRecord) -> set[str]:
+    return advertised(n) & set(n.approved_routes)
+
+
+def is_exit_node(n: NodeRecord) -> bool:
+    return bool(served(n) & EXIT_ROUTES)
+
+
+class RouteTable:
+    def __init__(self) -> None:
+        self.primary: dict[str, int] = {}  # prefix → node id
+
+    def primaries_of(self, node_id: int) -> list[str]:
+        return sorted(p for p, n in self.primary.items() if n == node_id)
+
+    def recompute(self, nodes: dict[int, NodeRecord], online: set[int]) -> set[int]:
+        """Re-elect primaries; returns the ids of nodes whose primary routes changed."""
+        candidates: dict[str, list[int]] = {}
+        for node_id, n in nodes.items():
+            if node_id not in online:
+                continue
+            for p in served(n) - EXIT_ROUTES:
+                candidates.setdefault(p, []).append(node_id)
+        new: dict[str, int] = {}
+        for prefix, ids in candidates.items():
+            current = self.primary.get(prefix)
+            new[prefix] = current if current in ids else min(ids)
+        changed = set()
+        for prefix in set(new) | set(self.primary):
+            old, now = self.primary.get(prefix), new.get(prefix)
+            if old != now:
+                changed |= {i for i in (old, now) if i is not None}
+        self.primary = new
+        return changed
