@@ -30,6 +30,11 @@ KEEPALIVE_BASE = 50.0
 KEEPALIVE_JITTER = 9.0
 # After a wake-up, wait this long for more changes so a burst becomes one delta.
 COALESCE_DELAY = 0.02
+# Under churn (many nodes joining or reconnecting at once) a session sends at most one delta
+# per this interval: every change wakes every session, so without it the server rebuilds and
+# sends N deltas per change and spends its time on them instead of on the joins (issue 2).
+# Headscale batches for 800 ms; a change after a quiet spell still goes out after 20 ms.
+MIN_DELTA_INTERVAL = 0.5
 
 
 @dataclass
@@ -248,11 +253,12 @@ class ControlService:
             first = self.mapper.full(view)
             await resp.start(200, [("content-type", "application/json")])
             await resp.send(encode_frame(first, compress))
+            last_delta = float("-inf")
             while True:
                 keepalive = KEEPALIVE_BASE + random.random() * KEEPALIVE_JITTER
                 with trio.move_on_after(keepalive) as timer:
                     await handle.wait()
-                    await trio.sleep(COALESCE_DELAY)
+                    await trio.sleep_until(max(trio.current_time() + COALESCE_DELAY, last_delta + MIN_DELTA_INTERVAL))
                 if handle.closed or node.id not in self.tailnet.nodes:
                     break
                 pending = handle.pending.take()
@@ -261,6 +267,8 @@ class ControlService:
                     if not timer.cancelled_caught:
                         continue
                     msg = {"KeepAlive": True}
+                else:
+                    last_delta = trio.current_time()
                 await resp.send(encode_frame(msg, compress))
             await resp.send(b"", end=True)
         finally:
