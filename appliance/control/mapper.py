@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from ..storage.records import NodeRecord
 from ..tailnet.access import Access, AllowAll
@@ -123,9 +123,17 @@ class Mapper:
         d["CapMap"] = caps
         return d
 
-    def visible_peers(self, viewer_id: int) -> set[int]:
+    def visible_peers(self, viewer_id: int, among: Iterable[int] | None = None) -> set[int]:
+        """The live nodes ``viewer_id`` may see; with ``among``, only those of these IDs.
+
+        Access.peers filters the candidates it is given, so asking about a delta's few nodes
+        gives the same answer for them as asking about all: a delta then costs the size of the
+        change, not of the tailnet (every session builds one on every change; issue 2).
+        """
         now = self.tailnet.clock()
-        live = {i for i, n in self.tailnet.nodes.items() if not self.tailnet.is_expired(n, now)}
+        nodes = self.tailnet.nodes
+        ids = nodes.keys() if among is None else among
+        live = {i for i in ids if (n := nodes.get(i)) is not None and not self.tailnet.is_expired(n, now)}
         return self.access.peers(viewer_id, live)
 
     def _profiles(self, user_ids: set[int]) -> list[dict]:
@@ -191,7 +199,7 @@ class Mapper:
         for node_id, patch in pending.peers.items():
             n = self.tailnet.nodes.get(node_id)
             if visible is None:
-                visible = self.visible_peers(view.node_id)
+                visible = self.visible_peers(view.node_id, pending.peers.keys())
             if n is None or node_id not in visible:
                 if node_id in view.known_peers:
                     removed.append(node_id)

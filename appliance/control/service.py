@@ -30,6 +30,11 @@ KEEPALIVE_BASE = 50.0
 KEEPALIVE_JITTER = 9.0
 # After a wake-up, wait this long for more changes so a burst becomes one delta.
 COALESCE_DELAY = 0.02
+# Under churn (many nodes joining or reconnecting at once) a session sends at most one delta
+# per this interval: every change wakes every session, so without it the server rebuilds and
+# sends N deltas per change and spends its time on them instead of on the joins (issue 2).
+# Headscale batches for 800 ms; a change after a quiet spell still goes out after 20 ms.
+MIN_DELTA_INTERVAL = 0.5
 
 
 @dataclass
@@ -72,7 +77,8 @@ class ControlService:
                 await resp.simple(200, b"{}", "application/json")
             else:
                 await resp.simple(404, b"not found\n")
-        except (WireError, KeyFormatError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        # RecursionError: json.loads on nesting deeper than the interpreter's stack allows.
+        except (WireError, KeyFormatError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             log.warning("%s: bad %s request: %s", conn.name, path, e)
             if not resp.headers_sent:
                 await resp.simple(400, f"bad request: {e}\n".encode())
@@ -242,14 +248,18 @@ class ControlService:
         log.info("%s: map stream of node %d (%s) open", name, node.id, node.given_name)
         try:
             handle.pending.take()
-            first = self.mapper.full(view)
+            # Encoded at once and not kept: the full map of a big tailnet is ~1000 node dicts,
+            # and a local holding it for the stream's life cost ~0.5 MiB per connected node.
+            first = encode_frame(self.mapper.full(view), compress)
             await resp.start(200, [("content-type", "application/json")])
-            await resp.send(encode_frame(first, compress))
+            await resp.send(first)
+            del first
+            last_delta = float("-inf")
             while True:
                 keepalive = KEEPALIVE_BASE + random.random() * KEEPALIVE_JITTER
                 with trio.move_on_after(keepalive) as timer:
                     await handle.wait()
-                    await trio.sleep(COALESCE_DELAY)
+                    await trio.sleep_until(max(trio.current_time() + COALESCE_DELAY, last_delta + MIN_DELTA_INTERVAL))
                 if handle.closed or node.id not in self.tailnet.nodes:
                     break
                 pending = handle.pending.take()
@@ -258,6 +268,8 @@ class ControlService:
                     if not timer.cancelled_caught:
                         continue
                     msg = {"KeepAlive": True}
+                else:
+                    last_delta = trio.current_time()
                 await resp.send(encode_frame(msg, compress))
             await resp.send(b"", end=True)
         finally:

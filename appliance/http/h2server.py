@@ -27,6 +27,7 @@ MAX_CONCURRENT_STREAMS = 64
 # With no open stream, a connection that says nothing for this long is closed.
 IDLE_TIMEOUT = 300.0
 READ_SIZE = 65536
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 @dataclass
@@ -166,6 +167,9 @@ class H2Server:
                 await self._flush()
                 return
             if not data:
+                cut = self._truncation()
+                if cut:
+                    log.warning("%s: connection closed with truncated HTTP/2 (%s)", self.name, cut)
                 return
             try:
                 events = self._h2.receive_data(data)
@@ -179,6 +183,19 @@ class H2Server:
             for ev in events:
                 self._on_event(ev, nursery)
             await self._flush()
+
+    def _truncation(self) -> str | None:
+        """At end of input: what was left half-received, if anything (a clean close leaves
+        nothing). Reads h2's frame buffer, which has no public accessor for it."""
+        buf = getattr(self._h2, "incoming_buffer", None)
+        preface_left = getattr(buf, "_preamble_len", 0)
+        if 0 < preface_left < len(H2_PREFACE):
+            return "inside the connection preface"
+        if len(getattr(buf, "_data", b"")) or getattr(buf, "_headers_buffer", None):
+            return "inside a frame"
+        if self._requests:
+            return "request on stream %d incomplete" % min(self._requests)
+        return None
 
     def _on_event(self, ev: h2.events.Event, nursery: trio.Nursery) -> None:
         if isinstance(ev, h2.events.RequestReceived):

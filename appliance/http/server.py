@@ -68,20 +68,22 @@ class HTTPServer:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted connection; closes it. Never raises (but Cancelled)."""
         name = f"{self.label}-{next(_ids)}[{peer_name(stream)}]"
+        # except*: an upgraded connection (Noise + HTTP/2) runs in a nursery, so its faults
+        # arrive wrapped in an exception group; a bare exception is matched the same way.
         try:
             await self._serve(stream, name)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as e:
-            log.debug("%s: connection ended: %r", name, e)
-        except h11.ProtocolError as e:
-            log.warning("%s: malformed HTTP: %s", name, e)
-        except NoiseError as e:
-            log.warning("%s: Noise protocol error: %s", name, e)
-        except DerpError as e:  # WebSocket framing errors (the codec is shared with DERP)
-            log.warning("%s: WebSocket protocol error: %s", name, e)
-        except OSError as e:  # TLS failures and resets surface as OSError subclasses
-            log.debug("%s: connection error: %r", name, e)
-        except Exception:
-            log.exception("%s: connection failed", name)
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as g:
+            log.debug("%s: connection ended: %r", name, g.exceptions[0])
+        except* h11.ProtocolError as g:
+            log.warning("%s: malformed HTTP: %s", name, g.exceptions[0])
+        except* NoiseError as g:
+            log.warning("%s: Noise protocol error: %s", name, g.exceptions[0])
+        except* DerpError as g:  # WebSocket framing errors (the codec is shared with DERP)
+            log.warning("%s: WebSocket protocol error: %s", name, g.exceptions[0])
+        except* OSError as g:  # TLS failures and resets surface as OSError subclasses
+            log.debug("%s: connection error: %r", name, g.exceptions[0])
+        except* Exception as g:
+            log.error("%s: connection failed", name, exc_info=g)
         finally:
             with trio.move_on_after(1, shield=True):
                 await stream.aclose()
