@@ -64,11 +64,12 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, workdir: Path, profile: str | None) -> None:
+    def __init__(self, workdir: Path, profile: str | None, extra: dict | None = None) -> None:
         self.dir = workdir
         self.port = free_port()
         self.config = workdir / "config.yaml"
         self.config.write_text(yaml.safe_dump({
+            **(extra or {}),
             "server_url": f"http://{HOST}:{self.port}",
             "listen_addr": f"{HOST}:{self.port}",
             "data_dir": str(workdir / "data"),

@@ -181,6 +181,20 @@ class Mapper:
         view.known_profiles = users
         return msg
 
+    def _reconcile_access(self, view: SessionView, pending: Pending, msg: dict) -> None:
+        """After a policy result changed: the new filter, SSH policy and self attributes, and
+        the peers that came into or went out of sight queued as ordinary peer changes."""
+        node_id = view.node_id
+        pending.self_node = True  # CapMap may have changed
+        msg["PacketFilter"] = self.access.packet_filter(node_id)
+        # Present and empty clears an earlier policy's SSH rules; absent would keep them.
+        msg["SSHPolicy"] = self.access.ssh_policy(node_id) or {"rules": []}
+        visible = self.visible_peers(node_id)
+        for peer in visible - view.known_peers:
+            pending.mark_peer(peer, FULL)
+        for peer in view.known_peers - visible:
+            pending.mark_removed(peer)
+
     def delta(self, view: SessionView, pending: Pending) -> dict | None:
         """The message that brings a client from ``view`` to the current model, or None."""
         if view.node_id not in self.tailnet.nodes:
@@ -188,6 +202,8 @@ class Mapper:
         if pending.everything:
             return self.full(view)
         msg: dict[str, Any] = {}
+        if "access" in pending.parts:
+            self._reconcile_access(view, pending, msg)
         if pending.self_node:
             msg["Node"] = self.self_json(self.tailnet.nodes[view.node_id])
         if "dns" in pending.parts:

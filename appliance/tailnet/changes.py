@@ -23,7 +23,9 @@ class Pending:
     everything: bool = False  # DERP map, DNS, packet filter, profiles, peer set: recompute all
     peers: dict[int, dict | None] = field(default_factory=dict)  # node id → patch fields or FULL
     removed: set[int] = field(default_factory=set)
-    parts: set[str] = field(default_factory=set)  # tailnet-wide pieces to resend: "dns", "derp"
+    # Pieces to bring up to date: "dns", "derp" (tailnet-wide), "access" (this node's packet
+    # filter, SSH policy, attributes and peer set, after a policy result changed).
+    parts: set[str] = field(default_factory=set)
 
     def mark_peer(self, node_id: int, patch: dict | None) -> None:
         self.removed.discard(node_id)
@@ -131,9 +133,13 @@ class ChangeBus:
             h.pending.parts.add(part)
             h.wake()
 
-    def recompute(self, node_ids: set[int]) -> None:
-        """These nodes' own netmaps need recomputing (their policy results changed)."""
-        for node_id in node_ids:
-            for h in self._sessions.get(node_id, ()):
-                h.pending.everything = True
-                h.wake()
+    def access_changed(self, node_ids: set[int] | None = None) -> None:
+        """What these nodes (None: all) may see and reach changed: each gets its new filter,
+        SSH policy and attributes, and only the peers that came or went, not a whole netmap
+        (at 1000 nodes a policy change would otherwise resend a million peer entries)."""
+        handles = self._all() if node_ids is None else (
+            h for node_id in node_ids for h in self._sessions.get(node_id, ())
+        )
+        for h in list(handles):
+            h.pending.parts.add("access")
+            h.wake()

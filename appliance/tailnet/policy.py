@@ -138,14 +138,14 @@ class PolicyManager:
 
         return await trio.to_thread.run_sync(build), nodes, users
 
-    async def _install(self, text: str) -> None:
+    async def _install(self, text: str, built=None) -> None:
         async with self._engine_lock:
-            engine, nodes, users = await self._build(text)
+            engine, nodes, users = built or await self._build(text)
             self.engine, self.text = engine, text
             self._known, self._known_users = nodes, users
             self.updated_at = self.tailnet.clock()
             self._set_access(PolicyAccess(engine))
-            self.tailnet.bus.everything_changed()
+            self.tailnet.bus.access_changed()
             self._queue_auto_approval(set(nodes))  # this engine already knows these nodes
             # Whatever changed while it compiled is applied by the recompiler.
             self._dirty_nodes |= set(self.tailnet.nodes) | set(nodes)
@@ -190,11 +190,11 @@ class PolicyManager:
                 "reloads it on change and on SIGHUP (set policy.mode: database to use `policy set`)"
             )
         try:
-            await self._build(text)  # refuse a bad policy before storing anything
+            built = await self._build(text)  # refuse a bad policy before storing anything
         except PolicyError as e:
             raise Invalid(str(e)) from None
         await self.tailnet.store.set_policy(text, self.tailnet.clock())
-        await self._install(text)
+        await self._install(text, built)
         log.info("policy updated (%d bytes)", len(text))
 
     async def reload(self) -> bool:
@@ -208,7 +208,7 @@ class PolicyManager:
             if not text.strip():
                 self.engine, self.text = None, None
                 self._set_access(AllowAll())
-                self.tailnet.bus.everything_changed()
+                self.tailnet.bus.access_changed()
                 log.info("policy file %s is empty: every node may reach every node", self.path)
                 return True
             await self._install(text)
@@ -312,4 +312,4 @@ class PolicyManager:
                         h.pending.mark_peer(peer, FULL)
                     h.wake()
             else:
-                bus.recompute({node_id})
+                bus.access_changed({node_id})
