@@ -43,9 +43,9 @@ class PolicyLoad(Load):
             self.updated_at[client.hostname] = now
 
 
-async def run_one(n: int, concurrency: int) -> dict:
+async def run_one(n: int, concurrency: int, profile: str | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="trioscale-bench-") as tmp:
-        server = ServerProcess(Path(tmp), None, {"policy": {"mode": "database"}})
+        server = ServerProcess(Path(tmp), profile, {"policy": {"mode": "database"}})
         server.start()
         try:
             users = [User(i, f"user{i}", f"user{i}@example.com") for i in range(1, USERS + 1)]
@@ -94,8 +94,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nodes", default="100,1000")
     ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--profile", help="run the server under cProfile, writing FILE.<N>")
     args = ap.parse_args()
-    rows = [trio.run(run_one, int(n), args.concurrency) for n in args.nodes.split(",")]
+    rows = [trio.run(run_one, int(n), args.concurrency, args.profile and f"{args.profile}.{n}")
+            for n in args.nodes.split(",")]
     print("| N | `policy set` returns | last client updated | median client |")
     print("|---:|---:|---:|---:|")
     for r in rows:

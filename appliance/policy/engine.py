@@ -19,7 +19,6 @@ from .model import Node, Tailnet, User
 from .nodeattrs import self_cap_map
 from .parse import parse_policy
 from .policytests import check_policy_tests
-from .resolve import Resolver
 from .ssh import ssh_policy_for
 
 DEFAULT_SERVER_URL = "https://unused"
@@ -150,7 +149,11 @@ class PolicyEngine:
         covers 0.0.0.0/0 or ::/0)."""
         from .routes import auto_approved
         node = self._nodes[node_id]
-        return auto_approved(self.policy, Resolver(self.policy, self._tailnet), node)
+        if not node.routable_ips:
+            return ()
+        # The compiler's resolver already indexes this tailnet; a new one per call would make
+        # approving routes across the tailnet quadratic.
+        return auto_approved(self.policy, self.compiler.r, node)
 
     @property
     def compiler(self) -> FilterCompiler:
