@@ -15,6 +15,15 @@ PENDING_LIFETIME = timedelta(minutes=15)
 MAX_PENDING = 1024  # bounds memory against clients that open logins and never finish
 
 
+_TOKEN_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def new_token() -> str:
+    """24 letters and digits (~124 bits). Never URL-safe base64: a key starting with '-' is
+    read as an option when an admin pastes it after `--key`."""
+    return "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(24))
+
+
 @dataclass
 class PendingLogin:
     token: str
@@ -39,7 +48,7 @@ class PendingLogins:
         if len(self._by_token) >= MAX_PENDING:
             oldest = min(self._by_token.values(), key=lambda p: p.created)
             del self._by_token[oldest.token]
-        p = PendingLogin(secrets.token_urlsafe(18), machine_key, node_key, hostinfo, now)
+        p = PendingLogin(new_token(), machine_key, node_key, hostinfo, now)
         self._by_token[p.token] = p
         return p
 

@@ -109,3 +109,11 @@ async def test_relogin_of_the_same_machine_keeps_the_node(tailnet):
     )
     assert (again.id, again.ipv4, again.given_name) == (a.id, a.ipv4, a.given_name)
     assert not tailnet.is_expired(again)
+
+
+def test_login_tokens_are_safe_to_paste_after_a_flag():
+    from appliance.control.interactive import new_token
+
+    tokens = {new_token() for _ in range(2000)}
+    assert len(tokens) == 2000
+    assert all(t.isalnum() and t.islower() or t.isdigit() for t in tokens)
