@@ -10,6 +10,8 @@ the filesystem, so they work across namespaces.
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -267,6 +269,41 @@ class Node:
     def ping(self, ip: str, count: int = 5) -> str:
         """The output of `tailscale ping`; judge by its pong line, not the exit status."""
         return self.ts("ping", f"-c={count}", "--timeout=5s", ip, check=False, timeout=60).stdout
+
+
+@contextlib.contextmanager
+def serve_files(ns: Netns, directory: Path, port: int):
+    """An HTTP server for ``directory`` on 127.0.0.1:``port`` inside the namespace: a backend
+    that a node's tailnet address reaches (netstack hands inbound TCP to the host's loopback)."""
+    proc = subprocess.Popen(
+        ns.wrap([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(directory)]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def random_blob(directory: Path, size: int) -> list[str]:
+    """Write ``directory``/blob with ``size`` random bytes; returns what socks_fetch should say."""
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = os.urandom(size)
+    (directory / "blob").write_bytes(payload)
+    return [str(size), hashlib.sha256(payload).hexdigest()]
+
+
+def socks_fetch(ns: Netns, socks_port: int, ip: str, port: int, path: str, timeout: float = 60.0) -> list[str] | None:
+    """GET http://ip:port/path through a node's SOCKS5 proxy: [length, sha256], or None."""
+    p = subprocess.run(
+        ns.wrap([sys.executable, "-m", "tests.realclient.socksfetch", str(socks_port), ip, str(port), path, str(timeout)]),
+        cwd=REPO, capture_output=True, text=True, timeout=timeout + 30,
+    )
+    if p.returncode != 0:
+        print(f"fetch {ip}:{port}{path}: {p.stderr.strip()[-300:]}")
+        return None
+    return p.stdout.split()
 
 
 def _merge(base: dict, extra: dict) -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from .harness import REPO, Node, Server, wait_until
+from .harness import Node, Server, random_blob, serve_files, socks_fetch, wait_until
 
 EPHEMERAL_TIMEOUT = 66  # Headscale's floor is "more than 65 s"; we keep its rule
 
@@ -73,31 +71,14 @@ def test_three_nodes_join_and_see_each_other(tailnet):
 
 
 def test_tcp_through_the_tailnet(tailnet, netns):
-    nodes, work = tailnet["nodes"], tailnet["work"]
-    site = work / "site"
-    site.mkdir()
-    payload = os.urandom(3 * 1024 * 1024)
-    (site / "blob").write_bytes(payload)
-    backend = subprocess.Popen(
-        netns.wrap([sys.executable, "-m", "http.server", "8999", "--bind", "127.0.0.1", "--directory", str(site)]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
+    nodes = tailnet["nodes"]
+    expected = random_blob(tailnet["work"] / "site", 3 * 1024 * 1024)
+    with serve_files(netns, tailnet["work"] / "site", 8999):
         beta_ip = nodes["beta"].ips()[0]
         assert beta_ip.startswith("100.")
-
-        def fetch():
-            p = subprocess.run(
-                netns.wrap([sys.executable, "-m", "tests.realclient.socksfetch", "1080", beta_ip, "8999", "/blob"]),
-                cwd=REPO, capture_output=True, text=True, timeout=60,
-            )
-            return p.stdout.split() if p.returncode == 0 else None
-
-        got = wait_until(fetch, 30, interval=1, what="an HTTP fetch through alpha's SOCKS5 proxy")
-        assert got == [str(len(payload)), hashlib.sha256(payload).hexdigest()]
-    finally:
-        backend.kill()
-        backend.wait()
+        got = wait_until(lambda: socks_fetch(netns, 1080, beta_ip, 8999, "/blob"), 30, interval=1,
+                         what="an HTTP fetch through alpha's SOCKS5 proxy")
+        assert got == expected
 
 
 def test_join_and_delete_propagate_within_two_seconds(tailnet, netns):

@@ -5,7 +5,6 @@ its sources."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -15,7 +14,7 @@ import time
 
 import pytest
 
-from .harness import REPO, Node, Server, make_certs, wait_until
+from .harness import REPO, Node, Server, make_certs, random_blob, serve_files, socks_fetch, wait_until
 
 PORT = 8443
 MAP_PORT = 8444  # the stand-in for a remote DERP map (derp.urls)
@@ -108,35 +107,18 @@ def test_ping_goes_through_the_embedded_relay_over_tls(tailnet):
 
 
 def test_ten_megabytes_through_the_relay(tailnet, netns):
-    nodes, work = tailnet["nodes"], tailnet["work"]
-    site = work / "site"
-    site.mkdir()
-    payload = os.urandom(10 * 1024 * 1024)
-    (site / "blob").write_bytes(payload)
-    backend = subprocess.Popen(
-        netns.wrap([sys.executable, "-m", "http.server", "8999", "--bind", "127.0.0.1", "--directory", str(site)]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
+    nodes = tailnet["nodes"]
+    expected = random_blob(tailnet["work"] / "site", 10 * 1024 * 1024)
+    with serve_files(netns, tailnet["work"] / "site", 8999):
         before = metrics(netns)
         beta_ip = nodes["beta"].ips()[0]
-
-        def fetch():
-            p = subprocess.run(
-                netns.wrap([sys.executable, "-m", "tests.realclient.socksfetch", "1080", beta_ip, "8999", "/blob"]),
-                cwd=REPO, capture_output=True, text=True, timeout=120,
-            )
-            return p.stdout.split() if p.returncode == 0 else None
-
-        got = wait_until(fetch, 120, interval=1, what="a 10 MB fetch through alpha's SOCKS5 proxy")
-        assert got == [str(len(payload)), hashlib.sha256(payload).hexdigest()]
+        got = wait_until(lambda: socks_fetch(netns, 1080, beta_ip, 8999, "/blob", timeout=120), 120, interval=1,
+                         what="a 10 MB fetch through alpha's SOCKS5 proxy")
+        assert got == expected
         after = metrics(netns)
         # All of it crossed the relay (WireGuard adds its overhead on top).
         relayed = after["trioscale_derp_bytes_relayed_total"] - before["trioscale_derp_bytes_relayed_total"]
-        assert relayed > len(payload), relayed
-    finally:
-        backend.kill()
-        backend.wait()
+        assert relayed > 10 * 1024 * 1024, relayed
 
 
 def test_netcheck_measures_the_embedded_region_by_stun(tailnet, netns):

@@ -12,7 +12,6 @@ server. Alpha has no proxy and lands on the first. Control traffic goes to 127.0
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ import sys
 import pytest
 import trustme
 
-from .harness import REPO, Node, Server, make_certs, wait_until
+from .harness import REPO, Node, Server, make_certs, random_blob, serve_files, socks_fetch, wait_until
 
 PORT, SECOND_PORT = 8443, 8445
 OUTER_IP = "10.255.255.1"  # the namespace's veth address (harness.Netns)
@@ -128,27 +127,11 @@ def test_clients_on_different_servers_of_one_region_reach_each_other(mesh, netns
                          what=f"{src.name} → {dst.name} pong via the relay")
         assert f"pong from {dst.name}" in out, out
 
-    site = mesh["work"] / "site"
-    site.mkdir()
-    payload = os.urandom(2 * 1024 * 1024)
-    (site / "blob").write_bytes(payload)
-    backend = subprocess.Popen(
-        netns.wrap([sys.executable, "-m", "http.server", "8999", "--bind", "127.0.0.1", "--directory", str(site)]),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        def fetch():
-            p = subprocess.run(
-                netns.wrap([sys.executable, "-m", "tests.realclient.socksfetch", "1080", beta.ips()[0], "8999", "/blob"]),
-                cwd=REPO, capture_output=True, text=True, timeout=60,
-            )
-            return p.stdout.split() if p.returncode == 0 else None
-
-        got = wait_until(fetch, 60, interval=1, what="a fetch from alpha to beta across the mesh")
-        assert got == [str(len(payload)), hashlib.sha256(payload).hexdigest()]
-    finally:
-        backend.kill()
-        backend.wait()
+    expected = random_blob(mesh["work"] / "site", 2 * 1024 * 1024)
+    with serve_files(netns, mesh["work"] / "site", 8999):
+        got = wait_until(lambda: socks_fetch(netns, 1080, beta.ips()[0], 8999, "/blob"), 60, interval=1,
+                         what="a fetch from alpha to beta across the mesh")
+        assert got == expected
 
     after = metrics(netns)
     # Packets to beta left through the mesh link; packets from beta came in through it.

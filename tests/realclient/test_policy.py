@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
 
-from .harness import REPO, Node, Server, wait_until
+from .harness import REPO, Node, Server, serve_files, socks_fetch, wait_until
 
 POLICY = """
 // alice may reach bob's web port, nothing else; tag:isolated reaches and is reached by no one
@@ -55,29 +53,15 @@ def net(netns, client_binaries, tmp_path_factory):
     nodes["a"].up(server, key("--user", "alice"))
     nodes["b"].up(server, key("--user", "bob"))
     nodes["c"].up(server, key("--user", "alice", "--tags", "tag:isolated"))
-    backends = [
-        subprocess.Popen(netns.wrap([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                                     "--directory", str(REPO / "tests")]),
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for port in (8080, 8081)
-    ]
-    yield {"server": server, "nodes": nodes, "work": work, "netns": netns}
-    for b in backends:
-        b.kill()
-        b.wait()
+    with serve_files(netns, REPO / "tests", 8080), serve_files(netns, REPO / "tests", 8081):
+        yield {"server": server, "nodes": nodes, "work": work, "netns": netns}
     for n in nodes.values():
         n.stop()
     server.stop()
 
 
 def fetch(netns, ip: str, port: int, timeout: float) -> bool:
-    p = subprocess.run(
-        netns.wrap([sys.executable, "-m", "tests.realclient.socksfetch", "1080", ip, str(port), "/__init__.py", str(timeout)]),
-        cwd=REPO, capture_output=True, text=True, timeout=timeout + 30,
-    )
-    if p.returncode != 0:
-        print(f"fetch {ip}:{port}: {p.stderr.strip()[-300:]}")
-    return p.returncode == 0
+    return socks_fetch(netns, 1080, ip, port, "/__init__.py", timeout) is not None
 
 
 def test_port_rule_is_enforced(net):
