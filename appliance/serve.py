@@ -26,6 +26,7 @@ from derp.stun import StunStats
 from .metrics import Sources, serve_metrics
 from .relay import DerpMapSource, make_relay, relay_routes, run_stun
 from .storage import Store
+from .tailnet.haprobe import HAProber
 from .tailnet.housekeeping import run_housekeeping
 from .tailnet.model import Tailnet
 from .tailnet.policy import PolicyManager
@@ -96,6 +97,11 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         )
         await policy.load()
         control = ControlService(tailnet, mapper, cfg.server_url)
+        prober = HAProber(
+            tailnet, cfg.server_url, cfg.node.routes_ha_probe_interval.total_seconds(),
+            cfg.node.routes_ha_probe_timeout.total_seconds(),
+        )
+        control.ping_answered = prober.answer
         front = FrontDoor(noise_key, control)
         front.plain_routes.append(login_page_route(control))
         relay = None
@@ -126,6 +132,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             await nursery.start(policy.watch_file)
             await nursery.start(policy.run_auto_approver)
             await nursery.start(policy.run_recompiler)
+            await nursery.start(prober.run)
             await nursery.start(dns.watch)
             if relay is not None:
                 nursery.start_soon(relay.run)

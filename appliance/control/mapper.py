@@ -206,6 +206,9 @@ class Mapper:
             self._reconcile_access(view, pending, msg)
         if pending.self_node:
             msg["Node"] = self.self_json(self.tailnet.nodes[view.node_id])
+        if pending.ping_url:
+            # Empty Types: the client answers with a HEAD request to URL, over Noise.
+            msg["PingRequest"] = {"URL": pending.ping_url, "URLIsNoise": True}
         if "dns" in pending.parts:
             msg["DNSConfig"] = self.dns_config() or {}
         if "derp" in pending.parts:

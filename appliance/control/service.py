@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+from typing import Callable
+from urllib.parse import parse_qs, urlsplit
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +64,7 @@ class ControlService:
         self.mapper = mapper
         self.server_url = server_url.rstrip("/")
         self.logins = PendingLogins()
+        self.ping_answered: Callable[[str], bool] = lambda token: False  # set by the HA prober
 
     async def handle(self, req: Request, resp: Response, conn: H2Server) -> None:
         peer: NoisePeer = conn.context  # type: ignore[assignment]
@@ -71,6 +74,9 @@ class ControlService:
                 await self.register(req, resp, peer, conn.name)
             elif path == "/machine/map" and req.method == "POST":
                 await self.map(req, resp, peer, conn.name)
+            elif path == "/machine/ping-response":
+                token = parse_qs(urlsplit(req.path).query).get("token", [""])[-1]
+                await resp.start(200 if self.ping_answered(token) else 404, end=True)
             elif path in ("/machine/update-health", "/machine/audit-log"):
                 await resp.start(204, end=True)
             elif path == "/machine/set-device-attr":

@@ -26,6 +26,7 @@ class Pending:
     # Pieces to bring up to date: "dns", "derp" (tailnet-wide), "access" (this node's packet
     # filter, SSH policy, attributes and peer set, after a policy result changed).
     parts: set[str] = field(default_factory=set)
+    ping_url: str | None = None  # a PingRequest to send: the HA probe asks "are you there?"
 
     def mark_peer(self, node_id: int, patch: dict | None) -> None:
         self.removed.discard(node_id)
@@ -44,11 +45,13 @@ class Pending:
         self.removed.add(node_id)
 
     def empty(self) -> bool:
-        return not (self.self_node or self.everything or self.peers or self.removed or self.parts)
+        return not (self.self_node or self.everything or self.peers or self.removed or self.parts
+                    or self.ping_url)
 
     def take(self) -> "Pending":
-        taken = Pending(self.self_node, self.everything, self.peers, self.removed, self.parts)
+        taken = Pending(self.self_node, self.everything, self.peers, self.removed, self.parts, self.ping_url)
         self.self_node, self.everything, self.peers, self.removed, self.parts = False, False, {}, set(), set()
+        self.ping_url = None
         return taken
 
 

@@ -44,9 +44,19 @@ def is_exit_node(n: NodeRecord) -> bool:
 class RouteTable:
     def __init__(self) -> None:
         self.primary: dict[str, int] = {}  # prefix → node id
+        self.unhealthy: set[int] = set()  # connected routers that missed their HA probe
 
     def primaries_of(self, node_id: int) -> list[str]:
         return sorted(p for p, n in self.primary.items() if n == node_id)
+
+    def ha_members(self, nodes: dict[int, NodeRecord], online: set[int]) -> set[int]:
+        """Online routers of prefixes that more than one online router serves."""
+        by_prefix: dict[str, set[int]] = {}
+        for node_id in online:
+            n = nodes.get(node_id)
+            for p in (served(n) - EXIT_ROUTES) if n else ():
+                by_prefix.setdefault(p, set()).add(node_id)
+        return set().union(*(ids for ids in by_prefix.values() if len(ids) > 1))
 
     def recompute(self, nodes: dict[int, NodeRecord], online: set[int]) -> set[int]:
         """Re-elect primaries; returns the ids of nodes whose primary routes changed."""
@@ -58,6 +68,8 @@ class RouteTable:
                 candidates.setdefault(p, []).append(node_id)
         new: dict[str, int] = {}
         for prefix, ids in candidates.items():
+            # A router that stopped answering probes serves only when no other can.
+            ids = [i for i in ids if i not in self.unhealthy] or ids
             current = self.primary.get(prefix)
             new[prefix] = current if current in ids else min(ids)
         changed = set()

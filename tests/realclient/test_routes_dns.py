@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -25,6 +26,7 @@ def net(netns, client_binaries, tmp_path_factory):
     server = Server(netns, work / "server", overrides={
         "derp": {"server": {"enabled": True, "stun_listen_addr": "127.0.0.1:3478"}},
         "policy": {"mode": "database"},
+        "node": {"routes": {"ha": {"probe_interval": "2s", "probe_timeout": "1s"}}},
         "dns": {"magic_dns": True, "base_domain": "ts.test", "extra_records_path": str(records),
                 "nameservers": {"split": {"corp.example": ["10.99.0.53"]}}},
     })
@@ -91,6 +93,27 @@ def test_two_routers_fail_over(net):
     assert ha not in primary(nodes["a"], first)
     nodes[first].start()  # state dir kept: it comes back as the same node
     wait_until(lambda: nodes[first].status()["BackendState"] == "Running", 30, what=f"{first} back")
+
+
+def test_a_hung_primary_fails_over_by_probe(net):
+    """A router that stays connected but stops answering (SIGSTOP) loses its primary routes
+    within the probe interval plus timeout; it answers again after SIGCONT."""
+    server, nodes = net["server"], net["nodes"]
+    ha = "10.97.0.0/24"
+    wait_until(lambda: ha in primary(nodes["a"], "r1") + primary(nodes["a"], "r2"), 10, what="an HA primary")
+    first = "r1" if ha in primary(nodes["a"], "r1") else "r2"
+    second = "r2" if first == "r1" else "r1"
+    nodes[first].proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        wait_until(lambda: ha in primary(nodes["a"], second), 10, interval=0.1,
+                   what=f"{second} to take over from the hung {first}")
+        assert time.monotonic() - t0 < 2 + 1 + 2  # interval + timeout + delivery
+        assert "did not answer its HA probe" in server.log_text()
+    finally:
+        nodes[first].proc.send_signal(signal.SIGCONT)
+    wait_until(lambda: "answers its HA probe again" in server.log_text(), 15, what=f"{first} to recover")
+    assert ha in primary(nodes["a"], second)  # the healthy primary keeps the route
 
 
 def test_exit_node(net):
