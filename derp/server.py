@@ -60,6 +60,8 @@ MESH_RETRY_MIN = 0.5
 MESH_RETRY_MAX = 15.0
 
 _KEEPALIVE = fr.encode(fr.KeepAlive())
+# Header and destination key of a SendPacket: the smallest valid one (empty packet).
+_SEND_MIN = fr.HEADER_LEN + fr.KEY_LEN
 _UPGRADE_BODY = b"DERP requires connection upgrade"
 _CHALLENGE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -105,7 +107,7 @@ class _Outbox:
     __slots__ = ("packets", "control", "packet_limit", "control_limit", "lot", "stats", "kind")
 
     def __init__(self, stats: _Stats, packet_limit: int, control_limit: int, kind: str) -> None:
-        self.packets: deque[bytes] = deque()
+        self.packets: deque[bytes | bytearray] = deque()
         self.control: deque[bytes] = deque()
         self.packet_limit = packet_limit
         self.control_limit = control_limit
@@ -113,7 +115,7 @@ class _Outbox:
         self.stats = stats
         self.kind = kind
 
-    def put_packet(self, frame: bytes) -> None:
+    def put_packet(self, frame: bytes | bytearray) -> None:
         q = self.packets
         if len(q) >= self.packet_limit:
             q.popleft()  # drop the oldest: fresher packets are worth more to WireGuard
@@ -467,50 +469,70 @@ class DerpServer:
         stream = conn.stream
         scope = trio.CancelScope()
         timeout = self._read_timeout if conn.can_ack_pings else None
+        # Frames handled per scheduling step. Writers only run when the readers yield, so a
+        # reader that relays a whole 64 KiB read at once (50+ full-size packets) overflows the
+        # destination's queue and drops packets it has just paid to parse; half a queue per
+        # step keeps every queue within bounds while its writer gets a turn.
+        burst = max(1, self._queue_size // 2)
         with scope:
             if timeout is not None:
                 scope.deadline = trio.current_time() + timeout
-            self._handle_buffered(conn, decoder)
             while True:
+                while self._handle_frames(conn, decoder, burst):
+                    await trio.lowlevel.checkpoint()
                 data = await stream.receive_some(RECV_SIZE)
                 if not data:
                     decoder.receive_data(b"")
-                    self._handle_buffered(conn, decoder)  # raises on a truncated frame
+                    while self._handle_frames(conn, decoder, burst):  # raises if cut short
+                        pass
                     return
                 if timeout is not None:
                     scope.deadline = trio.current_time() + timeout
                 decoder.receive_data(data)
-                self._handle_buffered(conn, decoder)
         if scope.cancelled_caught:
             log.info("%s: no frames for %.0f s, closing", conn, timeout)
 
-    def _handle_buffered(self, conn: _Conn, decoder: fr.FrameDecoder) -> None:
-        next_raw = decoder.next_raw
-        relay = self._relay
-        while True:
-            raw = next_raw()
-            if raw is None:
-                return
-            ftype, payload = raw
-            if ftype == 0x04:  # SendPacket, the hot path: no message object, no extra copy
-                if len(payload) < fr.KEY_LEN:
-                    raise ProtocolError("short SendPacket")
-                relay(conn, payload[: fr.KEY_LEN], memoryview(payload)[fr.KEY_LEN :])
-            else:
-                self._handle_other(conn, fr.parse_payload(ftype, payload))
+    def _handle_frames(self, conn: _Conn, decoder: fr.FrameDecoder, limit: int) -> bool:
+        """Act on up to ``limit`` buffered frames; True if there may be more."""
+        frames = decoder.take_frames(limit)
+        if not frames:
+            return False
+        src = conn.key
+        clients = self._clients
+        received = received_bytes = relayed = relayed_bytes = 0
+        try:
+            for ftype, f in frames:
+                if ftype == 0x04:  # SendPacket, the hot path: no message object, no extra copy
+                    if len(f) < _SEND_MIN:
+                        raise ProtocolError("short SendPacket")
+                    n = len(f) - _SEND_MIN
+                    received += 1
+                    received_bytes += n
+                    dst = bytes(f[5:_SEND_MIN])
+                    target = clients.get(dst)
+                    if target is not None:
+                        # SendPacket(dst, pkt) becomes RecvPacket(src, pkt) in place: same length.
+                        f[0] = 0x05
+                        f[5:_SEND_MIN] = src
+                        target.outbox.put_packet(f)
+                        target.senders.add(src)
+                        relayed += 1
+                        relayed_bytes += n
+                    else:
+                        self._relay_elsewhere(conn, dst, memoryview(f)[_SEND_MIN:])
+                else:
+                    self._handle_other(conn, fr.parse_payload(ftype, bytes(f[5:])))
+        finally:
+            stats = self._stats
+            stats.packets_received += received
+            stats.bytes_received += received_bytes
+            stats.packets_relayed += relayed
+            stats.bytes_relayed += relayed_bytes
+        return len(frames) == limit
 
-    def _relay(self, conn: _Conn, dst: bytes, packet: memoryview) -> None:
+    def _relay_elsewhere(self, conn: _Conn, dst: bytes, packet: memoryview) -> None:
+        """A SendPacket for a key not connected here: mesh-forward it or answer not-here."""
         stats = self._stats
-        stats.packets_received += 1
-        n = len(packet)
-        stats.bytes_received += n
-        target = self._clients.get(dst)
-        if target is not None:
-            target.outbox.put_packet(fr.encode_recv_packet(conn.key, packet))
-            target.senders.add(conn.key)
-            stats.packets_relayed += 1
-            stats.bytes_relayed += n
-            return
         link = self._remote.get(dst)
         if link is not None:
             link.outbox.put_packet(fr.encode_forward_packet(conn.key, dst, packet))
@@ -519,7 +541,7 @@ class DerpServer:
                 s = self._remote_senders[dst] = set()
             s.add(conn.key)
             stats.packets_forwarded_out += 1
-            stats.bytes_relayed += n
+            stats.bytes_relayed += len(packet)
             return
         stats.drop("unknown_dest")
         self._note_not_here(conn, dst)
