@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import itertools
 import logging
+import math
 import random
 import re
 import ssl
@@ -48,6 +49,10 @@ MESH_QUEUE_SIZE = 4096
 # Upper bound on one batched write: large enough to amortise the syscall, small enough that a
 # write finishes well within the write timeout on a slow link.
 WRITE_BATCH_BYTES = 256 << 10
+# Packets per write; a write is split into sendmsg calls of at most _IOV_MAX buffers.
+WRITE_BATCH_PACKETS = 512
+# The kernel refuses sendmsg with more buffers than IOV_MAX (1024 on Linux).
+_IOV_MAX = 1024
 HANDSHAKE_TIMEOUT = 10.0
 VERIFY_TIMEOUT = 5.0
 WRITE_TIMEOUT = 2.0
@@ -133,16 +138,22 @@ class _Outbox:
             self.lot.unpark()
         return True
 
-    def take_batch(self) -> bytes:
-        parts = list(self.control)
+    def take_parts(self) -> tuple[list[bytes | bytearray], int]:
+        """The next write: all control frames, then packets up to WRITE_BATCH_BYTES."""
+        parts: list[bytes | bytearray] = list(self.control)
         self.control.clear()
         size = 0
+        for f in parts:
+            size += len(f)
         q = self.packets
-        while q and size < WRITE_BATCH_BYTES:
+        while q and size < WRITE_BATCH_BYTES and len(parts) < WRITE_BATCH_PACKETS:
             f = q.popleft()
             size += len(f)
             parts.append(f)
-        return b"".join(parts)
+        return parts, size
+
+    def take_batch(self) -> bytes:
+        return b"".join(self.take_parts()[0])
 
     def __bool__(self) -> bool:
         return bool(self.packets or self.control)
@@ -154,6 +165,7 @@ class _Conn:
     __slots__ = (
         "id", "key", "stream", "outbox", "scope", "can_mesh", "can_ack_pings", "is_prober",
         "preferred", "senders", "remote", "watching", "not_here_window", "not_here_count",
+        "idle_since",
     )
 
     def __init__(
@@ -175,6 +187,7 @@ class _Conn:
         self.watching = False
         self.not_here_window = -1.0
         self.not_here_count = 0
+        self.idle_since = trio.current_time()
 
     def __str__(self) -> str:
         return self.id
@@ -404,6 +417,7 @@ class DerpServer:
                 with conn.scope:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._writer, conn)
+                        nursery.start_soon(self._send_keepalives, conn)
                         await self._reader(conn, decoder)
                         nursery.cancel_scope.cancel()
             finally:
@@ -606,22 +620,43 @@ class DerpServer:
         stream = conn.stream
         stats = self._stats
         timeout = MESH_WRITE_TIMEOUT if conn.can_mesh else self._write_timeout
-        while True:
-            if not outbox:
-                with trio.move_on_after(self._keepalive + random.uniform(0, KEEPALIVE_JITTER)):
-                    await outbox.lot.park()
+        # Plain TCP: hand the queued frames to the kernel as they are (sendmsg with a list of
+        # buffers) instead of joining them into one more copy first.
+        sock = stream.socket if type(stream) is trio.SocketStream else None
+        # One scope for every write of this connection: its deadline is armed around each
+        # write and lifted after, cheaper than a new fail_after per batch.
+        deadline = trio.CancelScope()
+        with deadline:
+            while True:
                 if not outbox:
-                    outbox.put_control(_KEEPALIVE)
-                    if conn.can_ack_pings:
-                        # A Pong proves the client still reads; see read_timeout.
-                        outbox.put_control(fr.encode(fr.Ping(random.randbytes(8))))
-            if conn.watching and len(outbox.control) >= outbox.control_limit:
-                raise ProtocolError("mesh watcher fell behind")
-            data = outbox.take_batch()
-            with trio.fail_after(timeout):
-                await stream.send_all(data)
-            stats.frames_written += 1
-            stats.bytes_written += len(data)
+                    conn.idle_since = trio.current_time()
+                    await outbox.lot.park()
+                if conn.watching and len(outbox.control) >= outbox.control_limit:
+                    raise ProtocolError("mesh watcher fell behind")
+                parts, size = outbox.take_parts()
+                deadline.deadline = trio.current_time() + timeout
+                if sock is not None:
+                    await _sendmsg_all(sock, parts)
+                else:
+                    await stream.send_all(b"".join(parts))
+                deadline.deadline = math.inf
+                stats.frames_written += 1
+                stats.bytes_written += size
+        if deadline.cancelled_caught:
+            raise trio.TooSlowError
+
+    async def _send_keepalives(self, conn: _Conn) -> None:
+        """Queue a KeepAlive (and a Ping, for clients that answer) after idle time."""
+        outbox = conn.outbox
+        while True:
+            await trio.sleep(self._keepalive + random.uniform(0, KEEPALIVE_JITTER))
+            # Only the writer's idle time counts: a busy connection needs no keepalive.
+            if outbox or trio.current_time() - conn.idle_since < self._keepalive:
+                continue
+            outbox.put_control(_KEEPALIVE)
+            if conn.can_ack_pings:
+                # A Pong proves the client still reads; see read_timeout.
+                outbox.put_control(fr.encode(fr.Ping(random.randbytes(8))))
 
     def _register(self, conn: _Conn) -> None:
         self._all.add(conn)
@@ -839,6 +874,21 @@ async def _read_frame(stream: trio.abc.Stream, decoder: fr.FrameDecoder) -> fr.F
         if not data:
             decoder.next_event()  # raises if a frame was cut short
             raise ConnectionClosed("EOF during handshake")
+
+
+async def _sendmsg_all(sock: trio.socket.SocketType, parts: list[bytes | bytearray]) -> None:
+    """Write every buffer of ``parts`` in order, resuming after short writes."""
+    while parts:
+        sent = await sock.sendmsg(parts[:_IOV_MAX])
+        i = 0
+        while i < len(parts) and sent >= len(parts[i]):
+            sent -= len(parts[i])
+            i += 1
+        if i == len(parts):
+            return
+        parts = parts[i:]
+        if sent:
+            parts[0] = memoryview(parts[0])[sent:]
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
