@@ -86,7 +86,22 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def run_once(mode: str, port: int, n: int, args: argparse.Namespace) -> dict:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_between(pid: int, t0: float, t1: float) -> float:
+    """The fraction of one core that ``pid`` used from perf_counter instant t0 to t1."""
+    time.sleep(max(0.0, t0 - time.perf_counter()))
+    c0, w0 = _cpu_seconds(pid), time.perf_counter()
+    time.sleep(max(0.0, t1 - time.perf_counter()))
+    return (_cpu_seconds(pid) - c0) / max(1e-9, time.perf_counter() - w0)
+
+
+def run_once(mode: str, port: int, n: int, args: argparse.Namespace, server_pid: int) -> dict:
     ctx = multiprocessing.get_context("fork")  # the parent runs no Trio loop: fork is safe
     privs = [fr.generate_private_key() for _ in range(n)]
     peers = [fr.public_key(k) for k in privs]
@@ -108,10 +123,13 @@ def run_once(mode: str, port: int, n: int, args: argparse.Namespace) -> dict:
                 raise RuntimeError("generator failed: %r" % (msg,))
         t = time.perf_counter() + 0.3
         warm = min(1.0, args.seconds / 4)
+        flood = 0.0 if args.paced_only else args.seconds
         sched = {"flood_start": t, "flood_measure": t + warm,
-                 "flood_end": t + warm + args.seconds}
+                 "flood_end": t + warm + flood if flood else t}
         for _, a in workers:
             a.send(sched)
+        flood_cpu = (_cpu_between(server_pid, sched["flood_measure"], sched["flood_end"])
+                     if flood else float("nan"))
         for proc, a in workers:
             if not a.poll(args.seconds * 2 + 30) or a.recv() != "drained":
                 raise RuntimeError("generator %d did not finish the flood" % proc.pid)
@@ -120,6 +138,7 @@ def run_once(mode: str, port: int, n: int, args: argparse.Namespace) -> dict:
                  "paced_end": p0 + 0.5 + args.seconds, "interval": args.interval}
         for _, a in workers:
             a.send(sched)
+        paced_cpu = _cpu_between(server_pid, sched["paced_measure"], sched["paced_end"])
         res = []
         for proc, a in workers:
             if not a.poll(args.seconds * 2 + 30):
@@ -135,13 +154,14 @@ def run_once(mode: str, port: int, n: int, args: argparse.Namespace) -> dict:
                 proc.kill()
     lat = [x for r in res for x in r["lat"]]
     pkts = sum(r["packets"] for r in res)
+    flood = 0.0 if args.paced_only else args.seconds
     return {
-        "pps": pkts / args.seconds,
-        "MBps": pkts * args.size / args.seconds / 1e6,
-        "wire_MBps": sum(r["bytes"] for r in res) / args.seconds / 1e6,
+        "pps": pkts / flood if flood else 0.0,
+        "MBps": pkts * args.size / flood / 1e6 if flood else 0.0,
         "delivered": pkts / max(1, sum(r["sent"] for r in res)),
         "p50": _pct(lat, 0.50) * 1e3, "p99": _pct(lat, 0.99) * 1e3, "samples": len(lat),
         "paced_pps": n / args.interval,
+        "flood_cpu": flood_cpu, "paced_cpu": paced_cpu,
     }
 
 
@@ -162,15 +182,19 @@ def main_sync(args: argparse.Namespace) -> None:
               "write, paced interval %.0f ms"
               % (args.size, args.seconds, args.procs, args.batch, args.interval * 1e3))
         for n in args.clients:
-            e = run_once("echo", echo_port, n, args) if not args.relay_only else None
-            r = run_once("relay", relay_port, n, args)
-            print("N=%4d relay: %8.0f pkt/s %7.1f MB/s (%.0f%% of sent delivered)"
-                  % (n, r["pps"], r["MBps"], r["delivered"] * 100), end="")
+            e = (run_once("echo", echo_port, n, args, echo.pid)
+                 if not args.relay_only else None)
+            r = run_once("relay", relay_port, n, args, relay.pid)
+            print("N=%4d relay: %8.0f pkt/s %7.1f MB/s (%.0f%% of sent delivered, relay CPU "
+                  "%.0f%%)" % (n, r["pps"], r["MBps"], r["delivered"] * 100,
+                               r["flood_cpu"] * 100), end="")
             if e:
-                print(" | echo ceiling: %8.0f pkt/s %7.1f MB/s" % (e["pps"], e["MBps"]), end="")
+                print(" | echo ceiling: %8.0f pkt/s %7.1f MB/s (echo CPU %.0f%%)"
+                      % (e["pps"], e["MBps"], e["flood_cpu"] * 100), end="")
             print()
-            print("       paced %.0f pkt/s: relay one-way p50 %.2f ms p99 %.2f ms (n=%d)"
-                  % (r["paced_pps"], r["p50"], r["p99"], r["samples"]), end="")
+            print("       paced %.0f pkt/s (relay CPU %.0f%%): relay one-way p50 %.2f ms p99 "
+                  "%.2f ms (n=%d)" % (r["paced_pps"], r["paced_cpu"] * 100, r["p50"], r["p99"],
+                                      r["samples"]), end="")
             if e:
                 print("; echo round trip p50 %.2f ms p99 %.2f ms; added p50 %.2f ms p99 %.2f ms"
                       % (e["p50"], e["p99"], r["p50"] - e["p50"], r["p99"] - e["p99"]), end="")
@@ -199,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=64, help="packets per write in the flood")
     p.add_argument("--procs", type=int, default=2, help="generator processes")
     p.add_argument("--relay-only", action="store_true", help="skip the echo ceiling")
+    p.add_argument("--paced-only", action="store_true", help="skip the flood (for profiling)")
     p.add_argument("--profile", default="", help="run the relay under cProfile, write here")
     p.add_argument("--echo-server", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
