@@ -496,6 +496,47 @@ class FrameDecoder:
             self._pos = end
         return ftype, payload
 
+    def take_frames(self, limit: int) -> list[tuple[int, bytearray]]:
+        """Up to ``limit`` complete frames as ``(type, whole frame)``; empty if none is complete.
+
+        Each frame is a fresh bytearray holding the 5-byte header and the payload (one copy out
+        of the buffer) that the caller owns and may rewrite in place: the relay turns a
+        SendPacket into a RecvPacket that way, since both are ``header | key (32) | packet``.
+        Frames before a bad one are returned first; the next call raises (FrameTooLarge, or
+        ProtocolError for EOF inside a frame), like :meth:`next_raw`.
+        """
+        buf = self._buf
+        pos = self._pos
+        blen = len(buf)
+        limits = self._limits
+        unknown = self._unknown_limit
+        unpack = _HDR.unpack_from
+        out: list[tuple[int, bytearray]] = []
+        while len(out) < limit and blen - pos >= HEADER_LEN:
+            ftype, length = unpack(buf, pos)
+            if length > limits.get(ftype, unknown):
+                if out:
+                    break
+                raise FrameTooLarge(
+                    "frame type 0x%02x of %d bytes exceeds %d"
+                    % (ftype, length, limits.get(ftype, unknown))
+                )
+            end = pos + HEADER_LEN + length
+            if end > blen:
+                break
+            out.append((ftype, buf[pos:end]))
+            pos = end
+        if pos == blen:
+            buf.clear()
+            pos = 0
+        self._pos = pos
+        if not out and self._eof and blen - pos:
+            raise ProtocolError(
+                "EOF inside a frame header" if blen - pos < HEADER_LEN
+                else "EOF inside a frame body"
+            )
+        return out
+
     def next_event(self) -> Frame | _NeedData:
         """Return the next complete frame, or NEED_DATA.
 

@@ -17,8 +17,11 @@ import hmac
 import ipaddress
 import itertools
 import logging
+import math
+import os
 import random
 import re
+import socket
 import ssl
 from collections import deque
 from typing import Awaitable, Callable, Iterable
@@ -48,6 +51,10 @@ MESH_QUEUE_SIZE = 4096
 # Upper bound on one batched write: large enough to amortise the syscall, small enough that a
 # write finishes well within the write timeout on a slow link.
 WRITE_BATCH_BYTES = 256 << 10
+# Packets per write; a write is split into sendmsg calls of at most _IOV_MAX buffers.
+WRITE_BATCH_PACKETS = 512
+# The kernel refuses sendmsg with more buffers than IOV_MAX (1024 on Linux).
+_IOV_MAX = 1024
 HANDSHAKE_TIMEOUT = 10.0
 VERIFY_TIMEOUT = 5.0
 WRITE_TIMEOUT = 2.0
@@ -60,6 +67,8 @@ MESH_RETRY_MIN = 0.5
 MESH_RETRY_MAX = 15.0
 
 _KEEPALIVE = fr.encode(fr.KeepAlive())
+# Header and destination key of a SendPacket: the smallest valid one (empty packet).
+_SEND_MIN = fr.HEADER_LEN + fr.KEY_LEN
 _UPGRADE_BODY = b"DERP requires connection upgrade"
 _CHALLENGE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -102,19 +111,47 @@ class _Outbox:
     PeerGone or Pong (the reference server also separates them).
     """
 
-    __slots__ = ("packets", "control", "packet_limit", "control_limit", "lot", "stats", "kind")
+    __slots__ = (
+        "packets", "control", "packet_limit", "control_limit", "lot", "stats", "kind", "direct",
+    )
 
     def __init__(self, stats: _Stats, packet_limit: int, control_limit: int, kind: str) -> None:
-        self.packets: deque[bytes] = deque()
-        self.control: deque[bytes] = deque()
+        self.packets: deque[bytes | bytearray] = deque()
+        self.control: deque[bytes | memoryview] = deque()
         self.packet_limit = packet_limit
         self.control_limit = control_limit
         self.lot = trio.lowlevel.ParkingLot()
         self.stats = stats
         self.kind = kind
+        # Set by the writer on plain TCP: the same connection as a stdlib socket (own fd), for
+        # synchronous sends while the writer is parked.
+        self.direct: socket.socket | None = None
 
-    def put_packet(self, frame: bytes) -> None:
+    def put_packet(self, frame: bytes | bytearray, light: bool = False) -> None:
+        """Queue ``frame``, dropping the oldest packet when full.
+
+        ``light``: the sender is lightly loaded (this packet came alone), so an idle writer's
+        job may be done here with one direct send. Under load, queueing is better: the writer
+        then sends many frames per system call and the receiver reads them in one go.
+        """
         q = self.packets
+        if light and self.direct is not None and self.lot and not q and not self.control:
+            # The writer is parked with nothing queued, so no write of ours is in flight and a
+            # non-blocking send right here cannot interleave with one. This saves waking the
+            # writer task for a lone packet, which costs more than the send itself.
+            try:
+                n = self.direct.send(frame)
+            except OSError:  # would block, or broken: the writer deals with it
+                n = 0
+            if n == len(frame):
+                self.stats.frames_written += 1
+                self.stats.bytes_written += n
+                return
+            if n:
+                # The rest of this frame must go out before anything else.
+                self.control.append(memoryview(frame)[n:])
+                self.lot.unpark()
+                return
         if len(q) >= self.packet_limit:
             q.popleft()  # drop the oldest: fresher packets are worth more to WireGuard
             self.stats.drop(self.kind + "_queue_full")
@@ -131,16 +168,22 @@ class _Outbox:
             self.lot.unpark()
         return True
 
-    def take_batch(self) -> bytes:
-        parts = list(self.control)
+    def take_parts(self) -> tuple[list[bytes | bytearray], int]:
+        """The next write: all control frames, then packets up to WRITE_BATCH_BYTES."""
+        parts: list[bytes | bytearray] = list(self.control)
         self.control.clear()
         size = 0
+        for f in parts:
+            size += len(f)
         q = self.packets
-        while q and size < WRITE_BATCH_BYTES:
+        while q and size < WRITE_BATCH_BYTES and len(parts) < WRITE_BATCH_PACKETS:
             f = q.popleft()
             size += len(f)
             parts.append(f)
-        return b"".join(parts)
+        return parts, size
+
+    def take_batch(self) -> bytes:
+        return b"".join(self.take_parts()[0])
 
     def __bool__(self) -> bool:
         return bool(self.packets or self.control)
@@ -152,6 +195,7 @@ class _Conn:
     __slots__ = (
         "id", "key", "stream", "outbox", "scope", "can_mesh", "can_ack_pings", "is_prober",
         "preferred", "senders", "remote", "watching", "not_here_window", "not_here_count",
+        "idle_since",
     )
 
     def __init__(
@@ -173,6 +217,7 @@ class _Conn:
         self.watching = False
         self.not_here_window = -1.0
         self.not_here_count = 0
+        self.idle_since = trio.current_time()
 
     def __str__(self) -> str:
         return self.id
@@ -402,6 +447,7 @@ class DerpServer:
                 with conn.scope:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._writer, conn)
+                        nursery.start_soon(self._send_keepalives, conn)
                         await self._reader(conn, decoder)
                         nursery.cancel_scope.cancel()
             finally:
@@ -467,50 +513,71 @@ class DerpServer:
         stream = conn.stream
         scope = trio.CancelScope()
         timeout = self._read_timeout if conn.can_ack_pings else None
+        # Frames handled per scheduling step. Writers only run when the readers yield, so a
+        # reader that relays a whole 64 KiB read at once (50+ full-size packets) overflows the
+        # destination's queue and drops packets it has just paid to parse; half a queue per
+        # step keeps every queue within bounds while its writer gets a turn.
+        burst = max(1, self._queue_size // 2)
         with scope:
             if timeout is not None:
                 scope.deadline = trio.current_time() + timeout
-            self._handle_buffered(conn, decoder)
             while True:
+                while self._handle_frames(conn, decoder, burst):
+                    await trio.lowlevel.checkpoint()
                 data = await stream.receive_some(RECV_SIZE)
                 if not data:
                     decoder.receive_data(b"")
-                    self._handle_buffered(conn, decoder)  # raises on a truncated frame
+                    while self._handle_frames(conn, decoder, burst):  # raises if cut short
+                        pass
                     return
                 if timeout is not None:
                     scope.deadline = trio.current_time() + timeout
                 decoder.receive_data(data)
-                self._handle_buffered(conn, decoder)
         if scope.cancelled_caught:
             log.info("%s: no frames for %.0f s, closing", conn, timeout)
 
-    def _handle_buffered(self, conn: _Conn, decoder: fr.FrameDecoder) -> None:
-        next_raw = decoder.next_raw
-        relay = self._relay
-        while True:
-            raw = next_raw()
-            if raw is None:
-                return
-            ftype, payload = raw
-            if ftype == 0x04:  # SendPacket, the hot path: no message object, no extra copy
-                if len(payload) < fr.KEY_LEN:
-                    raise ProtocolError("short SendPacket")
-                relay(conn, payload[: fr.KEY_LEN], memoryview(payload)[fr.KEY_LEN :])
-            else:
-                self._handle_other(conn, fr.parse_payload(ftype, payload))
+    def _handle_frames(self, conn: _Conn, decoder: fr.FrameDecoder, limit: int) -> bool:
+        """Act on up to ``limit`` buffered frames; True if there may be more."""
+        frames = decoder.take_frames(limit)
+        if not frames:
+            return False
+        src = conn.key
+        clients = self._clients
+        light = len(frames) == 1
+        received = received_bytes = relayed = relayed_bytes = 0
+        try:
+            for ftype, f in frames:
+                if ftype == 0x04:  # SendPacket, the hot path: no message object, no extra copy
+                    if len(f) < _SEND_MIN:
+                        raise ProtocolError("short SendPacket")
+                    n = len(f) - _SEND_MIN
+                    received += 1
+                    received_bytes += n
+                    dst = bytes(f[5:_SEND_MIN])
+                    target = clients.get(dst)
+                    if target is not None:
+                        # SendPacket(dst, pkt) becomes RecvPacket(src, pkt) in place: same length.
+                        f[0] = 0x05
+                        f[5:_SEND_MIN] = src
+                        target.outbox.put_packet(f, light)
+                        target.senders.add(src)
+                        relayed += 1
+                        relayed_bytes += n
+                    else:
+                        self._relay_elsewhere(conn, dst, memoryview(f)[_SEND_MIN:])
+                else:
+                    self._handle_other(conn, fr.parse_payload(ftype, bytes(f[5:])))
+        finally:
+            stats = self._stats
+            stats.packets_received += received
+            stats.bytes_received += received_bytes
+            stats.packets_relayed += relayed
+            stats.bytes_relayed += relayed_bytes
+        return len(frames) == limit
 
-    def _relay(self, conn: _Conn, dst: bytes, packet: memoryview) -> None:
+    def _relay_elsewhere(self, conn: _Conn, dst: bytes, packet: memoryview) -> None:
+        """A SendPacket for a key not connected here: mesh-forward it or answer not-here."""
         stats = self._stats
-        stats.packets_received += 1
-        n = len(packet)
-        stats.bytes_received += n
-        target = self._clients.get(dst)
-        if target is not None:
-            target.outbox.put_packet(fr.encode_recv_packet(conn.key, packet))
-            target.senders.add(conn.key)
-            stats.packets_relayed += 1
-            stats.bytes_relayed += n
-            return
         link = self._remote.get(dst)
         if link is not None:
             link.outbox.put_packet(fr.encode_forward_packet(conn.key, dst, packet))
@@ -519,7 +586,7 @@ class DerpServer:
                 s = self._remote_senders[dst] = set()
             s.add(conn.key)
             stats.packets_forwarded_out += 1
-            stats.bytes_relayed += n
+            stats.bytes_relayed += len(packet)
             return
         stats.drop("unknown_dest")
         self._note_not_here(conn, dst)
@@ -582,24 +649,61 @@ class DerpServer:
     async def _writer(self, conn: _Conn) -> None:
         outbox = conn.outbox
         stream = conn.stream
-        stats = self._stats
         timeout = MESH_WRITE_TIMEOUT if conn.can_mesh else self._write_timeout
-        while True:
-            if not outbox:
-                with trio.move_on_after(self._keepalive + random.uniform(0, KEEPALIVE_JITTER)):
-                    await outbox.lot.park()
+        # Plain TCP: hand the queued frames to the kernel as they are (sendmsg with a list of
+        # buffers) instead of joining them into one more copy first.
+        sock = stream.socket if type(stream) is trio.SocketStream else None
+        if sock is not None:
+            outbox.direct = socket.socket(fileno=os.dup(sock.fileno()))
+            outbox.direct.setblocking(False)
+        try:
+            await self._write_loop(conn, outbox, stream, sock, timeout)
+        finally:
+            if outbox.direct is not None:
+                outbox.direct.close()
+                outbox.direct = None
+
+    async def _write_loop(
+        self, conn: _Conn, outbox: _Outbox, stream: trio.abc.Stream,
+        sock: trio.socket.SocketType | None, timeout: float,
+    ) -> None:
+        stats = self._stats
+        # One scope for every write of this connection: its deadline is armed around each
+        # write and lifted after, cheaper than a new fail_after per batch.
+        deadline = trio.CancelScope()
+        with deadline:
+            while True:
                 if not outbox:
-                    outbox.put_control(_KEEPALIVE)
-                    if conn.can_ack_pings:
-                        # A Pong proves the client still reads; see read_timeout.
-                        outbox.put_control(fr.encode(fr.Ping(random.randbytes(8))))
-            if conn.watching and len(outbox.control) >= outbox.control_limit:
-                raise ProtocolError("mesh watcher fell behind")
-            data = outbox.take_batch()
-            with trio.fail_after(timeout):
-                await stream.send_all(data)
-            stats.frames_written += 1
-            stats.bytes_written += len(data)
+                    conn.idle_since = trio.current_time()
+                    await outbox.lot.park()
+                if conn.watching and len(outbox.control) >= outbox.control_limit:
+                    raise ProtocolError("mesh watcher fell behind")
+                parts, size = outbox.take_parts()
+                deadline.deadline = trio.current_time() + timeout
+                if sock is not None:
+                    await _sendmsg_all(sock, parts)
+                else:
+                    await stream.send_all(b"".join(parts))
+                deadline.deadline = math.inf
+                stats.frames_written += 1
+                stats.bytes_written += size
+        if deadline.cancelled_caught:
+            raise trio.TooSlowError
+
+    async def _send_keepalives(self, conn: _Conn) -> None:
+        """Queue a KeepAlive (and a Ping, for clients that answer) after idle time."""
+        outbox = conn.outbox
+        while True:
+            await trio.sleep(self._keepalive + random.uniform(0, KEEPALIVE_JITTER))
+            # Only the writer's idle time counts: a busy connection needs no keepalive. (Sends
+            # made directly by put_packet do not count, so a connection fed only that way gets
+            # a spare KeepAlive now and then; cheaper than reading the clock per packet.)
+            if outbox or trio.current_time() - conn.idle_since < self._keepalive:
+                continue
+            outbox.put_control(_KEEPALIVE)
+            if conn.can_ack_pings:
+                # A Pong proves the client still reads; see read_timeout.
+                outbox.put_control(fr.encode(fr.Ping(random.randbytes(8))))
 
     def _register(self, conn: _Conn) -> None:
         self._all.add(conn)
@@ -817,6 +921,21 @@ async def _read_frame(stream: trio.abc.Stream, decoder: fr.FrameDecoder) -> fr.F
         if not data:
             decoder.next_event()  # raises if a frame was cut short
             raise ConnectionClosed("EOF during handshake")
+
+
+async def _sendmsg_all(sock: trio.socket.SocketType, parts: list[bytes | bytearray]) -> None:
+    """Write every buffer of ``parts`` in order, resuming after short writes."""
+    while parts:
+        sent = await sock.sendmsg(parts[:_IOV_MAX])
+        i = 0
+        while i < len(parts) and sent >= len(parts[i]):
+            sent -= len(parts[i])
+            i += 1
+        if i == len(parts):
+            return
+        parts = parts[i:]
+        if sent:
+            parts[0] = memoryview(parts[0])[sent:]
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -216,3 +216,45 @@ def test_unknown_frame_skipped_by_server_within_limit():
     d = fr.server_decoder()
     d.receive_data(b"\x77\x00\x00\x00\x03abc" + fr.encode(fr.KeepAlive()))
     assert d.events() == [fr.UnknownFrame(0x77, b"abc"), fr.KeepAlive()]
+
+
+def _take_all(dec: fr.FrameDecoder, limit: int) -> list[tuple[int, bytes]]:
+    out = []
+    while True:
+        got = dec.take_frames(limit)
+        if not got:
+            return out
+        assert len(got) <= limit
+        out += [(t, bytes(f)) for t, f in got]
+
+
+def test_take_frames_whole_bytewise_and_limited():
+    wire = [fr.encode(m) for m in ALL]
+    expect = [(w[0], w) for w in wire]
+    dec = fr.client_decoder()
+    dec.receive_data(b"".join(wire))
+    assert _take_all(dec, 3) == expect
+    assert dec.buffered == 0
+    dec = fr.client_decoder()
+    got = []
+    for b in b"".join(wire):
+        dec.receive_data(bytes([b]))
+        got += _take_all(dec, 1)
+    assert got == expect
+
+
+def test_take_frames_are_owned_copies_and_errors_come_after_good_frames():
+    dec = fr.server_decoder()
+    good = fr.encode_send_packet(K1, b"abc")
+    dec.receive_data(good + fr.frame_header(0x04, fr.MAX_PACKET_SIZE + fr.KEY_LEN + 1))
+    [(t, f)] = dec.take_frames(10)
+    f[0] = 0x05  # rewriting the returned frame must not touch the decoder's buffer
+    assert t == 0x04 and bytes(f[1:]) == good[1:]
+    with pytest.raises(FrameTooLarge):
+        dec.take_frames(10)
+    dec = fr.server_decoder()
+    dec.receive_data(good + good[:-1])
+    dec.receive_data(b"")
+    assert [bytes(f) for _, f in dec.take_frames(10)] == [good]
+    with pytest.raises(ProtocolError):
+        dec.take_frames(10)
