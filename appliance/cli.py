@@ -217,6 +217,7 @@ def do_serve(args) -> int:
 
     from .serve import serve_until_signalled
 
+    from .keys import KeyFormatError
     from .policy import PolicyError
     from .storage import StoreError
 
@@ -226,13 +227,13 @@ def do_serve(args) -> int:
         trio.run(serve_until_signalled, cfg)
     except BaseExceptionGroup as group:
         # Start-up failures arrive wrapped by the nurseries; report them as one clear line.
-        fatal = group.subgroup(lambda e: isinstance(e, (PolicyError, StoreError, ConfigError, OSError)))
+        fatal = group.subgroup(lambda e: isinstance(e, (PolicyError, StoreError, ConfigError, OSError, KeyFormatError)))
         if fatal is None:
             raise
         for e in _leaves(fatal):
             print(f"trioscale: cannot start: {e}", file=sys.stderr)
         return 1
-    except (PolicyError, StoreError, OSError) as e:
+    except (PolicyError, StoreError, OSError, KeyFormatError) as e:
         print(f"trioscale: cannot start: {e}", file=sys.stderr)
         return 1
     return 0

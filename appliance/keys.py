@@ -6,10 +6,12 @@ write, so that a Headscale noise key file can be reused as it is.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from derp import keys as derp_keys
+from derp.errors import DerpError
 
 KEY_LEN = 32
 ZERO_KEY = bytes(KEY_LEN)
@@ -51,22 +53,10 @@ def generate_private_key() -> bytes:
 
 
 def load_or_create_private_key(path: Path) -> bytes:
-    """Read a ``privkey:`` file, or create one (mode 0600, parent dirs 0700) if missing.
-
-    Raises KeyFormatError for a file that exists but does not hold a key.
-    """
-    path = Path(path)
+    """Read a ``privkey:`` file, or create one (mode 0600) if missing: the Noise key and the
+    DERP key alike, in the file format derp/ keeps (Headscale's). Raises KeyFormatError for a
+    file that does not hold a key or that others may read."""
     try:
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        key = generate_private_key()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # O_EXCL: two processes starting at once must not both write a key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(encode_key("privkey", key) + "\n")
-        return key
-    try:
-        return decode_key("privkey", text)
-    except KeyFormatError as e:
+        return derp_keys.load_or_create_private_key(str(path))
+    except DerpError as e:
         raise KeyFormatError(f"{path}: {e}") from None

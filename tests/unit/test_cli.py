@@ -85,3 +85,15 @@ def test_serve_domain_is_the_one_flag_appliance(tmp_path):
 def test_certs_without_a_server_is_one_line(tmp_path):
     res = run("certs", "-c", str(write_config(tmp_path)))
     assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_key_file_others_can_read_stops_serve(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    key = data / "noise_private.key"
+    key.write_text("privkey:" + "11" * 32 + "\n")
+    key.chmod(0o644)
+    cfg = write_config(tmp_path, listen_addr="127.0.0.1:0", derp={"server": {"enabled": False}})
+    res = run("serve", "-c", str(cfg))
+    assert res.returncode == 1
+    assert "cannot start" in res.stderr and "noise_private.key" in res.stderr and "chmod 600" in res.stderr
