@@ -102,6 +102,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             cfg.node.routes_ha_probe_timeout.total_seconds(),
         )
         control.ping_answered = prober.answer
+        control.tag_permitted = lambda uid, tag: policy.engine is not None and policy.engine.owns_tag(uid, tag)
         front = FrontDoor(noise_key, control)
         front.plain_routes.append(login_page_route(control))
         relay = None

@@ -65,6 +65,8 @@ class ControlService:
         self.server_url = server_url.rstrip("/")
         self.logins = PendingLogins()
         self.ping_answered: Callable[[str], bool] = lambda token: False  # set by the HA prober
+        # Set by the policy layer; with no policy no tag may be requested (tagOwners decide).
+        self.tag_permitted: Callable[[int, str], bool] = lambda user_id, tag: False
 
     async def handle(self, req: Request, resp: Response, conn: H2Server) -> None:
         peer: NoisePeer = conn.context  # type: ignore[assignment]
@@ -136,9 +138,10 @@ class ControlService:
         if rr.auth_key:
             try:
                 key = self.tailnet.check_preauth_key(rr.auth_key)
+                requested = () if key.tags else self._requested_tags(hostinfo, key.user_id)
                 node = await self.tailnet.register_with_key(
                     key, machine_key=peer.machine_key, node_key=rr.node_key, old_node_key=old_key,
-                    hostinfo=hostinfo, ephemeral_request=rr.ephemeral,
+                    hostinfo=hostinfo, ephemeral_request=rr.ephemeral, requested_tags=requested,
                 )
             except AuthFailed as e:
                 log.info("%s: registration refused: %s", name, e)
@@ -160,6 +163,18 @@ class ControlService:
 
         return await self._interactive(rr, peer, hostinfo)
 
+    def _requested_tags(self, hostinfo: dict, user_id: int | None) -> tuple[str, ...]:
+        """`tailscale up --advertise-tags`: every requested tag must be the user's to give by
+        the policy's tagOwners, else the login fails with Tailscale's message."""
+        tags = hostinfo.get("RequestTags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise WireError("Hostinfo.RequestTags: expected a list of strings")
+        if not tags:
+            return ()
+        if user_id is None or not all(self.tag_permitted(user_id, t) for t in tags):
+            raise AuthFailed(f"requested tags {sorted(tags)} are invalid or not permitted")
+        return tuple(sorted(set(tags)))
+
     async def _interactive(self, rr: RegisterRequest, peer: NoisePeer, hostinfo: dict) -> RegisterResponse:
         now = self.tailnet.clock()
         if rr.followup:
@@ -180,8 +195,10 @@ class ControlService:
         pending = self.logins.get(token)
         if pending is None:
             raise NotFound("no pending login with that key (it may have expired)")
+        user = self.tailnet.find_user(user_ref)
         node = await self.tailnet.register_interactive(
-            user_ref, machine_key=pending.machine_key, node_key=pending.node_key, hostinfo=pending.hostinfo
+            user, machine_key=pending.machine_key, node_key=pending.node_key, hostinfo=pending.hostinfo,
+            tags=self._requested_tags(pending.hostinfo, user.id),
         )
         self.logins.finish(token, node.id)
         return node

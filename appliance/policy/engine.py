@@ -155,6 +155,30 @@ class PolicyEngine:
         # approving routes across the tailnet quadratic.
         return auto_approved(self.policy, self.compiler.r, node)
 
+    def owns_tag(self, user_id: int, tag: str) -> bool:
+        """May ``user_id`` put ``tag`` on its devices (``tailscale up --advertise-tags``)?
+        By tagOwners: the user's login, a group holding it, autogroup:member, or the tailnet
+        owner for autogroup:admin/owner (admin roles are not modelled beyond that)."""
+        return user_id in self._owners(self.policy.tag_owners.get(tag, ()), set())
+
+    def _owners(self, refs, seen: set[str]) -> set[int]:
+        out: set[int] = set()
+        logins = self.compiler.r.users_by_login
+        for ref in refs:
+            if ref.startswith("group:"):
+                if ref not in seen:
+                    seen.add(ref)
+                    out |= self._owners(self.policy.groups.get(ref, ()), seen)
+            elif ref == "autogroup:member":
+                out |= set(self._users)
+            elif ref in ("autogroup:admin", "autogroup:owner"):
+                out |= {min(self._users)} if self._users else set()
+            elif "@" in ref:
+                uid = logins.get(ref.lower())
+                if uid is not None:
+                    out.add(uid)
+        return out
+
     @property
     def compiler(self) -> FilterCompiler:
         assert self._compiler is not None

@@ -225,24 +225,25 @@ class Tailnet:
 
     async def register_with_key(
         self, key: PreAuthKeyRecord, *, machine_key: str, node_key: str, old_node_key: str | None,
-        hostinfo: dict, ephemeral_request: bool = False,
+        hostinfo: dict, ephemeral_request: bool = False, requested_tags: tuple[str, ...] = (),
     ) -> NodeRecord:
         """Create the node, or re-authenticate the machine's existing node (same ID, same
-        addresses, same name), consuming the key in the same transaction."""
+        addresses, same name), consuming the key in the same transaction. A tagged key's tags
+        win; else ``requested_tags`` (already checked against tagOwners by the caller)."""
         return await self._register(
             machine_key=machine_key, node_key=node_key, old_node_key=old_node_key,
-            hostinfo=hostinfo, user_id=key.user_id, tags=key.tags,
+            hostinfo=hostinfo, user_id=key.user_id, tags=key.tags or requested_tags,
             ephemeral=key.ephemeral or ephemeral_request, key=key, method="authkey",
         )
 
     async def register_interactive(
-        self, user_ref: str | int, *, machine_key: str, node_key: str, hostinfo: dict
+        self, user: UserRecord, *, machine_key: str, node_key: str, hostinfo: dict,
+        tags: tuple[str, ...] = (),
     ) -> NodeRecord:
-        """An admin approved a pending interactive login for ``user_ref``."""
-        user = self.find_user(user_ref)
+        """An admin approved a pending interactive login for ``user``."""
         return await self._register(
             machine_key=machine_key, node_key=node_key, old_node_key=None, hostinfo=hostinfo,
-            user_id=user.id, tags=(), ephemeral=False, key=None, method="cli",
+            user_id=user.id, tags=tags, ephemeral=False, key=None, method="cli",
         )
 
     async def _register(

@@ -91,6 +91,28 @@ def test_reach_explains_the_decision(net):
     assert no.returncode == 1 and no.stdout.startswith("denied")
 
 
+def test_advertised_tags_follow_tag_owners(net, client_binaries):
+    """`tailscale up --advertise-tags`: applied when tagOwners allow the user, refused otherwise."""
+    server, netns, work = net["server"], net["netns"], net["work"]
+    key = lambda user: server.cli("preauthkeys", "create", "--user", user).stdout.strip()
+    allowed = Node(netns, work, "tagged", client_binaries, env={"TS_DEBUG_USE_DERP_HTTP": "1"})
+    denied = Node(netns, work, "notowner", client_binaries, env={"TS_DEBUG_USE_DERP_HTTP": "1"})
+    try:
+        allowed.start()
+        allowed.up(server, key("alice"), "--advertise-tags=tag:isolated")
+        listed = {n["givenName"]: n for n in server.cli_json("nodes", "list")}
+        assert listed["tagged"]["tags"] == ["tag:isolated"]
+        assert allowed.status()["Self"].get("Tags") == ["tag:isolated"]
+        denied.start()
+        res = denied.up(server, key("bob"), "--advertise-tags=tag:isolated", check=False)
+        assert res.returncode != 0 and "not permitted" in res.stderr + res.stdout, res
+        assert "notowner" not in {n["givenName"] for n in server.cli_json("nodes", "list")}
+    finally:
+        allowed.stop()
+        denied.stop()
+    server.cli("nodes", "delete", "-i", listed["tagged"]["id"])
+
+
 def test_bad_policy_is_refused_and_the_old_one_stays(net):
     server, work = net["server"], net["work"]
     bad = work / "bad.hujson"
