@@ -182,6 +182,9 @@ SECRET_KEYS = frozenset({"database.postgres.pass", "oidc.client_secret", "cli.ap
 ALIASES: dict[str, str] = {
     "ephemeral_node_inactivity_timeout": "node.ephemeral.inactivity_timeout",
     "acl_policy_path": "policy.path",
+    # Headscale before 0.23: a migrated install must find its existing database.
+    "db_type": "database.type",
+    "db_path": "database.sqlite.path",
     "dns_config.magic_dns": "dns.magic_dns",
     "dns_config.base_domain": "dns.base_domain",
     "dns_config.override_local_dns": "dns.override_local_dns",

@@ -818,3 +818,10 @@ def test_dump_of_integers_from_yaml_is_plain_yaml(tmp_path):
     path = write(tmp_path, "database:\n  postgres:\n    ssl: 1\n    port: 5432\n")
     text = config_to_yaml(load_config(path, env=ENV))
     assert "ssl: 1" in text and "port: 5432" in text
+
+
+def test_pre_023_database_keys_are_read_as_aliases(tmp_path):
+    from appliance.config import config_from_dict
+
+    cfg = config_from_dict({"db_type": "sqlite3", "db_path": str(tmp_path / "old.sqlite")})
+    assert cfg.database.type == "sqlite" and cfg.database.sqlite_path == tmp_path / "old.sqlite"
