@@ -91,6 +91,13 @@ async def wait_peers(c: SimClient, want: set[int]) -> None:
         await c.wait_until(lambda: c.peer_ids() == want)
 
 
+def assert_one_warning(caplog, local: str, reason: str) -> None:
+    """Exactly one WARNING from the server, naming the peer's address and the reason."""
+    warns = warnings_from_server(caplog)
+    assert len(warns) == 1, [r.getMessage() for r in warns]
+    assert local in warns[0].getMessage() and reason in warns[0].getMessage()
+
+
 def warnings_from_server(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("appliance")]
 
@@ -230,9 +237,7 @@ async def test_malformed_noise_record(server, nursery, caplog):
         await read_until_closed(ch.raw)
         await ch.raw.aclose()
         await trio.sleep(0.1)
-    warns = warnings_from_server(caplog)
-    assert len(warns) == 1, [r.getMessage() for r in warns]
-    assert local in warns[0].getMessage() and "decryption failed" in warns[0].getMessage()
+    assert_one_warning(caplog, local, "decryption failed")
     await check_still_working(server, nursery, a, b)
 
 
@@ -246,9 +251,7 @@ async def test_oversized_noise_record_header(server, nursery, caplog):
         await read_until_closed(ch.raw)
         await ch.raw.aclose()
         await trio.sleep(0.1)
-    warns = warnings_from_server(caplog)
-    assert len(warns) == 1, [r.getMessage() for r in warns]
-    assert local in warns[0].getMessage() and "exceeds" in warns[0].getMessage()
+    assert_one_warning(caplog, local, "exceeds")
     await check_still_working(server, nursery, a, b)
 
 
@@ -267,9 +270,7 @@ async def test_truncated_http2(server, nursery, caplog, tail):
         await read_until_closed(ch.raw)
         await ch.raw.aclose()
         await trio.sleep(0.1)
-    warns = warnings_from_server(caplog)
-    assert len(warns) == 1, [r.getMessage() for r in warns]
-    assert local in warns[0].getMessage() and "truncated" in warns[0].getMessage()
+    assert_one_warning(caplog, local, "truncated")
     await check_still_working(server, nursery, a, b)
 
 
@@ -292,9 +293,7 @@ async def test_truncated_request_body(server, nursery, caplog):
         while not c.h2.closed:  # our reader sees the server close
             await trio.sleep(0.02)
         await trio.sleep(0.1)
-    warns = warnings_from_server(caplog)
-    assert len(warns) == 1, [r.getMessage() for r in warns]
-    assert local in warns[0].getMessage() and "truncated" in warns[0].getMessage()
+    assert_one_warning(caplog, local, "truncated")
     await check_still_working(server, nursery, a, b)
 
 
@@ -308,9 +307,7 @@ async def test_garbage_instead_of_http2(server, nursery, caplog):
         await read_until_closed(ch.raw)
         await ch.raw.aclose()
         await trio.sleep(0.1)
-    warns = warnings_from_server(caplog)
-    assert len(warns) == 1, [r.getMessage() for r in warns]
-    assert local in warns[0].getMessage() and "HTTP/2" in warns[0].getMessage()
+    assert_one_warning(caplog, local, "HTTP/2")
     await check_still_working(server, nursery, a, b)
 
 
@@ -348,9 +345,7 @@ async def test_oversized_json(server, nursery, caplog):
         st = await c.h2.request("POST", "/machine/register", big)
         with pytest.raises(ControlClientError):
             await st.wait_response()
-    warns = warnings_from_server(caplog)
-    assert len(warns) == 1, [r.getMessage() for r in warns]
-    assert local in warns[0].getMessage() and "body over" in warns[0].getMessage()
+    assert_one_warning(caplog, local, "body over")
     await check_still_working(server, nursery, a, b)
 
 
@@ -375,9 +370,7 @@ async def test_replayed_handshake_gets_nowhere(server, nursery, caplog):
         await read_until_closed(raw)
         await raw.aclose()
         await trio.sleep(0.1)
-    warns = warnings_from_server(caplog)
-    assert len(warns) == 1, [r.getMessage() for r in warns]
-    assert local in warns[0].getMessage() and "decryption failed" in warns[0].getMessage()
+    assert_one_warning(caplog, local, "decryption failed")
     # a's own session is unaffected by the replay of its handshake.
     await check_still_working(server, nursery, a, b)
 
