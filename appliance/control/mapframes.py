@@ -24,8 +24,29 @@ class MapFrameError(ValueError):
     pass
 
 
+class RawJSON:
+    """A value already encoded as JSON text, spliced into a message as it is: a netmap's
+    peers are the same text for every viewer, so they are encoded once, not per session."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _dumps(message: Any) -> str:
+    if isinstance(message, dict) and any(isinstance(v, RawJSON) for v in message.values()):
+        parts = (
+            json.dumps(k) + ":" + (v.text if isinstance(v, RawJSON) else json.dumps(v, separators=(",", ":")))
+            for k, v in message.items()
+        )
+        return "{" + ",".join(parts) + "}"
+    return json.dumps(message, separators=(",", ":"))
+
+
 def encode_frame(message: Any, compress: bool) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
+    """A length-prefixed frame; top-level RawJSON values go in as they are."""
+    body = _dumps(message).encode()
     if compress:
         body = _compressor.compress(body)
     if len(body) > MAX_FRAME:

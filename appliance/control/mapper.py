@@ -6,6 +6,8 @@ reused by every session; only Online is overlaid per message.
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable
@@ -15,6 +17,7 @@ from ..tailnet.access import Access, AllowAll
 from ..tailnet.changes import FULL, Pending
 from ..tailnet.model import TAGGED_DEVICES_LOGIN, TAGGED_DEVICES_USER_ID, Tailnet
 from ..tailnet.routes import EXIT_ROUTES, served
+from .mapframes import RawJSON
 from .wire import ZERO_TIME, format_time
 
 # Capabilities every node gets, as Headscale grants them by default.
@@ -55,6 +58,7 @@ class Mapper:
         self.access: Access = access or AllowAll()
         self.capver: dict[int, int] = {}
         self._cache: dict[int, tuple[int, dict]] = {}
+        self._text_cache: dict[int, tuple[tuple[int, bool], str]] = {}
 
     # --- nodes --------------------------------------------------------------------------
 
@@ -73,6 +77,15 @@ class Mapper:
         out = dict(hit[1])
         out["Online"] = self.tailnet.is_online(n.id)
         return out
+
+    def node_text(self, n: NodeRecord) -> str:
+        """node_json as JSON text, cached per node version and online state."""
+        key = (self.tailnet.version.get(n.id, 0), self.tailnet.is_online(n.id))
+        hit = self._text_cache.get(n.id)
+        if hit is None or hit[0] != key:
+            hit = (key, json.dumps(self.node_json(n), separators=(",", ":")))
+            self._text_cache[n.id] = hit
+        return hit[1]
 
     def _build_node(self, n: NodeRecord) -> dict:
         addrs = []
@@ -152,12 +165,13 @@ class Mapper:
 
     # --- messages -----------------------------------------------------------------------
 
-    def full(self, view: SessionView) -> dict:
-        """The first message of a stream (or a one-shot answer): everything."""
+    def full(self, view: SessionView, *, raw_peers: bool = False) -> dict:
+        """The first message of a stream (or a one-shot answer): everything. With
+        ``raw_peers`` the peers are RawJSON text from the per-node cache (for encode_frame)."""
         n = self.tailnet.get_node(view.node_id)
         peers = sorted(self.visible_peers(n.id))
-        peer_nodes = [self.node_json(self.tailnet.nodes[i]) for i in peers]
-        users = {self.owner_id(n)} | {p["User"] for p in peer_nodes}
+        peer_recs = [self.tailnet.nodes[i] for i in peers]
+        users = {self.owner_id(n)} | {self.owner_id(p) for p in peer_recs}
         msg: dict[str, Any] = {
             "Node": self.self_json(n),
             "DERPMap": self.derp_map(),
@@ -167,8 +181,10 @@ class Mapper:
             "UserProfiles": self._profiles(users),
             "ControlTime": format_time(self.tailnet.clock()),
         }
-        if peer_nodes:
-            msg["Peers"] = peer_nodes
+        if peer_recs and raw_peers:
+            msg["Peers"] = RawJSON("[" + ",".join(self.node_text(p) for p in peer_recs) + "]")
+        elif peer_recs:
+            msg["Peers"] = [self.node_json(p) for p in peer_recs]
         elif view.known_peers:
             msg["PeersRemoved"] = sorted(view.known_peers)  # [] would not remove anything
         dns = self.dns_config()
@@ -200,7 +216,7 @@ class Mapper:
         if view.node_id not in self.tailnet.nodes:
             return None
         if pending.everything:
-            return self.full(view)
+            return self.full(view, raw_peers=True)
         msg: dict[str, Any] = {}
         if "access" in pending.parts:
             self._reconcile_access(view, pending, msg)

@@ -222,7 +222,7 @@ class ControlService:
                 return
             view = SessionView(node.id)
             await resp.start(200, [("content-type", "application/json")])
-            await resp.send(encode_frame(self.mapper.full(view), compress), end=True)
+            await resp.send(encode_frame(self.mapper.full(view, raw_peers=True), compress), end=True)
             return
         await self._stream(node, resp, compress, name)
 
@@ -273,7 +273,7 @@ class ControlService:
             handle.pending.take()
             # Encoded at once and not kept: the full map of a big tailnet is ~1000 node dicts,
             # and a local holding it for the stream's life cost ~0.5 MiB per connected node.
-            first = encode_frame(self.mapper.full(view), compress)
+            first = encode_frame(self.mapper.full(view, raw_peers=True), compress)
             await resp.start(200, [("content-type", "application/json")])
             await resp.send(first)
             del first

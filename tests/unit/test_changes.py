@@ -117,3 +117,19 @@ def test_login_tokens_are_safe_to_paste_after_a_flag():
     tokens = {new_token() for _ in range(2000)}
     assert len(tokens) == 2000
     assert all(t.isalnum() and t.islower() or t.isdigit() for t in tokens)
+
+
+async def test_raw_peer_text_decodes_to_the_same_netmap(tailnet):
+    from appliance.control.mapframes import MapFrameReader, encode_frame
+
+    m = mapper(tailnet)
+    a = await register(tailnet, "a", 1)
+    for i in range(2, 6):
+        await register(tailnet, f"n{i}", i)
+    tailnet.stream_opened(3)
+    plain = m.full(SessionView(a.id))
+    raw = m.full(SessionView(a.id), raw_peers=True)
+    decoded = MapFrameReader(True).receive_data(encode_frame(raw, True))[0]
+    plain.pop("ControlTime"), decoded.pop("ControlTime")
+    assert decoded == plain
+    assert [p["Online"] for p in decoded["Peers"]] == [False, True, False, False]

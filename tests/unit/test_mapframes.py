@@ -34,3 +34,13 @@ def test_reader_whole_bytewise_and_batched():
 def test_reader_refuses_oversized_header():
     with pytest.raises(MapFrameError):
         MapFrameReader(True).receive_data(struct.pack("<I", MAX_FRAME + 1))
+
+
+def test_raw_json_values_are_spliced_as_they_are():
+    from appliance.control.mapframes import RawJSON
+
+    msg = {"Node": {"ID": 1}, "Peers": RawJSON('[{"ID":2},{"ID":3}]'), "Domain": "x"}
+    (frame,) = [encode_frame(msg, compress=True)]
+    assert MapFrameReader(True).receive_data(frame) == [
+        {"Node": {"ID": 1}, "Peers": [{"ID": 2}, {"ID": 3}], "Domain": "x"}
+    ]
