@@ -16,7 +16,7 @@ import trio
 
 from . import frames as fr
 from .errors import ConnectionClosed, HandshakeError, ProtocolError
-from .transport import RECV_SIZE, WebSocketStream
+from .transport import RECV_SIZE, WebSocketStream, read_frame
 from .websocket import accept_key
 
 # An HTTP response head longer than this is not a DERP server talking.
@@ -162,7 +162,7 @@ async def connect(
                 stream = WebSocketStream(stream, client=True, leftover=rest)
             elif rest:
                 decoder.receive_data(rest)
-        sk = await _read(stream, decoder)
+        sk = await read_frame(stream, decoder)
         if not isinstance(sk, fr.ServerKey):
             raise HandshakeError("expected ServerKey, got %s" % type(sk).__name__)
         if fast_start_server_key is None:
@@ -170,7 +170,7 @@ async def connect(
             await stream.send_all(fr.encode(ci))
         elif sk.key != fast_start_server_key:
             raise HandshakeError("server key differs from the fast-start key")
-        si = await _read(stream, decoder)
+        si = await read_frame(stream, decoder)
         if not isinstance(si, fr.ServerInfo):
             raise HandshakeError("expected ServerInfo, got %s" % type(si).__name__)
         server_info = fr.open_server_info(private_key, sk.key, si)
@@ -182,18 +182,6 @@ async def connect(
                 pass
         raise
     return DerpClient(stream, decoder, private_key, sk.key, server_info)
-
-
-async def _read(stream: trio.abc.Stream, decoder: fr.FrameDecoder) -> fr.Frame:
-    while True:
-        ev = decoder.next_event()
-        if ev is not fr.NEED_DATA:
-            return ev  # type: ignore[return-value]
-        data = await stream.receive_some(RECV_SIZE)
-        decoder.receive_data(data)
-        if not data:
-            decoder.next_event()
-            raise ConnectionClosed("EOF during handshake")
 
 
 async def connect_url(

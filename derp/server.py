@@ -31,7 +31,7 @@ import trio
 
 from . import frames as fr
 from .errors import ClientRefused, ConnectionClosed, DerpError, HandshakeError, ProtocolError
-from .transport import RECV_SIZE, WebSocketStream, peer_address
+from .transport import RECV_SIZE, WebSocketStream, peer_address, read_frame
 from .websocket import accept_key
 
 log = logging.getLogger(__name__)
@@ -469,7 +469,7 @@ class DerpServer:
     ) -> _Conn | None:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             await stream.send_all(fr.encode(fr.ServerKey(self.public_key)))
-            msg = await _read_frame(stream, decoder)
+            msg = await read_frame(stream, decoder)
             if not isinstance(msg, fr.ClientInfo):
                 raise HandshakeError("expected ClientInfo, got %s" % type(msg).__name__)
             info = fr.open_client_info(self._private, msg)
@@ -909,18 +909,6 @@ def _peer_present(c: _Conn) -> bytes:
             pass
     flags = fr.PeerPresentFlags.PROBER if c.is_prober else fr.PeerPresentFlags.REGULAR
     return fr.encode(fr.PeerPresent(c.key, ip, port, flags))
-
-
-async def _read_frame(stream: trio.abc.Stream, decoder: fr.FrameDecoder) -> fr.Frame:
-    while True:
-        ev = decoder.next_event()
-        if ev is not fr.NEED_DATA:
-            return ev  # type: ignore[return-value]
-        data = await stream.receive_some(RECV_SIZE)
-        decoder.receive_data(data)
-        if not data:
-            decoder.next_event()  # raises if a frame was cut short
-            raise ConnectionClosed("EOF during handshake")
 
 
 async def _sendmsg_all(sock: trio.socket.SocketType, parts: list[bytes | bytearray]) -> None:

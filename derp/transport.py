@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import trio
 
+from . import frames as fr
 from . import websocket as ws
+from .errors import ConnectionClosed
 
 RECV_SIZE = 64 << 10
 
@@ -60,6 +62,20 @@ class WebSocketStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+async def read_frame(stream: trio.abc.Stream, decoder: fr.FrameDecoder) -> fr.Frame:
+    """The next whole frame of a handshake, reading as needed; ConnectionClosed at EOF (and the
+    decoder's ProtocolError if EOF cut a frame short)."""
+    while True:
+        ev = decoder.next_event()
+        if ev is not fr.NEED_DATA:
+            return ev  # type: ignore[return-value]
+        data = await stream.receive_some(RECV_SIZE)
+        decoder.receive_data(data)
+        if not data:
+            decoder.next_event()  # raises if a frame was cut short
+            raise ConnectionClosed("EOF during handshake")
 
 
 def peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:

@@ -14,6 +14,7 @@ import h11
 import trio
 
 from derp.errors import DerpError
+from derp.transport import peer_address
 
 from ..noise.errors import NoiseError
 
@@ -33,19 +34,9 @@ UpgradeRoute = Callable[[trio.abc.Stream, h11.Request, bytes], Awaitable[None]]
 
 
 def peer_name(stream: trio.abc.Stream) -> str:
-    s = stream
-    while s is not None:
-        sock = getattr(s, "socket", None)
-        if sock is not None:
-            try:
-                addr = sock.getpeername()
-            except OSError:
-                return "?"
-            if isinstance(addr, tuple):
-                return f"{addr[0]}:{addr[1]}"
-            return "unix"
-        s = getattr(s, "transport_stream", None)
-    return "?"
+    """``ip:port`` of the peer for log lines; "local" for the admin socket."""
+    addr = peer_address(stream)
+    return f"{addr[0]}:{addr[1]}" if addr else "local"
 
 
 def header(req: h11.Request, name: bytes) -> str | None:

@@ -6,7 +6,6 @@ import ssl
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 import trio
@@ -14,7 +13,7 @@ import trustme
 
 from derp import frames as fr
 from derp.cli import serve_standalone
-from derp.client import connect, connect_url
+from derp.client import connect_url
 from derp.errors import DerpError
 from derp.keys import load_or_create_private_key, parse_private_key
 from derp import stun

@@ -1,13 +1,11 @@
 """DerpServer driver tests over loopback TCP and memory streams, with our codec as the client."""
 
-import json
 
 import pytest
 import trio
 import trio.testing
 
 from derp import frames as fr
-from derp.client import connect
 from derp.errors import ConnectionClosed, HandshakeError
 from derp.server import DerpServer
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import zipfile
 from pathlib import Path
 
-import pytest
 
 from ..realclient.harness import Node, Server, wait_until
 from .bare import assert_bare, bare_env, bare_python, run_pyz
