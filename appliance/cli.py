@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "from Let's Encrypt (TLS-ALPN-01), :80 redirecting to https, the embedded DERP relay and "
                    "STUN; overrides the config file's values for these")
     p.add_argument("--email", help="contact address for the ACME account (acme_email)")
-    cmd(sub, "certs", certs_show, "show the served TLS certificate: names, issuer, expiry, next renewal",
+    cmd(sub, "certs", certs_show, "show the served TLS certificate (names, issuer, expiry, next renewal) and "
+        "the zone of the nodes' certificate names",
         aliases=["cert"], output=True)
     cmd(sub, "configtest", do_configtest, "check the configuration and print the effective one")
     cmd(sub, "version", do_version, "print the version", output=True)
@@ -262,17 +263,32 @@ def certs_show(args) -> int:
         return 0
     if not doc.get("tls") or cert is None:
         print("trioscale does not terminate TLS (no tls_letsencrypt_hostname, no tls_cert_path)")
+    else:
+        rows = [
+            ["Source", "ACME " + cert.get("directory_url", "") if cert["source"] == "acme" else cert.get("cert_path")],
+            ["Names", ", ".join(cert["names"]) or "(no certificate yet)"],
+            ["Issuer", cert["issuer"]],
+            ["Valid from", cert["not_before"]],
+            ["Expires", (cert["not_after"] or "") + ("  (EXPIRED)" if cert["expired"] else "")],
+            ["Next renewal", cert["next_renewal"] or "(by you: files are reloaded when they change)"],
+            ["Last error", cert["last_error"] or "none"],
+        ]
+        _emit(args, doc, rows, ["Certificate", ""])
+    zone = doc.get("dns_zone")
+    print()
+    if zone is None:
+        print("Node certificates (tailscale cert) are off (dns.certificates.enabled)")
         return 0
-    rows = [
-        ["Source", "ACME " + cert.get("directory_url", "") if cert["source"] == "acme" else cert.get("cert_path")],
-        ["Names", ", ".join(cert["names"]) or "(no certificate yet)"],
-        ["Issuer", cert["issuer"]],
-        ["Valid from", cert["not_before"]],
-        ["Expires", (cert["not_after"] or "") + ("  (EXPIRED)" if cert["expired"] else "")],
-        ["Next renewal", cert["next_renewal"] or "(by you: files are reloaded when they change)"],
-        ["Last error", cert["last_error"] or "none"],
-    ]
-    _emit(args, doc, rows, ["Certificate", ""])
+    rows = [["Zone", zone["zone"]], ["Provider", zone["provider"]]]
+    if zone.get("ns_record"):
+        rows += [["Delegation", zone["ns_record"]], ["Listening", zone["listen_addr"]],
+                 ["Queries", ", ".join(f"{k} {v}" for k, v in sorted(zone["queries"].items())) or "none yet"]]
+    elif zone.get("server"):
+        rows.append(["Server", f"{zone['server']} (zone {zone['zone']}, key {zone['tsig_key_name']})"])
+    rows += [["Published", f"{zone['published']} challenge records ({zone['refused']} refused)"],
+             ["Pending", ", ".join(f"{r['name']} ({r['expires_in']}s left)" for r in zone["records"]) or "none"],
+             ["Last error", zone["last_error"] or "none"]]
+    _emit(args, doc, rows, ["Node certificates", ""])
     return 0
 
 

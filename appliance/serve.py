@@ -13,6 +13,7 @@ from pathlib import Path
 import trio
 
 from .admin.api import AdminAPI
+from .certdns.zone import CertZone
 from .config import Config, split_host_port
 from .control.dnsconfig import DNSConfigSource
 from .control.loginpage import login_page_route
@@ -48,6 +49,8 @@ class Running:
     cancel_scope: trio.CancelScope
     metrics_port: int | None = None
     certs: object = None  # the autocert source (CertManager / StaticCertificate), None without TLS
+    cert_zone: CertZone | None = None  # dns.certificates
+    dns_port: int | None = None  # where the embedded authoritative DNS server listens
 
 
 async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
@@ -89,7 +92,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         derp_maps = DerpMapSource(cfg)
         mapper = Mapper(
             tailnet, base_domain=cfg.dns.base_domain or "invalid", dns_config=dns.current,
-            derp_map=derp_maps.current,
+            derp_map=derp_maps.current, certificates=cfg.dns.certificates.enabled,
         )
         policy = PolicyManager(
             tailnet, lambda access: setattr(mapper, "access", access), mode=cfg.policy.mode,
@@ -103,6 +106,8 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         )
         control.ping_answered = prober.answer
         control.tag_permitted = lambda uid, tag: policy.engine is not None and policy.engine.owns_tag(uid, tag)
+        zone = CertZone(cfg.dns.certificates, cfg.dns.base_domain) if cfg.dns.certificates.enabled else None
+        control.set_dns.zone = zone
         front = FrontDoor(noise_key, control)
         front.plain_routes.append(login_page_route(control))
         relay = None
@@ -112,7 +117,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             front.plain_routes.append(derp_plain)
             front.upgrade_routes["/derp"] = derp_upgrade
         certs = certificate_source(cfg)  # ConfigError for unusable certificate files
-        api = AdminAPI(tailnet, control, policy, certs=certs)
+        api = AdminAPI(tailnet, control, policy, certs=certs, zone=zone)
         admin = HTTPServer("admin")
         admin.plain_routes.append(api)
         front.plain_routes.append(api.public_route())
@@ -135,6 +140,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             await nursery.start(policy.run_recompiler)
             await nursery.start(prober.run)
             await nursery.start(dns.watch)
+            dns_port = await nursery.start(zone.run) if zone is not None else None
             if relay is not None:
                 nursery.start_soon(relay.run)
                 if cfg.derp.stun_listen_addr:
@@ -152,7 +158,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
                 cfg.server_url, cfg.listen_addr, cfg.unix_socket, len(tailnet.nodes), len(tailnet.users),
             )
             task_status.started(Running(cfg, tailnet, control, policy, front, ports, nursery.cancel_scope,
-                                        metrics_port, certs))
+                                        metrics_port, certs, zone, dns_port))
     finally:
         with trio.CancelScope(shield=True):
             if bound_socket:  # never another running server's socket

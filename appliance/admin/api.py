@@ -45,11 +45,12 @@ def _parse_expiration(value: Any, now: datetime) -> timedelta | None:
 
 class AdminAPI:
     def __init__(self, tailnet: Tailnet, control: ControlService, policy: Any = None, *,
-                 certs: Any = None) -> None:
+                 certs: Any = None, zone: Any = None) -> None:
         self.tailnet = tailnet
         self.control = control
         self.policy = policy  # the policy manager, once it exists
         self.certs = certs  # autocert's CertManager or StaticCertificate; None without TLS
+        self.zone = zone  # certdns.CertZone when dns.certificates is on
         self.routes: list[tuple[str, re.Pattern, Handler]] = []
         r = self._route
         r("GET", r"/api/v1/user", self.list_users)
@@ -317,10 +318,12 @@ class AdminAPI:
 
     async def get_certs(self, query: dict, body: dict) -> dict:
         """The served certificate (names, issuer, validity, next renewal, last error), as
-        autocert reports it; ``certificate`` is null when trioscale does not terminate TLS."""
+        autocert reports it; ``certificate`` is null when trioscale does not terminate TLS.
+        ``dns_zone``: the zone of the nodes' certificate names, null when that is off."""
+        zone = self.zone.status() if self.zone is not None else None
         if self.certs is None:
-            return {"tls": False, "certificate": None}
-        return {"tls": True, "certificate": self.certs.status()}
+            return {"tls": False, "certificate": None, "dns_zone": zone}
+        return {"tls": True, "certificate": self.certs.status(), "dns_zone": zone}
 
     async def version(self, query: dict, body: dict) -> dict:
         return {"version": __version__}

@@ -21,7 +21,7 @@ def config_to_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
     load_config() of this dict written as YAML gives back an equal Config
     (apart from ``path``). Unset optional values are written as "" as
     Headscale's example does. With ``redact``, secrets (database password,
-    OIDC client secret, CLI API key) are replaced by "<redacted>".
+    OIDC client secret, CLI API key, TSIG secret, Cloudflare token) are replaced by "<redacted>".
     """
     out: dict[str, Any] = {
         "server_url": cfg.server_url,
@@ -95,6 +95,7 @@ def config_to_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
             "search_domains": list(cfg.dns.search_domains),
             "extra_records": [dict(record) for record in cfg.dns.extra_records],
             "extra_records_path": _opt_path(cfg.dns.extra_records_path),
+            "certificates": _certificates(cfg, redact),
         },
         "unix_socket": str(cfg.unix_socket),
         "unix_socket_permission": f"0{cfg.unix_socket_permission:o}",
@@ -103,6 +104,25 @@ def config_to_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
         if redact and key in schema.SECRET_KEYS and value:
             value = REDACTED
         _put(out, key, _plain(value))
+    return out
+
+
+def _certificates(cfg: Config, redact: bool) -> dict[str, Any]:
+    c = cfg.dns.certificates
+    out: dict[str, Any] = {
+        "enabled": c.enabled, "provider": c.provider, "listen_addr": c.listen_addr, "ns_name": c.ns_name,
+    }
+    if c.rfc2136 is not None:
+        out["rfc2136"] = {
+            "server": c.rfc2136.server, "zone": c.rfc2136.zone, "tsig_key_name": c.rfc2136.tsig_key_name,
+            "tsig_algorithm": c.rfc2136.tsig_algorithm,
+            "tsig_secret": REDACTED if redact else c.rfc2136.tsig_secret,
+        }
+    if c.cloudflare is not None:
+        out["cloudflare"] = {
+            "api_token": REDACTED if redact else c.cloudflare.api_token, "zone_id": c.cloudflare.zone_id or "",
+            "api_url": c.cloudflare.api_url,
+        }
     return out
 
 

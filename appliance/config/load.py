@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import os
@@ -16,6 +17,9 @@ from . import values as v
 from .errors import ConfigError, key_error
 from .model import (
     LOG_LEVELS,
+    TSIG_ALGORITHMS,
+    CertificateSettings,
+    CloudflareSettings,
     Config,
     DatabaseConfig,
     DERPSettings,
@@ -24,6 +28,7 @@ from .model import (
     NodeConfig,
     PolicySettings,
     PrefixesConfig,
+    RFC2136Settings,
     TLSSettings,
 )
 from .yamlfile import parse_yaml
@@ -46,6 +51,9 @@ MIN_EPHEMERAL_INACTIVITY = timedelta(seconds=65)
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
 DEFAULT_BASE_DOMAIN = "tailnet.internal"
 DEFAULT_NAMESERVERS = ("1.1.1.1", "1.0.0.1", "2606:4700:4700::1111", "2606:4700:4700::1001")
+CLOUDFLARE_API = "https://api.cloudflare.com/client/v4"
+# Top-level domains that can never be delegated to us, so no public CA can validate under them.
+PRIVATE_TLDS = ("internal", "local", "localhost", "lan", "home", "corp")
 
 
 def default_data_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -411,6 +419,7 @@ def _dns(r: _Reader, server_url: str) -> DNSSettings:
         )
     if base_domain:
         _check_base_domain(r.name("dns.base_domain"), base_domain, server_url)
+    certificates = _certificates(r, magic, base_domain, server_url)
     return DNSSettings(
         magic_dns=magic,
         base_domain=base_domain,
@@ -420,7 +429,118 @@ def _dns(r: _Reader, server_url: str) -> DNSSettings:
         search_domains=search,
         extra_records=records,
         extra_records_path=records_path,
+        certificates=certificates,
     )
+
+
+def _certificates(r: _Reader, magic: bool, base_domain: str, server_url: str) -> CertificateSettings:
+    """``dns.certificates``: the zone is base_domain, so MagicDNS names are certificate names.
+    Every key is read (and its type checked) even when the feature is off."""
+    enabled = r.get("dns.certificates.enabled", v.parse_bool, False)
+    provider = r.get(
+        "dns.certificates.provider", lambda x, k: v.parse_choice(x, k, ("embedded", "rfc2136", "cloudflare")),
+        "embedded",
+    )
+    listen = r.get("dns.certificates.listen_addr", lambda x, k: v.parse_host_port(x, k, ":53"), ":53")
+    ns_name = r.text("dns.certificates.ns_name", v.parse_domain, None) or ""
+    rfc2136 = _rfc2136(r, base_domain, needed=enabled and provider == "rfc2136")
+    cloudflare = _cloudflare(r, needed=enabled and provider == "cloudflare")
+    if not enabled:
+        return CertificateSettings(enabled=False, provider=provider, listen_addr=listen, ns_name=ns_name)
+    if not magic or not base_domain:
+        raise ConfigError(
+            "dns.certificates.enabled: certificates are for MagicDNS names; needs dns.magic_dns true and "
+            "dns.base_domain", key="dns.certificates.enabled",
+        )
+    if base_domain.rsplit(".", 1)[-1] in PRIVATE_TLDS or "." not in base_domain:
+        raise ConfigError(
+            f"dns.certificates.enabled: dns.base_domain {base_domain!r} cannot be delegated in public DNS, so no "
+            "certificate authority can check a name under it; use a subdomain of a domain you own, such as "
+            "ts.example.com", key="dns.base_domain",
+        )
+    if provider == "embedded":
+        ns_name = ns_name or _ns_name_from(server_url)
+        if ns_name == base_domain or ns_name.endswith("." + base_domain):
+            raise ConfigError(
+                f"dns.certificates.ns_name: {ns_name} is inside the zone {base_domain} it serves, which would "
+                "need glue records; use a name outside it, such as server_url's host",
+                key="dns.certificates.ns_name",
+            )
+    return CertificateSettings(
+        enabled=True, provider=provider, listen_addr=listen, ns_name=ns_name, rfc2136=rfc2136,
+        cloudflare=cloudflare,
+    )
+
+
+def _ns_name_from(server_url: str) -> str:
+    host = (urlsplit(server_url).hostname or "").lower()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    raise ConfigError(
+        f"dns.certificates.ns_name: server_url's host is an IP address ({host}); give the DNS name of this "
+        "server, which the zone's NS record will name", key="dns.certificates.ns_name",
+    )
+
+
+def _rfc2136(r: _Reader, base_domain: str, *, needed: bool) -> RFC2136Settings | None:
+    prefix = "dns.certificates.rfc2136."
+    server = r.text(prefix + "server", lambda x, k: v.parse_host_port(x, k, "192.0.2.53:53"), None)
+    zone = r.text(prefix + "zone", v.parse_domain, None) or base_domain
+    key_name = r.text(prefix + "tsig_key_name", v.parse_str, None)
+    algorithm = r.get(prefix + "tsig_algorithm", lambda x, k: v.parse_choice(x, k, TSIG_ALGORITHMS), "hmac-sha256")
+    secret = _secret(r, prefix + "tsig_secret", needed=needed)
+    if not needed:
+        return None
+    if not server or v.split_host_port(server)[0] == "":
+        raise ConfigError(
+            f"{prefix}server: the zone's primary DNS server is needed, as host:port such as 192.0.2.53:53",
+            key=prefix + "server",
+        )
+    if base_domain != zone and not base_domain.endswith("." + zone):
+        raise ConfigError(f"{prefix}zone: dns.base_domain {base_domain} is not inside the zone {zone}",
+                          key=prefix + "zone")
+    if not key_name:
+        raise ConfigError(f"{prefix}tsig_key_name: the name of the TSIG key is needed", key=prefix + "tsig_key_name")
+    try:
+        if not base64.b64decode(secret, validate=True):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(
+            f"{prefix}tsig_secret: expected the key's secret in base64, as tsig-keygen prints it",
+            key=prefix + "tsig_secret",
+        ) from None
+    return RFC2136Settings(server=server, zone=zone, tsig_key_name=key_name.rstrip("."),
+                           tsig_algorithm=algorithm, tsig_secret=secret)
+
+
+def _cloudflare(r: _Reader, *, needed: bool) -> CloudflareSettings | None:
+    prefix = "dns.certificates.cloudflare."
+    token = _secret(r, prefix + "api_token", needed=needed)
+    zone_id = r.text(prefix + "zone_id", v.parse_str, None)
+    api_url = r.text(prefix + "api_url", v.parse_http_url, None) or CLOUDFLARE_API
+    if not needed:
+        return None
+    return CloudflareSettings(api_token=token, zone_id=zone_id or None, api_url=api_url.rstrip("/"))
+
+
+def _secret(r: _Reader, key: str, *, needed: bool) -> str:
+    """A secret given inline as ``key`` or in the file ``key_path`` (exactly one)."""
+    inline = r.text(key, v.parse_str, None)
+    path = r.path(key + "_path", None)
+    if inline and path is not None:
+        raise ConfigError(f"{key}_path: set either {key} or {key}_path, not both", key=key + "_path")
+    if not needed:
+        return ""
+    if path is not None:
+        try:
+            inline = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{r.name(key + '_path')}: cannot read {path}: {e}", key=key + "_path") from None
+    if not inline or not inline.strip():
+        raise ConfigError(f"{key}: needed (or {key}_path, a file holding it)", key=key)
+    return inline.strip()
 
 
 def _check_base_domain(key: str, base_domain: str, server_url: str) -> None:

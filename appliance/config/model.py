@@ -46,6 +46,41 @@ class NodeConfig:
     routes_ha_probe_timeout: timedelta
 
 
+# BIND's names for the TSIG algorithms (RFC 8945), as tsig-keygen's -a takes them.
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
+
+
+@dataclass(frozen=True, slots=True)
+class RFC2136Settings:
+    """Dynamic updates (RFC 2136) signed with a TSIG key, sent to the zone's primary server."""
+
+    server: str  # host:port
+    zone: str
+    tsig_key_name: str
+    tsig_algorithm: str  # one of TSIG_ALGORITHMS
+    tsig_secret: str  # base64, as tsig-keygen prints it
+
+
+@dataclass(frozen=True, slots=True)
+class CloudflareSettings:
+    api_token: str
+    zone_id: str | None  # None: looked up from the base domain through the API
+    api_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateSettings:
+    """``dns.certificates``: certificates for MagicDNS names (``tailscale cert``) through
+    ACME DNS-01 challenges published by ``provider``."""
+
+    enabled: bool = False
+    provider: Literal["embedded", "rfc2136", "cloudflare"] = "embedded"
+    listen_addr: str = ":53"  # the embedded authoritative server, UDP and TCP
+    ns_name: str = ""  # the host the zone's NS record names: server_url's host unless set
+    rfc2136: RFC2136Settings | None = None
+    cloudflare: CloudflareSettings | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class DNSSettings:
     magic_dns: bool
@@ -56,6 +91,7 @@ class DNSSettings:
     search_domains: tuple[str, ...]
     extra_records: tuple[dict[str, str], ...]  # each {"name", "type", "value"}
     extra_records_path: Path | None
+    certificates: CertificateSettings = CertificateSettings()
 
 
 @dataclass(frozen=True, slots=True)

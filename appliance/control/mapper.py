@@ -28,6 +28,11 @@ DEFAULT_SELF_CAPS = {
 }
 
 
+# With dns.certificates: what `tailscale cert` and `tailscale serve --https` look for on the self
+# node (tailcfg.CapabilityHTTPS; serve asks control to enable the feature when it is missing).
+CERTIFICATE_CAPS = {"https": []}
+
+
 @dataclass
 class SessionView:
     """What one map stream's client currently holds; deltas are computed against it."""
@@ -35,6 +40,7 @@ class SessionView:
     node_id: int
     known_peers: set[int] = field(default_factory=set)
     known_profiles: set[int] = field(default_factory=set)
+    cert_domains: tuple[str, ...] = ()  # as last sent in DNSConfig
 
 
 def _jsonable(v: Any) -> Any:
@@ -50,12 +56,15 @@ class Mapper:
         dns_config: Callable[[], dict | None],
         derp_map: Callable[[], dict],
         access: Access | None = None,
+        certificates: bool = False,
     ) -> None:
         self.tailnet = tailnet
         self.base_domain = base_domain
         self.dns_config = dns_config
         self.derp_map = derp_map
         self.access: Access = access or AllowAll()
+        # dns.certificates: each node may get a certificate for its own MagicDNS name.
+        self.certificates = certificates
         self.capver: dict[int, int] = {}
         self._cache: dict[int, tuple[int, dict]] = {}
         self._text_cache: dict[int, tuple[tuple[int, bool], str]] = {}
@@ -132,9 +141,24 @@ class Mapper:
     def self_json(self, n: NodeRecord) -> dict:
         d = self.node_json(n)
         caps = dict(DEFAULT_SELF_CAPS)
+        if self.certificates:
+            caps.update(CERTIFICATE_CAPS)
         caps.update(self.access.cap_map(n.id))
         d["CapMap"] = caps
         return d
+
+    def cert_domains(self, n: NodeRecord) -> tuple[str, ...]:
+        """The names ``n`` may get certificates for: its MagicDNS name, as on Tailscale's
+        service (the client checks a requested name against this list)."""
+        return (self.fqdn(n).rstrip("."),) if self.certificates else ()
+
+    def _dns_config(self, view: SessionView, n: NodeRecord) -> dict | None:
+        """The tailnet's DNSConfig with this node's CertDomains; remembers what was sent."""
+        dns = self.dns_config()
+        view.cert_domains = self.cert_domains(n)
+        if view.cert_domains:
+            dns = {**(dns or {}), "CertDomains": list(view.cert_domains)}
+        return dns
 
     def visible_peers(self, viewer_id: int, among: Iterable[int] | None = None) -> set[int]:
         """The live nodes ``viewer_id`` may see; with ``among``, only those of these IDs.
@@ -187,7 +211,7 @@ class Mapper:
             msg["Peers"] = [self.node_json(p) for p in peer_recs]
         elif view.known_peers:
             msg["PeersRemoved"] = sorted(view.known_peers)  # [] would not remove anything
-        dns = self.dns_config()
+        dns = self._dns_config(view, n)
         if dns is not None:
             msg["DNSConfig"] = dns
         ssh = self.access.ssh_policy(n.id)
@@ -221,12 +245,15 @@ class Mapper:
         if "access" in pending.parts:
             self._reconcile_access(view, pending, msg)
         if pending.self_node:
-            msg["Node"] = self.self_json(self.tailnet.nodes[view.node_id])
+            n = self.tailnet.nodes[view.node_id]
+            msg["Node"] = self.self_json(n)
+            if self.certificates and self.cert_domains(n) != view.cert_domains:
+                pending.parts.add("dns")  # renamed: its certificate name changed with it
         if pending.ping_url:
             # Empty Types: the client answers with a HEAD request to URL, over Noise.
             msg["PingRequest"] = {"URL": pending.ping_url, "URLIsNoise": True}
         if "dns" in pending.parts:
-            msg["DNSConfig"] = self.dns_config() or {}
+            msg["DNSConfig"] = self._dns_config(view, self.tailnet.nodes[view.node_id]) or {}
         if "derp" in pending.parts:
             msg["DERPMap"] = self.derp_map()
         changed, patches, removed = [], [], []

@@ -21,6 +21,7 @@ from ..tailnet.model import TAGGED_DEVICES_LOGIN, TAGGED_DEVICES_USER_ID, Tailne
 from .interactive import PENDING_LIFETIME, PendingLogins
 from .mapframes import encode_frame
 from .mapper import Mapper, SessionView
+from .setdns import SetDNS
 from .wire import MapRequest, RegisterRequest, WireError, from_json, parse_time, to_json
 from .wire import RegisterResponse, WireLogin, WireUser
 
@@ -67,6 +68,7 @@ class ControlService:
         self.ping_answered: Callable[[str], bool] = lambda token: False  # set by the HA prober
         # Set by the policy layer; with no policy no tag may be requested (tagOwners decide).
         self.tag_permitted: Callable[[int, str], bool] = lambda user_id, tag: False
+        self.set_dns = SetDNS(tailnet, mapper)  # its zone is set when certificates are on
 
     async def handle(self, req: Request, resp: Response, conn: H2Server) -> None:
         peer: NoisePeer = conn.context  # type: ignore[assignment]
@@ -81,6 +83,8 @@ class ControlService:
                 await resp.start(200 if self.ping_answered(token) else 404, end=True)
             elif path in ("/machine/update-health", "/machine/audit-log"):
                 await resp.start(204, end=True)
+            elif path == "/machine/set-dns" and req.method == "POST":
+                await self.set_dns.handle(req, resp, peer.machine_key, conn.name)
             elif path == "/machine/set-device-attr":
                 await resp.simple(200, b"{}", "application/json")
             else:
