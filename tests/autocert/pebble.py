@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -20,8 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 import trustme
+
+from tests.aptinstall import find_or_install
 
 from .dnsstub import DNSStub
 
@@ -37,23 +37,7 @@ def free_port() -> int:
 
 def find_or_install_pebble() -> str:
     """Path of the pebble binary; installs Debian's package as root; else skips the test."""
-    path = shutil.which("pebble") or ("/usr/bin/pebble" if os.path.exists("/usr/bin/pebble") else None)
-    if path:
-        return path
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("pebble (ACME test server) is not installed and cannot be installed here: "
-                    "run as root on Debian/Ubuntu, or `apt-get install pebble`")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", PEBBLE_PACKAGE]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        # The package lists may be missing on a fresh machine.
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600)
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    path = shutil.which("pebble")
-    if result.returncode != 0 or not path:
-        pytest.skip(f"pebble could not be installed with apt-get: {result.stderr.strip()[-300:]}")
-    return path
+    return find_or_install("pebble", PEBBLE_PACKAGE)
 
 
 @dataclass
@@ -103,7 +87,8 @@ def _terminate(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def run_pebble(workdir: Path, *, validity: int | None = None,
                wrap: Callable[[list[str]], list[str]] | None = None,
-               tls_port: int | None = None, http_port: int | None = None) -> Iterator[Pebble]:
+               tls_port: int | None = None, http_port: int | None = None,
+               dns_server: str | None = None) -> Iterator[Pebble]:
     """Run pebble (and its DNS stub) until the block exits.
 
     Args:
@@ -112,6 +97,8 @@ def run_pebble(workdir: Path, *, validity: int | None = None,
             argv that runs it there (``Netns.wrap``). Without it they run here, on loopback.
         tls_port, http_port: where pebble connects for TLS-ALPN-01 / HTTP-01 (free ports by
             default; 443 and 80 inside a namespace).
+        dns_server: host:port of the DNS server pebble asks (for DNS-01: the zone's
+            authoritative server) instead of the stub that resolves every name to loopback.
     """
     binary = find_or_install_pebble()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -142,17 +129,18 @@ def run_pebble(workdir: Path, *, validity: int | None = None,
     env.update(PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0", PEBBLE_AUTHZREUSE="0")
     dns: DNSStub | None = None
     dns_proc: subprocess.Popen | None = None
-    if wrap is None:
+    if dns_server is None and wrap is None:
         dns = DNSStub()
-        dns_port = dns.port
-    else:
+        dns_server = f"127.0.0.1:{dns.port}"
+    elif dns_server is None:
         # The stub must live where pebble resolves: inside the namespace, as a process.
         dns_port = free_port()
+        dns_server = f"127.0.0.1:{dns_port}"
         dns_proc = subprocess.Popen(wrap([sys.executable, "-m", "tests.autocert.dnsstub", str(dns_port)]),
                                     cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     log_path = workdir / "pebble.log"
     log_file = open(log_path, "wb")
-    argv = [binary, "-config", str(conf_path), "-dnsserver", f"127.0.0.1:{dns_port}"]
+    argv = [binary, "-config", str(conf_path), "-dnsserver", dns_server]
     proc = subprocess.Popen(wrap(argv) if wrap else argv, stdout=log_file, stderr=subprocess.STDOUT, env=env)
     try:
         directory_url = f"https://127.0.0.1:{listen}/dir"
