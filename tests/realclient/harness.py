@@ -259,6 +259,22 @@ class Node:
     def status(self) -> dict:
         return json.loads(self.ts("status", "--json").stdout)
 
+    def localapi(self, method: str, path: str) -> tuple[int, str]:
+        """A request to tailscaled's LocalAPI over its unix socket: (status, body)."""
+        import http.client
+        import socket
+
+        conn = http.client.HTTPConnection("local-tailscaled.sock", timeout=60)
+        conn.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.sock.settimeout(60)
+        conn.sock.connect(str(self.socket))
+        try:
+            conn.request(method, path)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+
     def peers(self) -> dict[str, dict]:
         """Peers by host name."""
         return {p["HostName"]: p for p in (self.status().get("Peer") or {}).values()}
@@ -294,10 +310,14 @@ def random_blob(directory: Path, size: int) -> list[str]:
     return [str(size), hashlib.sha256(payload).hexdigest()]
 
 
-def socks_fetch(ns: Netns, socks_port: int, ip: str, port: int, path: str, timeout: float = 60.0) -> list[str] | None:
-    """GET http://ip:port/path through a node's SOCKS5 proxy: [length, sha256], or None."""
+def socks_fetch(ns: Netns, socks_port: int, ip: str, port: int, path: str, timeout: float = 60.0,
+                ca: Path | None = None) -> list[str] | None:
+    """GET http://ip:port/path through a node's SOCKS5 proxy: [length, sha256], or None. ``ip``
+    may be a MagicDNS name; with ``ca`` it is https, verified against that CA file alone."""
+    extra = [str(ca)] if ca else []
     p = subprocess.run(
-        ns.wrap([sys.executable, "-m", "tests.realclient.socksfetch", str(socks_port), ip, str(port), path, str(timeout)]),
+        ns.wrap([sys.executable, "-m", "tests.realclient.socksfetch", str(socks_port), ip, str(port), path, str(timeout),
+                 *extra]),
         cwd=REPO, capture_output=True, text=True, timeout=timeout + 30,
     )
     if p.returncode != 0:
