@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(sub, "install", do_install, "set up this machine: config, user, systemd service (as root)")
     p.add_argument("--domain", help="the DNS name clients reach the server at, e.g. vpn.example.com")
     p.add_argument("--email", help="contact address for the Let's Encrypt account")
+    p.add_argument("--cert-domain", help="zone for the machines' certificate names (tailscale cert), e.g. "
+                   "ts.example.com: becomes dns.base_domain, served by the embedded DNS server; prints the NS "
+                   "record to add")
     p.add_argument("--root", help="install below this directory instead of / and start nothing (for tests and images)")
     p = cmd(sub, "uninstall", do_uninstall, "stop and remove the systemd service (as root); data kept unless --purge")
     p.add_argument("--purge", action="store_true", help="also remove the config, the data and the trioscale user")

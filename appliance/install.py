@@ -138,6 +138,90 @@ def set_key(text: str, key: str, value: str) -> str:
     return text.rstrip("\n") + f"\n\n{line}\n"
 
 
+def set_nested_key(text: str, keys: tuple[str, ...], value: object) -> str:
+    """Set the scalar at ``keys`` (("dns", "certificates", "enabled")) in block-style YAML
+    ``text``, keeping every comment and other line.
+
+    Within its section the key's line is replaced; failing that, a commented-out ``# key:`` line
+    at the section's indentation; failing that, the key (and any missing sections above it) is
+    added at the end of the section. A file in another style is caught by the caller, which
+    loads the result and compares.
+    """
+    rendered = json.dumps(value)  # JSON scalars (strings, true/false, numbers) are YAML scalars
+    lines = text.splitlines()
+    start, end, indent = 0, len(lines), -1  # the whole file is the section above the top
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        child = _child_indent(lines, start, end, indent)
+        found = _find_key(lines, start, end, child, key)
+        if found is None and last:
+            found = _find_key(lines, start, end, child, key, commented=True)
+        if found is None:
+            at = _block_end(lines, start, end)
+            new = [f"{' ' * child}{key}:" + (f" {rendered}" if last else "")]
+            lines[at:at] = new
+            found, end = at, end + 1
+        if last:
+            lines[found] = f"{' ' * child}{key}: {rendered}"
+            break
+        start, indent = found + 1, child
+        end = _block_end_of(lines, found, child)
+    return "\n".join(lines) + "\n"
+
+
+def _indent_of(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _content(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and not stripped.startswith("#")
+
+
+def _child_indent(lines: list[str], start: int, end: int, indent: int) -> int:
+    for line in lines[start:end]:
+        if _content(line) and _indent_of(line) > indent:
+            return _indent_of(line)
+    return indent + 2 if indent >= 0 else 0
+
+
+def _find_key(lines: list[str], start: int, end: int, indent: int, key: str, commented: bool = False) -> int | None:
+    pattern = re.compile(rf"^ {{{indent}}}{'#[ ]?' if commented else ''}{re.escape(key)}:(\s|$)")
+    for i in range(start, end):
+        if pattern.match(lines[i]):
+            return i
+    return None
+
+
+def _block_end_of(lines: list[str], header: int, child: int) -> int:
+    """Where the section whose header line is ``header`` ends (exclusive)."""
+    own = _indent_of(lines[header])
+    for i in range(header + 1, len(lines)):
+        if _content(lines[i]) and _indent_of(lines[i]) <= own:
+            return i
+    return len(lines)
+
+
+def _block_end(lines: list[str], start: int, end: int) -> int:
+    """After the section's last line with content (so trailing comments stay below)."""
+    last = start
+    for i in range(start, end):
+        if _content(lines[i]):
+            last = i + 1
+    return last
+
+
+def cert_domain_settings(cert_domain: str) -> dict[tuple[str, ...], object]:
+    """The keys ``install --cert-domain`` sets: MagicDNS names under the zone, and the embedded
+    DNS server answering for it (ACME DNS-01 for `tailscale cert`)."""
+    return {
+        ("dns", "magic_dns"): True,
+        ("dns", "base_domain"): cert_domain,
+        ("dns", "certificates", "enabled"): True,
+        ("dns", "certificates", "provider"): "embedded",
+    }
+
+
 def appliance_settings(domain: str, email: str) -> dict[str, str]:
     """The keys install sets: public HTTPS with a Let's Encrypt certificate for ``domain``.
     `trioscale serve --domain` stands for the same keys (cli.serve_overrides)."""
@@ -157,40 +241,49 @@ def example_config() -> str:
     return resources.files("appliance").joinpath("config-example.yaml").read_text()
 
 
-def render_config(existing: str | None, domain: str | None, email: str | None) -> str:
+def render_config(existing: str | None, domain: str | None, email: str | None,
+                  cert_domain: str | None = None) -> str:
     """The config to write: the existing file (or the documented example) with install's keys."""
     text = existing if existing is not None else example_config()
-    if domain is None:
-        return text
-    settings = appliance_settings(domain, email or "")
-    if email is None and existing is not None:
-        del settings["acme_email"]  # keep the one already there
-    for key, value in settings.items():
-        text = set_key(text, key, value)
+    if domain is not None:
+        settings = appliance_settings(domain, email or "")
+        if email is None and existing is not None:
+            del settings["acme_email"]  # keep the one already there
+        for key, value in settings.items():
+            text = set_key(text, key, value)
+    if cert_domain is not None:
+        for keys, value in cert_domain_settings(cert_domain).items():
+            text = set_nested_key(text, keys, value)
     return text
 
 
-def check_config(text: str, path: Path) -> None:
+def check_config(text: str, path: Path, cert_domain: str | None = None):
+    """The Config ``text`` gives; Refused if it does not load or does not say what install set."""
     from .config import ConfigError
     from .config.load import config_from_dict
     from .config.yamlfile import parse_yaml
 
     try:
-        config_from_dict(parse_yaml(text, source=path), path=path)
+        cfg = config_from_dict(parse_yaml(text, source=path), path=path)
     except ConfigError as e:
         raise Refused(f"the resulting configuration would not load: {e}") from None
+    if cert_domain is not None and not (cfg.dns.base_domain == cert_domain and cfg.dns.certificates.enabled):
+        raise Refused(f"could not set dns.base_domain and dns.certificates in {CONFIG} (is its dns: section in "
+                      "another style?); set them by hand (see the config's comments) and run install again")
+    return cfg
 
 
-def check_domain(domain: str) -> None:
+def check_domain(domain: str, flag: str) -> None:
     from .config import ConfigError
     from .config import values
 
     try:
-        values.parse_domain(domain, "--domain")
+        values.parse_domain(domain, flag)
     except ConfigError as e:
         raise Refused(str(e)) from None
     if "." not in domain:
-        raise Refused(f"--domain {domain!r}: give the full DNS name clients will reach, e.g. vpn.example.com")
+        example = "ts.example.com" if flag == "--cert-domain" else "vpn.example.com"
+        raise Refused(f"{flag} {domain!r}: give a full DNS name, e.g. {example}")
 
 
 # --- checks -----------------------------------------------------------------------------------
@@ -240,15 +333,21 @@ def service_active(t: Target) -> bool:
     return r.returncode == 0
 
 
-def check_ports(t: Target) -> None:
+def check_ports(t: Target, dns_port: int | None = None) -> None:
+    """Refused when a port the service will listen on is taken; ``dns_port``: the embedded DNS
+    server's (UDP and TCP)."""
     if service_active(t):
         return  # the ports are ours: this is an upgrade or a reconfiguration
-    taken = [f"{port}/{'tcp' if kind == socket.SOCK_STREAM else 'udp'}" for port, kind in PORTS if port_in_use(port, kind)]
+    wanted = PORTS + (((dns_port, socket.SOCK_STREAM), (dns_port, socket.SOCK_DGRAM)) if dns_port else ())
+    taken = [f"{port}/{'tcp' if kind == socket.SOCK_STREAM else 'udp'}" for port, kind in wanted if port_in_use(port, kind)]
     if taken:
+        hint = (" The DNS port is often held by systemd-resolved's stub listener (DNSStubListener=no in "
+                "/etc/systemd/resolved.conf frees it) or a local dnsmasq." if dns_port and any(
+                    p.startswith(f"{dns_port}/") for p in taken) else "")
         raise Refused(
             f"port{'s' if len(taken) > 1 else ''} {', '.join(taken)} already in use by another program "
-            "(a web server?); trioscale answers HTTPS and ACME on 443 and 80 and STUN on 3478/udp. "
-            "See `ss -tulpn` for what holds them."
+            "(a web server?); trioscale answers HTTPS and ACME on 443 and 80, STUN on 3478/udp"
+            f"{' and DNS on ' + str(dns_port) if dns_port else ''}. See `ss -tulpn` for what holds them.{hint}"
         )
 
 
@@ -313,8 +412,9 @@ def _systemctl(*args: str) -> None:
     subprocess.run(["systemctl", *args], check=True, timeout=120)
 
 
-def install(t: Target, domain: str | None, email: str | None) -> None:
+def install(t: Target, domain: str | None, email: str | None, cert_domain: str | None = None) -> None:
     """Check everything, then set up and (unless ``t.live`` is false) start the service.
+    ``cert_domain``: the zone for the nodes' certificate names, served by the embedded DNS server.
 
     Raises Refused, having changed nothing, when a check fails.
     """
@@ -325,10 +425,17 @@ def install(t: Target, domain: str | None, email: str | None) -> None:
     if existing is None and not domain:
         raise Refused("--domain is needed for a first install (the DNS name clients will reach)")
     if domain:
-        check_domain(domain)
+        check_domain(domain, "--domain")
         domain = domain.strip().lower()
-    text = render_config(existing, domain, email)
-    check_config(text, config_path)
+    if cert_domain:
+        check_domain(cert_domain, "--cert-domain")
+        cert_domain = cert_domain.strip().lower()
+    text = render_config(existing, domain, email, cert_domain)
+    cfg = check_config(text, config_path, cert_domain)
+    from .config import split_host_port
+
+    certs = cfg.dns.certificates
+    embedded_dns = certs.enabled and certs.provider == "embedded"
     if t.kind == "deb":
         for path in (DEB_BIN, DEB_UNIT):
             if not t.at(path).exists():
@@ -337,7 +444,7 @@ def install(t: Target, domain: str | None, email: str | None) -> None:
         raise Refused("no zipapp to install")
     if not (user_ids(t) or shutil.which("useradd")):
         raise Refused("useradd not found (package passwd), needed to create the trioscale user")
-    check_ports(t)
+    check_ports(t, split_host_port(certs.listen_addr)[1] if embedded_dns else None)
 
     # From here on, changes.
     if existing != text:
@@ -386,6 +493,8 @@ def install(t: Target, domain: str | None, email: str | None) -> None:
     else:
         t.say(f"--root: not starting the service (would run: systemctl enable --now {SERVICE})")
     next_steps(t, domain or _configured_domain(text))
+    if embedded_dns:
+        certificate_steps(t, cfg.dns.base_domain, certs.ns_name, split_host_port(certs.listen_addr)[1])
 
 
 def _configured_domain(text: str) -> str:
@@ -431,6 +540,17 @@ Next steps:
   3. On each device:
        tailscale up --login-server https://{domain} --authkey <the key>
 Config: {CONFIG} (reload policy: systemctl reload trioscale). Data: {STATE_DIR}. Logs: journalctl -u trioscale""")
+
+
+def certificate_steps(t: Target, zone: str, ns_name: str, dns_port: int) -> None:
+    """The one record that hands the certificate zone to this server, and how to use it."""
+    parent = zone.split(".", 1)[1] if "." in zone else zone
+    t.say(f"""
+Certificates for machine names (tailscale cert, tailscale serve --https):
+  Delegate {zone} to this server with one record in the DNS zone of {parent}:
+       {zone}.  NS  {ns_name}.
+  and open {dns_port}/udp and {dns_port}/tcp. Then on a device: tailscale cert NAME.{zone}
+  (`trioscale certs` shows the zone's state.)""")
 
 
 # --- uninstall --------------------------------------------------------------------------------
@@ -501,7 +621,7 @@ def do_install(args) -> int:
     try:
         check_root()  # first: a non-root user may not even see --root
         t = target_from_args(args, need_program=True)
-        install(t, args.domain, args.email)
+        install(t, args.domain, args.email, getattr(args, "cert_domain", None))
     except Refused as e:
         print(f"trioscale install: refused: {e}\nNothing was changed.", file=sys.stderr)
         return 2

@@ -490,7 +490,7 @@ def _rfc2136(r: _Reader, base_domain: str, *, needed: bool) -> RFC2136Settings |
     zone = r.text(prefix + "zone", v.parse_domain, None) or base_domain
     key_name = r.text(prefix + "tsig_key_name", v.parse_str, None)
     algorithm = r.get(prefix + "tsig_algorithm", lambda x, k: v.parse_choice(x, k, TSIG_ALGORITHMS), "hmac-sha256")
-    secret = _secret(r, prefix + "tsig_secret", needed=needed)
+    _secret(r, prefix + "tsig_secret", needed=False)  # types only: the rest is said in order below
     if not needed:
         return None
     if not server or v.split_host_port(server)[0] == "":
@@ -503,6 +503,7 @@ def _rfc2136(r: _Reader, base_domain: str, *, needed: bool) -> RFC2136Settings |
                           key=prefix + "zone")
     if not key_name:
         raise ConfigError(f"{prefix}tsig_key_name: the name of the TSIG key is needed", key=prefix + "tsig_key_name")
+    secret = _secret(r, prefix + "tsig_secret", needed=True)
     try:
         if not base64.b64decode(secret, validate=True):
             raise ValueError

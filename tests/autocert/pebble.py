@@ -75,7 +75,7 @@ def wait_ready(directory_url: str, management_url: str, ca_path: str, root_path:
         Path(root_path).write_bytes(r.read())
 
 
-def _terminate(proc: subprocess.Popen) -> None:
+def terminate(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(5)
@@ -159,12 +159,12 @@ def run_pebble(workdir: Path, *, validity: int | None = None,
         yield Pebble(directory_url, management_url, str(ca_path), str(root_path), tls_port,
                      http_port, str(log_path))
     finally:
-        _terminate(proc)
+        terminate(proc)
         log_file.close()
         if dns is not None:
             dns.close()
         if dns_proc is not None:
-            _terminate(dns_proc)
+            terminate(dns_proc)
 
 
 if __name__ == "__main__":

@@ -13,18 +13,22 @@ import contextlib
 import os
 import secrets
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
 
 from tests.aptinstall import find_or_install
+from tests.autocert.pebble import terminate
 
 KEY_NAME = "trioscale-updates"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -99,21 +103,13 @@ def run_named(workdir: Path, zone: str, port: int, *, algorithm: str = "hmac-sha
             wait_serving(named, proc)
         else:
             # Queries must come from inside the namespace too.
-            import sys
-
             subprocess.run(wrap([sys.executable, "-m", "tests.certdns.bind9", zone, str(port)]),
-                           cwd=Path(__file__).resolve().parents[2], check=True, timeout=40,
-                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+                           cwd=REPO, check=True, timeout=40, env={**os.environ, "PYTHONPATH": str(REPO)})
         yield named
     except (RuntimeError, subprocess.SubprocessError) as e:
         raise RuntimeError(f"named did not start ({e}):\n{log_path.read_text(errors='replace')[-3000:]}") from None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc)
         log.close()
 
 
@@ -141,8 +137,6 @@ def txt_at(server_port: int, name: str) -> set[str]:
 
 if __name__ == "__main__":
     # Used by run_named(wrap=...): wait for named from inside its namespace.
-    import sys
-
     zone_arg, port_arg = sys.argv[1], int(sys.argv[2])
     deadline = time.monotonic() + 30
     while not soa_answered(zone_arg, port_arg):

@@ -9,7 +9,6 @@ import os
 import random
 import struct
 
-import dns.edns
 import dns.flags
 import dns.message
 import dns.opcode

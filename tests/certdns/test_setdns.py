@@ -20,8 +20,9 @@ from appliance.control.wire import WireError
 from appliance.keys import KeyFormatError
 from appliance.serve import serve
 from bench.controlclient import SimClient, fetch_server_key
-from tests.unit.test_control_loopback import HOST, free_port
+from tests.autocert.pebble import free_port
 
+HOST = "127.0.0.1"
 WAIT = 10
 TOKEN = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
 

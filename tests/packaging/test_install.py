@@ -178,6 +178,39 @@ def test_refuses_when_a_port_is_taken(trioscale, tmp_path, netns):
     assert snapshot(root) == before
 
 
+def test_cert_domain_sets_up_the_zone_and_prints_the_ns_record(trioscale, tmp_path, netns):
+    root = make_root(tmp_path)
+    before = snapshot(root)
+    # The zone must not hold the server's own name (clients would resolve it inside the tailnet).
+    _refused(trioscale("install", "--domain", DOMAIN, "--cert-domain", "example.com", "--root", str(root)),
+             "dns.base_domain: must not be server_url's host")
+    # The DNS port taken: refused with the usual suspect named.
+    holder = subprocess.Popen(netns.wrap([
+        sys.executable, "-c",
+        "import socket,time; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.53', 53)); "
+        "print('ok', flush=True); time.sleep(60)",
+    ]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        _refused(trioscale("install", "--domain", DOMAIN, "--cert-domain", "ts.example.com", "--root", str(root)),
+                 "53/udp already in use")
+    finally:
+        holder.kill()
+        holder.wait(10)
+    assert snapshot(root) == before
+
+    r = trioscale("install", "--domain", DOMAIN, "--cert-domain", "ts.example.com", "--root", str(root))
+    assert r.returncode == 0, r.stderr
+    assert "ts.example.com.  NS  vpn.example.com." in r.stdout and "53/udp and 53/tcp" in r.stdout
+    cfg = load_config(root / "etc/trioscale/config.yaml")
+    assert cfg.dns.base_domain == "ts.example.com" and cfg.dns.magic_dns
+    certs = cfg.dns.certificates
+    assert (certs.enabled, certs.provider, certs.listen_addr, certs.ns_name) == (True, "embedded", ":53", DOMAIN)
+    # Run again without the flags: the zone stays, and the record is printed again.
+    r = trioscale("install", "--root", str(root))
+    assert r.returncode == 0 and "ts.example.com.  NS  vpn.example.com." in r.stdout, r.stderr
+
+
 def test_refuses_when_not_root(trioscale, tmp_path):
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) missing")
