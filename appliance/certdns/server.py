@@ -6,6 +6,7 @@ small, so nothing queues). TCP connections are bounded in number and idle time.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from typing import Callable
@@ -46,11 +47,14 @@ class DNSServer:
         with the port, answer until cancelled. Raises OSError naming the address when it
         cannot bind."""
         host, port = split_host_port(self.listen_addr)
+        tcp: list[trio.SocketListener] = []
         try:
             tcp = await trio.open_tcp_listeners(port, host=host or None)
             port = tcp[0].socket.getsockname()[1]  # port 0 (tests): UDP takes the one TCP got
             udp = await _bind_udp(host, port)
         except OSError as e:
+            for listener in tcp:
+                await listener.aclose()
             raise OSError(e.errno, f"dns.certificates.listen_addr {self.listen_addr}: cannot listen: {e.strerror or e}") from None
         self.port = port
         log.info("authoritative DNS for %s on %s (UDP and TCP)", self.authority.origin.to_text(omit_final_dot=True),
@@ -69,19 +73,25 @@ class DNSServer:
                 except OSError as e:  # ICMP errors surface here on Linux (ECONNREFUSED)
                     throttled.info("udp-recv", "DNS UDP receive: %s", e)
                     continue
-                verdict = self.limiter.check(addr[0])
-                if verdict is Verdict.DROP:
+                try:
+                    reply = self._udp_reply(data, addr[0])
+                except Exception as e:  # our bug: one query unanswered, the server goes on
+                    throttled.log(logging.ERROR, "udp-bug", "DNS: answering a query from %s failed: %r", addr[0], e)
                     continue
-                if verdict is Verdict.SLIP:
-                    reply = self.authority.truncated(data)
-                else:
-                    reply = self.authority.respond(data, self.now())
                 if reply is None:
                     continue
                 try:
                     await sock.sendto(reply, addr)
                 except OSError as e:
                     throttled.info("udp-send", "DNS UDP answer to %s: %s", addr[0], e)
+
+    def _udp_reply(self, data: bytes, source: str) -> bytes | None:
+        verdict = self.limiter.check(source)
+        if verdict is Verdict.DROP:
+            return None
+        if verdict is Verdict.SLIP:
+            return self.authority.truncated(data)
+        return self.authority.respond(data, self.now())
 
     async def _tcp_connection(self, stream: trio.SocketStream) -> None:
         if self.tcp_connections >= MAX_TCP_CONNECTIONS:
@@ -110,6 +120,8 @@ class DNSServer:
             throttled.warning("tcp-frame", "DNS over TCP from %s: %s", _peer(stream), e)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass
+        except Exception as e:  # our bug: this connection ends, the server goes on
+            throttled.log(logging.ERROR, "tcp-bug", "DNS over TCP from %s failed: %r", _peer(stream), e)
         finally:
             self.tcp_connections -= 1
             await trio.aclose_forcefully(stream)
@@ -122,7 +134,12 @@ async def _bind_udp(host: str, port: int) -> list[trio.socket.SocketType]:
     socks = []
     try:
         for family, type_, proto, _, addr in infos:
-            sock = trio.socket.socket(family, type_, proto)
+            try:
+                sock = trio.socket.socket(family, type_, proto)
+            except OSError as e:
+                if e.errno == errno.EAFNOSUPPORT:
+                    continue  # a kernel without IPv6: the other family serves
+                raise
             socks.append(sock)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -131,6 +148,8 @@ async def _bind_udp(host: str, port: int) -> list[trio.socket.SocketType]:
         for s in socks:
             s.close()
         raise
+    if not socks:
+        raise OSError(errno.EAFNOSUPPORT, "no address family available")
     return socks
 
 

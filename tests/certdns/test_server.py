@@ -116,3 +116,26 @@ async def test_listen_address_taken_is_a_clear_error(nursery):
     other = DNSServer(Authority("ts.test", "vpn.example.com", ChallengeRecords(600)), f"{HOST}:{port}")
     with pytest.raises(OSError, match=r"dns.certificates.listen_addr 127.0.0.1:\d+: cannot listen"):
         await nursery.start(other.serve)
+
+
+async def test_a_bug_in_answering_ends_only_that_query(nursery, monkeypatch, caplog):
+    server, _, port = await start(nursery)
+    real = server.authority.respond
+    broken = {"left": 2}
+
+    def respond(wire, now, *, tcp=False):
+        if broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("simulated bug")
+        return real(wire, now, tcp=tcp)
+
+    monkeypatch.setattr(server.authority, "respond", respond)
+    query = dns.message.make_query("ts.test", "SOA")
+    with trio.fail_after(WAIT):
+        with pytest.raises(EOFError):
+            await dns.asyncquery.tcp(query, HOST, port=port)  # the connection ends
+        with trio.move_on_after(0.5):
+            await dns.asyncquery.udp(query, HOST, port=port)  # no answer to this one
+        assert (await dns.asyncquery.udp(query, HOST, port=port)).answer  # the server goes on
+        assert (await dns.asyncquery.tcp(query, HOST, port=port)).answer
+    assert any("simulated bug" in r.getMessage() for r in caplog.records)
