@@ -107,3 +107,20 @@ def test_bad_frames():
     small.receive_data(b"\x01\x00")
     with pytest.raises(FrameError):
         small.next_message()
+
+
+def test_limiter_caps_all_networks_together():
+    now = [0.0]
+    lim = ResponseLimiter(rate=100, burst=100, total_rate=1.0, total_burst=5, clock=lambda: now[0])
+    verdicts = [lim.check(f"198.51.{i}.1") for i in range(8)]  # eight networks, one query each
+    assert verdicts == [Verdict.SEND] * 5 + [Verdict.DROP] * 3
+    now[0] += 1.0
+    assert lim.check("203.0.113.1") is Verdict.SEND
+
+
+def test_one_noisy_network_does_not_spend_the_shared_budget():
+    now = [0.0]
+    lim = ResponseLimiter(rate=1.0, burst=2, slip=0, total_rate=1.0, total_burst=3, clock=lambda: now[0])
+    noisy = [lim.check("198.51.100.1") for _ in range(10)]
+    assert noisy.count(Verdict.SEND) == 2
+    assert lim.check("203.0.113.1") is Verdict.SEND  # the third shared token is still there
