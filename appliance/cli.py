@@ -266,17 +266,22 @@ def certs_show(args) -> int:
         return 0
     if not doc.get("tls") or cert is None:
         print("trioscale does not terminate TLS (no tls_letsencrypt_hostname, no tls_cert_path)")
-    else:
-        rows = [
-            ["Source", "ACME " + cert.get("directory_url", "") if cert["source"] == "acme" else cert.get("cert_path")],
-            ["Names", ", ".join(cert["names"]) or "(no certificate yet)"],
-            ["Issuer", cert["issuer"]],
-            ["Valid from", cert["not_before"]],
-            ["Expires", (cert["not_after"] or "") + ("  (EXPIRED)" if cert["expired"] else "")],
-            ["Next renewal", cert["next_renewal"] or "(by you: files are reloaded when they change)"],
-            ["Last error", cert["last_error"] or "none"],
-        ]
-        _emit(args, doc, rows, ["Certificate", ""])
+        return _zone_show(args, doc)
+    rows = [
+        ["Source", "ACME " + cert.get("directory_url", "") if cert["source"] == "acme" else cert.get("cert_path")],
+        ["Names", ", ".join(cert["names"]) or "(no certificate yet)"],
+        ["Issuer", cert["issuer"]],
+        ["Valid from", cert["not_before"]],
+        ["Expires", (cert["not_after"] or "") + ("  (EXPIRED)" if cert["expired"] else "")],
+        ["Next renewal", cert["next_renewal"] or "(by you: files are reloaded when they change)"],
+        ["Last error", cert["last_error"] or "none"],
+    ]
+    _emit(args, doc, rows, ["Certificate", ""])
+    return _zone_show(args, doc)
+
+
+def _zone_show(args, doc: dict) -> int:
+    """The zone of the nodes' certificate names (dns.certificates), after the served certificate."""
     zone = doc.get("dns_zone")
     print()
     if zone is None:

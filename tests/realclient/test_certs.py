@@ -85,6 +85,8 @@ def test_tailscale_cert_gets_a_certificate_for_the_own_name(tailnet):
     zone = tailnet["server"].cli_json("certs")["dns_zone"]
     assert zone["published"] >= 1 and zone["records"][0]["name"] == f"_acme-challenge.{name}"
     assert zone["queries"].get("answered", 0) >= 1  # pebble asked us
+    table = tailnet["server"].cli("certs").stdout
+    assert "ts.test. NS ns.trioscale.test." in table and f"_acme-challenge.{name}" in table
 
     # A second run reuses it: same files, no new order.
     again = a.ts("cert", f"--cert-file={cert_file}", f"--key-file={key_file}", name, timeout=120)
