@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from . import __version__
-from .adminclient import AdminClient, APIError, ServerUnreachable
+from .adminclient import AdminClient, APIError, ServerUnreachable, api_path
 from .config import ConfigError, config_to_yaml, load_config, parse_duration
 
 
@@ -93,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(keys, "list", keys_list, "list pre-auth keys", aliases=["ls"], output=True)
     p.add_argument("-u", "--user")
     p = cmd(keys, "expire", keys_expire, "expire a pre-auth key")
-    p.add_argument("key")
-    p.add_argument("-u", "--user")
+    p.add_argument("key", help="the key, its prefix or its ID")
+    p.add_argument("-u", "--user", help="accepted for Headscale compatibility")
+    p = cmd(keys, "delete", keys_delete, "delete a pre-auth key (the nodes it registered stay)")
+    p.add_argument("-i", "--id", type=int, required=True)
 
     nodes = _with_config(sub.add_parser("nodes", aliases=["node", "machines"], help="manage nodes")).add_subparsers(dest="sub", required=True)
     p = cmd(nodes, "list", nodes_list, "list nodes", aliases=["ls"], output=True)
@@ -125,8 +127,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(apikeys, "create", apikeys_create, "create an API key (printed alone on stdout, shown once)")
     p.add_argument("-e", "--expiration", default="90d")
     cmd(apikeys, "list", apikeys_list, "list API keys", aliases=["ls"], output=True)
-    p = cmd(apikeys, "expire", apikeys_expire, "expire an API key")
-    p.add_argument("-p", "--prefix", required=True)
+    for verb, fn, what in (("expire", apikeys_expire, "expire an API key (it stops working, stays listed)"),
+                           ("delete", apikeys_delete, "delete an API key")):
+        p = cmd(apikeys, verb, fn, what, aliases=["destroy"] if verb == "delete" else [])
+        which = p.add_mutually_exclusive_group(required=True)
+        which.add_argument("-p", "--prefix", help="the key's prefix, as listed (or the whole key)")
+        which.add_argument("-i", "--id", type=int)
+
+    dns = _with_config(sub.add_parser("dns", help="DNS settings clients get")).add_subparsers(dest="sub", required=True)
+    cmd(dns, "show", dns_show, "the DNS settings in force (config.yaml's with the API's changes)",
+        aliases=["get"], output=True)
+    p = cmd(dns, "set", dns_set, "change DNS settings (stored; clients get them at once)", output=True)
+    p.add_argument("--magic-dns", choices=["true", "false"])
+    p.add_argument("--override-local-dns", choices=["true", "false"])
+    p.add_argument("--nameservers", help="global nameservers, comma-separated (empty: none)")
+    p.add_argument("--split", action="append", default=None, metavar="DOMAIN=NS[,NS]",
+                   help="split DNS: queries for DOMAIN go to these nameservers (repeat per domain)")
+    p.add_argument("--search-domains", help="comma-separated (empty: none)")
+    p.add_argument("--reset", action="append", default=[], metavar="SETTING",
+                   choices=["magic_dns", "override_local_dns", "nameservers", "search_domains", "extra_records", "all"],
+                   help="give this setting config.yaml's value back")
 
     pol = _with_config(sub.add_parser("policy", help="the access policy")).add_subparsers(dest="sub", required=True)
     cmd(pol, "get", policy_get, "print the policy in force")
@@ -177,7 +197,7 @@ def serve_overrides(args) -> dict[str, Any]:
 
 
 def _client(args) -> AdminClient:
-    return AdminClient(_config(args).unix_socket)
+    return AdminClient.from_config(_config(args))
 
 
 def _emit(args, doc: Any, rows: list[list[Any]] | None = None, header: list[str] | None = None) -> None:
@@ -206,9 +226,9 @@ def _user_ref(args, value: str | None) -> str:
 
 
 def _user_id(client: AdminClient, ref: str) -> str:
-    users = client.call("GET", "/api/v1/user")["users"]
+    users = client.call("GET", api_path("user"))["users"]
     for u in users:
-        if ref in (u["id"], u["name"], u["email"]):
+        if ref in (u["id"], u["name"]) or (u["email"] and ref.casefold() == u["email"].casefold()):
             return u["id"]
     raise APIError(404, f"user {ref!r} not found")
 
@@ -259,7 +279,7 @@ def do_configtest(args) -> int:
 
 
 def certs_show(args) -> int:
-    doc = _client(args).call("GET", "/api/v1/certs")
+    doc = _client(args).call("GET", api_path("certs"))
     cert = doc.get("certificate")
     if args.output != "table":
         _emit(args, doc)
@@ -309,7 +329,7 @@ def do_version(args) -> int:
 
 
 def users_create(args) -> int:
-    doc = _client(args).call("POST", "/api/v1/user", {
+    doc = _client(args).call("POST", api_path("user"), {
         "name": args.name, "email": args.email, "displayName": args.display_name, "pictureUrl": args.picture_url,
     })
     print(f"User created: {doc['user']['name']} (id {doc['user']['id']})")
@@ -317,7 +337,7 @@ def users_create(args) -> int:
 
 
 def users_list(args) -> int:
-    doc = _client(args).call("GET", "/api/v1/user")
+    doc = _client(args).call("GET", api_path("user"))
     rows = [[u["id"], u["name"], u["displayName"], u["email"], u["createdAt"]] for u in doc["users"]]
     _emit(args, doc["users"], rows, ["ID", "Name", "Display name", "Email", "Created"])
     return 0
@@ -332,7 +352,7 @@ def users_rename(args) -> int:
     if not old or not new:
         raise SystemExit("trioscale: usage: users rename OLD NEW  (or -i ID / -n OLD with -r NEW)")
     uid = _user_id(client, old)
-    doc = client.call("POST", f"/api/v1/user/{uid}/rename/{new}")
+    doc = client.call("POST", api_path("user", uid, "rename", new))
     print(f"User renamed to {doc['user']['name']}")
     return 0
 
@@ -343,7 +363,7 @@ def users_destroy(args) -> int:
     if not ref:
         raise SystemExit("trioscale: which user? (NAME, -i ID or -n NAME)")
     uid = _user_id(client, ref)
-    client.call("DELETE", f"/api/v1/user/{uid}")
+    client.call("DELETE", api_path("user", uid))
     print("User destroyed")
     return 0
 
@@ -358,7 +378,7 @@ def keys_create(args) -> int:
         "reusable": args.reusable, "ephemeral": args.ephemeral,
         "expiration": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "aclTags": tags,
     }
-    doc = client.call("POST", "/api/v1/preauthkey", body)
+    doc = client.call("POST", api_path("preauthkey"), body)
     if args.output == "table":
         print(doc["preAuthKey"]["key"])  # alone on stdout, for $(trioscale preauthkeys create ...)
     else:
@@ -368,10 +388,8 @@ def keys_create(args) -> int:
 
 def keys_list(args) -> int:
     client = _client(args)
-    path = "/api/v1/preauthkey"
-    if args.user:
-        path += f"?user={_user_id(client, args.user)}"
-    keys = client.call("GET", path)["preAuthKeys"]
+    user = _user_id(client, args.user) if args.user else None
+    keys = client.call("GET", api_path("preauthkey", query={"user": user}))["preAuthKeys"]
     rows = [[k["id"], k["key"], (k["user"] or {}).get("name", ""), k["reusable"], k["ephemeral"], k["used"],
              k["expiration"], ",".join(k["aclTags"])] for k in keys]
     _emit(args, keys, rows, ["ID", "Key", "User", "Reusable", "Ephemeral", "Used", "Expiration", "Tags"])
@@ -379,17 +397,15 @@ def keys_list(args) -> int:
 
 
 def keys_expire(args) -> int:
-    _client(args).call("POST", "/api/v1/preauthkey/expire", {"key": args.key, "user": args.user})
+    _client(args).call("POST", api_path("preauthkey", "expire"), {"key": args.key})
     print("Key expired")
     return 0
 
 
 def nodes_list(args) -> int:
     client = _client(args)
-    path = "/api/v1/node"
-    if args.user:
-        path += f"?user={_user_id(client, args.user)}"
-    nodes = client.call("GET", path)["nodes"]
+    user = _user_id(client, args.user) if args.user else None
+    nodes = client.call("GET", api_path("node", query={"user": user}))["nodes"]
     rows = [[n["id"], n["givenName"], n["name"], (n["user"] or {}).get("name", ""), ", ".join(n["ipAddresses"]),
              ",".join(n["tags"]), "online" if n["online"] else "offline", "yes" if n["expired"] else "no", n["lastSeen"]]
             for n in nodes]
@@ -397,44 +413,44 @@ def nodes_list(args) -> int:
     return 0
 
 
-def _node_cmd(args, method: str, suffix: str, body: Any = None, message: str = "") -> int:
-    _client(args).call(method, f"/api/v1/node/{args.identifier}{suffix}", body)
+def _node_cmd(args, method: str, suffix: tuple[str, ...], body: Any = None, message: str = "") -> int:
+    _client(args).call(method, api_path("node", args.identifier, *suffix), body)
     print(message or "OK")
     return 0
 
 
 def nodes_delete(args) -> int:
-    return _node_cmd(args, "DELETE", "", message="Node deleted")
+    return _node_cmd(args, "DELETE", (), message="Node deleted")
 
 
 def nodes_expire(args) -> int:
-    return _node_cmd(args, "POST", "/expire", message="Node expired")
+    return _node_cmd(args, "POST", ("expire",), message="Node expired")
 
 
 def nodes_rename(args) -> int:
-    return _node_cmd(args, "POST", f"/rename/{args.new_name}", message="Node renamed")
+    return _node_cmd(args, "POST", ("rename", args.new_name), message="Node renamed")
 
 
 def nodes_tag(args) -> int:
     tags = [t.strip() for group in args.tags for t in group.split(",") if t.strip()]
-    return _node_cmd(args, "POST", "/tags", {"tags": tags}, message="Node tagged")
+    return _node_cmd(args, "POST", ("tags",), {"tags": tags}, message="Node tagged")
 
 
 def nodes_move(args) -> int:
     client = _client(args)
-    client.call("POST", f"/api/v1/node/{args.identifier}/user", {"user": _user_id(client, args.user)})
+    client.call("POST", api_path("node", args.identifier, "user"), {"user": _user_id(client, args.user)})
     print("Node moved")
     return 0
 
 
 def nodes_register(args) -> int:
-    doc = _client(args).call("POST", f"/api/v1/node/register?user={args.user}&key={args.key}")
+    doc = _client(args).call("POST", api_path("node", "register", query={"user": args.user, "key": args.key}))
     print(f"Node {doc['node']['givenName']} registered")
     return 0
 
 
 def nodes_list_routes(args) -> int:
-    nodes = _client(args).call("GET", "/api/v1/node")["nodes"]
+    nodes = _client(args).call("GET", api_path("node"))["nodes"]
     if args.identifier is not None:
         nodes = [n for n in nodes if n["id"] == str(args.identifier)]
     nodes = [n for n in nodes if n["availableRoutes"] or n["approvedRoutes"]]
@@ -446,26 +462,97 @@ def nodes_list_routes(args) -> int:
 
 def nodes_approve_routes(args) -> int:
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
-    return _node_cmd(args, "POST", "/approve_routes", {"routes": routes}, message="Routes approved")
+    return _node_cmd(args, "POST", ("approve_routes",), {"routes": routes}, message="Routes approved")
 
 
 def apikeys_create(args) -> int:
     when = datetime.now(timezone.utc) + parse_duration(args.expiration, "--expiration")
-    doc = _client(args).call("POST", "/api/v1/apikey", {"expiration": when.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    doc = _client(args).call("POST", api_path("apikey"), {"expiration": when.strftime("%Y-%m-%dT%H:%M:%SZ")})
     print(doc["apiKey"])
     return 0
 
 
 def apikeys_list(args) -> int:
-    keys = _client(args).call("GET", "/api/v1/apikey")["apiKeys"]
+    keys = _client(args).call("GET", api_path("apikey"))["apiKeys"]
     rows = [[k["id"], k["prefix"], k["expiration"], k["createdAt"], k["lastSeen"]] for k in keys]
     _emit(args, keys, rows, ["ID", "Prefix", "Expiration", "Created", "Last seen"])
     return 0
 
 
 def apikeys_expire(args) -> int:
-    _client(args).call("POST", "/api/v1/apikey/expire", {"prefix": args.prefix})
+    _client(args).call("POST", api_path("apikey", "expire"), _api_key_ref(args))
     print("Key expired")
+    return 0
+
+
+def apikeys_delete(args) -> int:
+    ref = args.prefix if args.prefix else str(args.id)
+    _client(args).call("DELETE", api_path("apikey", ref))
+    print("Key deleted")
+    return 0
+
+
+def _api_key_ref(args) -> dict:
+    return {"prefix": args.prefix} if args.prefix else {"id": str(args.id)}
+
+
+def keys_delete(args) -> int:
+    _client(args).call("DELETE", api_path("preauthkey", query={"id": args.id}))
+    print("Key deleted")
+    return 0
+
+
+def _show_dns(args, doc: dict) -> None:
+    ns = doc["nameservers"]
+    rows = [
+        ["MagicDNS", f"{doc['magicDns']} ({doc['baseDomain'] or 'no base domain'})"],
+        ["Override local DNS", doc["overrideLocalDns"]],
+        ["Nameservers", ", ".join(ns["global"]) or "-"],
+        *[[f"  {d}", ", ".join(servers)] for d, servers in ns["split"].items()],
+        ["Search domains", ", ".join(doc["searchDomains"]) or "-"],
+        ["Extra records", len(doc["extraRecords"])],
+        ["Changed by the API", ", ".join(doc["changedByApi"]) or "nothing (all from config.yaml)"],
+    ]
+    _emit(args, doc, rows, ["DNS", ""])
+
+
+def dns_show(args) -> int:
+    _show_dns(args, _client(args).call("GET", api_path("dns")))
+    return 0
+
+
+def _csv(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def dns_set(args) -> int:
+    body: dict[str, Any] = {}
+    resets = {"magic_dns": "magicDns", "override_local_dns": "overrideLocalDns", "nameservers": "nameservers",
+              "search_domains": "searchDomains", "extra_records": "extraRecords"}
+    for name in args.reset:
+        for key in (resets.values() if name == "all" else [resets[name]]):
+            body[key] = None
+    if args.magic_dns:
+        body["magicDns"] = args.magic_dns == "true"
+    if args.override_local_dns:
+        body["overrideLocalDns"] = args.override_local_dns == "true"
+    if args.nameservers is not None or args.split is not None:
+        ns = body["nameservers"] = {}
+        if args.nameservers is not None:
+            ns["global"] = _csv(args.nameservers)
+        if args.split is not None:
+            split = {}
+            for entry in args.split:
+                domain, sep, servers = entry.partition("=")
+                if not sep:
+                    raise SystemExit(f"trioscale: --split {entry!r}: expected DOMAIN=NS[,NS]")
+                split[domain.strip()] = _csv(servers)
+            ns["split"] = split
+    if args.search_domains is not None:
+        body["searchDomains"] = _csv(args.search_domains)
+    if not body:
+        raise SystemExit("trioscale: nothing to change (see `trioscale dns set --help`)")
+    _show_dns(args, _client(args).call("PATCH", api_path("dns"), body))
     return 0
 
 
@@ -478,7 +565,7 @@ def _read(path: str) -> str:
 
 
 def policy_get(args) -> int:
-    doc = _client(args).call("GET", "/api/v1/policy")
+    doc = _client(args).call("GET", api_path("policy"))
     if not doc["policy"]:
         print("# no policy is set: every node may reach every node", file=sys.stderr)
     print(doc["policy"], end="" if doc["policy"].endswith("\n") else "\n")
@@ -486,7 +573,7 @@ def policy_get(args) -> int:
 
 
 def policy_set(args) -> int:
-    _client(args).call("PUT", "/api/v1/policy", {"policy": _read(args.file)})
+    _client(args).call("PUT", api_path("policy"), {"policy": _read(args.file)})
     print("Policy updated")
     return 0
 
@@ -496,7 +583,7 @@ def policy_check(args) -> int:
 
     text = _read(args.file)
     try:
-        _client(args).call("POST", "/api/v1/policy/check", {"policy": text})
+        _client(args).call("POST", api_path("policy", "check"), {"policy": text})
         where = "against the live tailnet"
     except ServerUnreachable:
         try:
@@ -521,7 +608,7 @@ def policy_evaluate(args) -> int:
         if isinstance(topology.get("topology"), dict):
             topology = topology["topology"]  # a whole corpus case
     else:
-        topology = _client(args).call("GET", "/api/v1/policy/topology")
+        topology = _client(args).call("GET", api_path("policy", "topology"))
     out = evaluate(text, topology)
     print(json.dumps(out, indent=2, sort_keys=True))
     return 1 if out["error"] is not None else 0
@@ -531,7 +618,7 @@ def policy_reach(args) -> int:
     dst, port = args.dst, "0"
     if args.dst.count(":") == 1:  # NAME:PORT or IPv4:PORT; IPv6 addresses have more colons
         dst, port = args.dst.split(":")
-    doc = _client(args).call("GET", f"/api/v1/policy/reach?src={args.src}&dst={dst}&port={port or 0}")
+    doc = _client(args).call("GET", api_path("policy", "reach", query={"src": args.src, "dst": dst, "port": port or 0}))
     print(("allowed: " if doc["allowed"] else "denied: ") + doc["reason"])
     return 0 if doc["allowed"] else 1
 

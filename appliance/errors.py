@@ -22,3 +22,9 @@ class AuthFailed(TrioscaleError):
     """A credential (pre-auth key, API key) was refused; the text says why."""
 
     http_status = 401
+
+
+class Forbidden(TrioscaleError):
+    """Not allowed here, whatever the input (e.g. a change the configuration reserves to a file)."""
+
+    http_status = 403

@@ -41,3 +41,9 @@ class TokenBuckets:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+    def available(self, key: Hashable) -> float:
+        """The tokens ``key`` has now, taking none (a full bucket for a key not seen)."""
+        now = self.clock()
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - at) * self.rate)

@@ -187,6 +187,7 @@ class DerpMapSource:
         self.cfg = cfg
         self.ssl_context = ssl_context
         self._last: dict[str, dict[str, dict]] = {}  # source → its last good regions
+        self.api_regions: dict[str, dict] = {}  # regions added through the admin API
         self._map: dict = {"Regions": self._merge()}
         self.version = 1
         self.updates = 0  # how many times the map changed after start
@@ -198,9 +199,20 @@ class DerpMapSource:
         regions: dict[str, dict] = {}
         for source in [*map(str, self.cfg.derp.paths), *self.cfg.derp.urls]:
             regions.update(self._last.get(source, {}))
+        regions.update(self.api_regions)
         if self.cfg.derp.server_enabled and self.cfg.derp.automatically_add_embedded_derp_region:
             regions[str(self.cfg.derp.region_id)] = embedded_region(self.cfg)
         return regions
+
+    def set_api_regions(self, regions: dict[str, dict]) -> bool:
+        """Regions from the admin API (after files and URLs); True when the map changed."""
+        self.api_regions = regions
+        merged = {"Regions": self._merge()}
+        if merged == self._map:
+            return False
+        self._map = merged
+        self.version += 1
+        return True
 
     async def refresh(self) -> bool:
         """Read every source again; True when the merged map changed."""

@@ -14,6 +14,7 @@ import trio
 
 from .admin.api import AdminAPI
 from .certdns.zone import CertZone
+from .admin.runtime import RuntimeSettings
 from .config import Config, split_host_port
 from .control.dnsconfig import DNSConfigSource
 from .control.loginpage import login_page_route
@@ -51,6 +52,7 @@ class Running:
     certs: object = None  # the autocert source (CertManager / StaticCertificate), None without TLS
     cert_zone: CertZone | None = None  # dns.certificates
     dns_port: int | None = None  # where the embedded authoritative DNS server listens
+    api: object = None  # the admin API (AdminAPI)
 
 
 async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
@@ -117,7 +119,9 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             front.plain_routes.append(derp_plain)
             front.upgrade_routes["/derp"] = derp_upgrade
         certs = certificate_source(cfg)  # ConfigError for unusable certificate files
-        api = AdminAPI(tailnet, control, policy, certs=certs, zone=zone)
+        runtime = RuntimeSettings(store, cfg, dns, derp_maps, lambda: tailnet.bus.part_changed("derp"),
+                                  clock=tailnet.clock)
+        api = AdminAPI(tailnet, control, policy, certs=certs, zone=zone, runtime=runtime, config=cfg)
         admin = HTTPServer("admin")
         admin.plain_routes.append(api)
         front.plain_routes.append(api.public_route())
@@ -125,6 +129,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
         async with trio.open_nursery() as nursery:
             await nursery.start(derp_maps.run, lambda: tailnet.bus.part_changed("derp"))
+            await nursery.start(api.run)  # API keys and settings stored through the API
             # Certificates before listeners: a cached one is served from the first connection.
             public = await start_tls(cfg, certs, nursery, front.handle)
             host, port = split_host_port(cfg.listen_addr)
@@ -158,7 +163,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
                 cfg.server_url, cfg.listen_addr, cfg.unix_socket, len(tailnet.nodes), len(tailnet.users),
             )
             task_status.started(Running(cfg, tailnet, control, policy, front, ports, nursery.cancel_scope,
-                                        metrics_port, certs, zone, dns_port))
+                                        metrics_port, certs, zone, dns_port, api))
     finally:
         with trio.CancelScope(shield=True):
             if bound_socket:  # never another running server's socket

@@ -1,75 +1,50 @@
-"""Our records in the JSON shapes of Headscale's v1 API (camelCase, string IDs, RFC 3339),
-so that its users' scripts and third-party UIs read them unchanged."""
+"""Our records as the API's types (types.py), in the shapes of Headscale's v1 API."""
 
 from __future__ import annotations
-
-from datetime import datetime
 
 from ..storage.records import NodeRecord, PreAuthKeyRecord, UserRecord
 from ..tailnet.model import Tailnet
 from ..tailnet.routes import advertised
+from .types import Node, PreAuthKey, User
 
 
-def ts(t: datetime | None) -> str | None:
-    return None if t is None else t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def user_json(u: UserRecord | None) -> dict | None:
+def user_of(u: UserRecord | None) -> User | None:
     if u is None:
         return None
-    return {
-        "id": str(u.id),
-        "name": u.name,
-        "createdAt": ts(u.created_at),
-        "displayName": u.display_name,
-        "email": u.email,
-        "providerId": u.provider_id,
-        "provider": u.provider,
-        "profilePicUrl": u.profile_pic_url,
-    }
+    return User(
+        id=u.id, name=u.name, created_at=u.created_at, display_name=u.display_name, email=u.email,
+        provider_id=u.provider_id, provider=u.provider, profile_pic_url=u.profile_pic_url,
+    )
 
 
-def preauth_json(tailnet: Tailnet, k: PreAuthKeyRecord, key_text: str | None = None) -> dict:
-    return {
-        "user": user_json(tailnet.users.get(k.user_id)) if k.user_id is not None else None,
-        "id": str(k.id),
+def preauth_of(tailnet: Tailnet, k: PreAuthKeyRecord, key_text: str | None = None) -> PreAuthKey:
+    return PreAuthKey(
+        user=user_of(tailnet.users.get(k.user_id)) if k.user_id is not None else None,
+        id=k.id,
         # Only the key's hash is kept: after creation only its prefix can be shown.
-        "key": key_text or f"hskey-auth-{k.prefix}-***",
-        "reusable": k.reusable,
-        "ephemeral": k.ephemeral,
-        "used": k.used,
-        "expiration": ts(k.expiration),
-        "createdAt": ts(k.created_at),
-        "aclTags": list(k.tags),
-    }
+        key=key_text or f"hskey-auth-{k.prefix}-***",
+        reusable=k.reusable, ephemeral=k.ephemeral, used=k.used, expiration=k.expiration,
+        created_at=k.created_at, acl_tags=tuple(k.tags),
+    )
 
 
 _METHODS = {"authkey": "REGISTER_METHOD_AUTH_KEY", "cli": "REGISTER_METHOD_CLI", "oidc": "REGISTER_METHOD_OIDC"}
 
 
-def node_json(tailnet: Tailnet, n: NodeRecord) -> dict:
+def node_of(tailnet: Tailnet, n: NodeRecord) -> Node:
     key = tailnet.keys.get(n.auth_key_id) if n.auth_key_id is not None else None
-    routable = sorted(advertised(n))
-    return {
-        "id": str(n.id),
-        "machineKey": n.machine_key,
-        "nodeKey": n.node_key,
-        "discoKey": n.disco_key,
-        "ipAddresses": [a for a in (n.ipv4, n.ipv6) if a],
-        "name": n.hostname,
-        "user": user_json(tailnet.users.get(n.user_id)) if n.user_id is not None else None,
-        "lastSeen": ts(n.last_seen),
-        "expiry": ts(n.expiry),
-        "preAuthKey": preauth_json(tailnet, key) if key else None,
-        "createdAt": ts(n.created_at),
-        "registerMethod": _METHODS.get(n.register_method, "REGISTER_METHOD_UNSPECIFIED"),
-        "givenName": n.given_name,
-        "online": tailnet.is_online(n.id),
-        "approvedRoutes": list(n.approved_routes),
-        "availableRoutes": routable,
-        "subnetRoutes": [r for r in routable if r in n.approved_routes],
-        "primaryRoutes": tailnet.routes.primaries_of(n.id),
-        "tags": list(n.tags),
-        "ephemeral": n.ephemeral,
-        "expired": tailnet.is_expired(n),
-    }
+    routable = tuple(sorted(advertised(n)))
+    return Node(
+        id=n.id, machine_key=n.machine_key, node_key=n.node_key, disco_key=n.disco_key,
+        ip_addresses=tuple(a for a in (n.ipv4, n.ipv6) if a), name=n.hostname,
+        user=user_of(tailnet.users.get(n.user_id)) if n.user_id is not None else None,
+        last_seen=n.last_seen, expiry=n.expiry,
+        pre_auth_key=preauth_of(tailnet, key) if key else None,
+        created_at=n.created_at,
+        register_method=_METHODS.get(n.register_method, "REGISTER_METHOD_UNSPECIFIED"),
+        given_name=n.given_name, online=tailnet.is_online(n.id),
+        approved_routes=tuple(n.approved_routes), available_routes=routable,
+        subnet_routes=tuple(r for r in routable if r in n.approved_routes),
+        tags=tuple(n.tags), primary_routes=tuple(tailnet.routes.primaries_of(n.id)),
+        ephemeral=n.ephemeral, expired=tailnet.is_expired(n),
+    )

@@ -44,10 +44,23 @@ class DNSConfigSource:
                 self._mtime = Path(dns.extra_records_path).stat().st_mtime
             except (OSError, ValueError) as e:
                 log.error("dns.extra_records_path: %s: %s", dns.extra_records_path, e)
+        self._api_records: tuple[dict, ...] | None = None
         self._config = build_dns_config(dns, self.records)
 
     def current(self) -> dict | None:
         return self._config
+
+    def apply(self, dns: Any, records: tuple[dict, ...] | None) -> None:
+        """Settings changed through the admin API (config.yaml's with its changes). ``records``,
+        unless None, replace those of dns.extra_records and of the extra_records_path file."""
+        self.dns, self._api_records = dns, records
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        config = build_dns_config(self.dns, self.records if self._api_records is None else self._api_records)
+        if config != self._config:
+            self._config = config
+            self.on_change()
 
     async def watch(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -67,9 +80,8 @@ class DNSConfigSource:
                 continue
             if records != self.records:
                 self.records = records
-                self._config = build_dns_config(self.dns, records)
                 log.info("extra DNS records reloaded from %s (%d records)", path, len(records))
-                self.on_change()
+                self._rebuild()
 
 
 def build_dns_config(dns: Any, extra_records: tuple[dict, ...] = ()) -> dict | None:

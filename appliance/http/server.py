@@ -6,6 +6,7 @@ peer and the reason. Used by the public front door and the admin socket.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import logging
 from typing import Awaitable, Callable
@@ -26,6 +27,10 @@ MAX_HEAD = 16 * 1024  # request line and headers; a larger head is refused
 MAX_BODY = 1 << 20
 
 _ids = itertools.count(1)
+
+# The peer's address (no port; "local" on the admin socket) for the connection this task
+# serves: routes that count or limit per source (API-key attempts) read it.
+peer_host: contextvars.ContextVar[str] = contextvars.ContextVar("peer_host", default="local")
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
 PlainRoute = Callable[[h11.Request, bytes], Awaitable[Answer | None]]
@@ -59,6 +64,8 @@ class HTTPServer:
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted connection; closes it. Never raises (but Cancelled)."""
         name = f"{self.label}-{next(_ids)}[{peer_name(stream)}]"
+        addr = peer_address(stream)
+        peer_host.set(addr[0] if addr else "local")
         # except*: an upgraded connection (Noise + HTTP/2) runs in a nursery, so its faults
         # arrive wrapped in an exception group; a bare exception is matched the same way.
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 
 from .aliases import Alias
@@ -16,6 +17,9 @@ _NON_INTERNET = IPSet.parse("10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16",
                             "172.16.0.0/12", "192.168.0.0/16")
 INTERNET = IPSet.parse("0.0.0.0/0", "2000::/3") - _NON_INTERNET
 
+# local@domain with something on both sides; the admin API checks emails fully.
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s.][^@\s]*$")
+
 
 class Resolver:
     """Alias → nodes and addresses for one (policy, tailnet) pair."""
@@ -28,12 +32,16 @@ class Resolver:
         self._alias_memo: dict[Alias, list[Node] | None] = {}
         # SSH source nodes per rule, filled by ssh.py (same reason).
         self.ssh_src_memo: dict[int, tuple] = {}
-        self.users_by_login: dict[str, int] = {}
+        # A login names one user or, when two claim it, nobody (Headscale refuses such a
+        # token too). An email counts only when it is an address with a domain: a stored
+        # email "alice@" must never answer for "alice@", which names the user called alice.
+        self.users_by_login: dict[str, int | None] = {}
         for u in tailnet.users:
-            if u.email:
-                self.users_by_login[u.email.lower()] = u.id
-            if u.name:
-                self.users_by_login.setdefault(f"{u.name.lower()}@", u.id)
+            logins = [f"{u.name.lower()}@"] if u.name else []
+            if _ADDRESS.match(u.email):
+                logins.append(u.email.lower())
+            for login in logins:
+                self.users_by_login[login] = u.id if self.users_by_login.get(login, u.id) == u.id else None
 
     # --- routes -----------------------------------------------------------
     @cached_property

@@ -57,3 +57,8 @@ CREATE TABLE policies (
     data TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);

@@ -199,11 +199,14 @@ class Store:
 
     # --- users --------------------------------------------------------------------------
 
-    async def create_user(self, name: str, display_name: str, email: str, now: datetime) -> UserRecord:
+    async def create_user(
+        self, name: str, display_name: str, email: str, now: datetime, profile_pic_url: str = "",
+    ) -> UserRecord:
         def fn(c: sqlite3.Connection) -> UserRecord:
             cur = c.execute(
-                "INSERT INTO users (name, display_name, email, created_at) VALUES (?, ?, ?, ?)",
-                (name, display_name, email, _ts(now)),
+                "INSERT INTO users (name, display_name, email, profile_pic_url, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (name, display_name, email, profile_pic_url, _ts(now)),
             )
             return _user(c.execute("SELECT * FROM users WHERE id = ?", (cur.lastrowid,)).fetchone())
 
@@ -300,10 +303,45 @@ class Store:
     async def list_api_keys(self) -> list[ApiKeyRecord]:
         return await self._run(lambda c: [_apikey(r) for r in c.execute("SELECT * FROM api_keys ORDER BY id")])
 
-    async def expire_api_key(self, prefix: str, now: datetime) -> int:
-        return await self._run(
-            lambda c: c.execute("UPDATE api_keys SET expiration = ? WHERE prefix = ?", (_ts(now), prefix)).rowcount
-        )
+    async def expire_api_key(self, key_id: int, now: datetime) -> None:
+        await self._run(lambda c: c.execute("UPDATE api_keys SET expiration = ? WHERE id = ?", (_ts(now), key_id)))
+
+    async def delete_api_key(self, key_id: int) -> None:
+        await self._run(lambda c: c.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)))
+
+    async def touch_api_keys(self, last_seen: dict[int, datetime]) -> None:
+        """Record API keys' last use in one transaction (batched: not a write per request)."""
+
+        def fn(c: sqlite3.Connection) -> None:
+            c.executemany(
+                "UPDATE api_keys SET last_seen = ? WHERE id = ?",
+                [(_ts(t), i) for i, t in last_seen.items()],
+            )
+
+        await self._run(fn)
+
+    # --- settings changed at run time (DNS, DERP regions), as JSON per name ---------------
+
+    async def get_settings(self) -> dict[str, Any]:
+        def fn(c: sqlite3.Connection) -> dict[str, Any]:
+            return {r["name"]: json.loads(r["value"]) for r in c.execute("SELECT name, value FROM settings")}
+
+        return await self._run(fn)
+
+    async def put_setting(self, name: str, value: Any, now: datetime) -> None:
+        """Store ``value`` (JSON) under ``name``; None deletes it."""
+
+        def fn(c: sqlite3.Connection) -> None:
+            if value is None:
+                c.execute("DELETE FROM settings WHERE name = ?", (name,))
+            else:
+                c.execute(
+                    "INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    (name, json.dumps(value), _ts(now)),
+                )
+
+        await self._run(fn)
 
     # --- policy -------------------------------------------------------------------------
 

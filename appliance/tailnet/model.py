@@ -22,7 +22,10 @@ from ..storage.store import Conflict as StoreConflict
 from . import secrets as keysecrets
 from .addresses import AddressPool
 from .changes import FULL, ChangeBus
-from .names import check_given_name, dns_label, unique_name
+from .names import (
+    check_display_name, check_email, check_given_name, check_tag, check_user_name, dns_label,
+    unique_name,
+)
 from .routes import RouteTable
 
 log = logging.getLogger(__name__)
@@ -34,12 +37,6 @@ TAGGED_DEVICES_LOGIN = "tagged-devices"
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def check_tag(tag: str) -> str:
-    if not tag.startswith("tag:") or len(tag) <= 4 or any(c.isspace() for c in tag):
-        raise Invalid(f"{tag!r} is not a tag: tags look like tag:name")
-    return tag
 
 
 class Tailnet:
@@ -112,14 +109,18 @@ class Tailnet:
             raise NotFound(f"node {node_id} not found") from None
 
     def find_user(self, ref: str | int) -> UserRecord:
-        """A user by ID, name or email."""
+        """A user by ID, name or email (emails without regard to case). Names start with a
+        letter, so a number is always an ID."""
         text = str(ref)
-        if text.isdigit() and int(text) in self.users:
-            return self.users[int(text)]
-        for u in self.users.values():
-            if u.name == text or (u.email and u.email == text):
+        if text.isdigit():
+            u = self.users.get(int(text))
+            if u is not None:
                 return u
-        raise NotFound(f"user {text!r} not found")
+        folded = text.casefold()
+        for u in self.users.values():
+            if u.name == text or (u.email and u.email.casefold() == folded):
+                return u
+        raise NotFound(f"user {text[:80]!r} not found")
 
     def is_expired(self, n: NodeRecord, now: datetime | None = None) -> bool:
         return n.expiry is not None and n.expiry <= (now or self.clock())
@@ -132,24 +133,34 @@ class Tailnet:
 
     # --- users --------------------------------------------------------------------------
 
-    async def create_user(self, name: str, display_name: str = "", email: str = "") -> UserRecord:
-        if not name or any(c.isspace() for c in name):
-            raise Invalid(f"{name!r} is not a valid user name (no spaces, not empty)")
-        async with self._lock:
-            if any(u.name == name for u in self.users.values()):
+    def _check_unique(self, name: str | None, email: str | None, user_id: int | None = None) -> None:
+        """Names and emails are unique without regard to case: a policy matches them so."""
+        for o in self.users.values():
+            if o.id == user_id:
+                continue
+            if name is not None and o.name.casefold() == name.casefold():
                 raise Conflict(f"user {name!r} already exists")
-            u = await self.store.create_user(name, display_name, email, self.clock())
+            if email and o.email.casefold() == email.casefold():
+                raise Conflict(f"another user already has the email {email!r}")
+
+    async def create_user(
+        self, name: str, display_name: str = "", email: str = "", picture_url: str = "",
+    ) -> UserRecord:
+        check_user_name(name)
+        check_email(email)
+        check_display_name(display_name)
+        async with self._lock:
+            self._check_unique(name, email)
+            u = await self.store.create_user(name, display_name, email, self.clock(), picture_url)
             self.users[u.id] = u
         self.on_users_changed()
         return u
 
     async def rename_user(self, ref: str | int, new_name: str) -> UserRecord:
+        check_user_name(new_name)
         async with self._lock:
             u = self.find_user(ref)
-            if any(o.name == new_name and o.id != u.id for o in self.users.values()):
-                raise Conflict(f"user {new_name!r} already exists")
-            if not new_name or any(c.isspace() for c in new_name):
-                raise Invalid(f"{new_name!r} is not a valid user name")
+            self._check_unique(new_name, None, u.id)
             await self.store.rename_user(u.id, new_name)
             u = dataclasses.replace(u, name=new_name)
             self.users[u.id] = u
@@ -206,6 +217,16 @@ class Tailnet:
             k = dataclasses.replace(k, expiration=now)
             self.keys[k.id] = k
         return k
+
+    async def delete_preauth_key(self, ref: str) -> None:
+        """Nodes it registered stay; they just no longer name it."""
+        async with self._lock:
+            k = self.find_preauth_key(ref)
+            await self.store.delete_preauth_key(k.id)
+            del self.keys[k.id]
+            for n in list(self.nodes.values()):
+                if n.auth_key_id == k.id:  # the store's ON DELETE SET NULL, in memory
+                    self.nodes[n.id] = dataclasses.replace(n, auth_key_id=None)
 
     def check_preauth_key(self, text: str) -> PreAuthKeyRecord:
         """The key record for a key a client presented; raises AuthFailed with the reason."""
@@ -386,6 +407,8 @@ class Tailnet:
 
     async def set_tags(self, node_id: int, tags: Iterable[str]) -> NodeRecord:
         tags = tuple(sorted({check_tag(t) for t in tags}))
+        if not tags and self.get_node(node_id).user_id is None:
+            raise Invalid("this node has no user: it must keep at least one tag")
         return await self.update_node(node_id, tags=tags)
 
     async def move_node(self, node_id: int, user_ref: str | int) -> NodeRecord:
@@ -396,6 +419,8 @@ class Tailnet:
         clean = []
         for r in routes:
             try:
+                if not isinstance(r, str) or "/" not in r:
+                    raise ValueError(r)  # ip_network(1) would be 0.0.0.1/32
                 clean.append(str(ipaddress.ip_network(r, strict=False)))
             except ValueError:
                 raise Invalid(f"{r!r} is not a route (a prefix like 10.0.0.0/24)") from None

@@ -1,14 +1,47 @@
-"""DNS-safe node names, unique in the tailnet."""
+"""The rules for names an admin or a client chooses: users, emails, display names, nodes, tags.
+
+Each ``check_*`` returns the value as stored or raises InvalidName with a message that says the
+rule. The README's "Names" section documents the same rules.
+
+- user name: 2 to 64 ASCII characters, a letter first, then letters, digits, ``-``, ``.``,
+  ``_`` and at most one ``@`` (Headscale's rule, kept to ASCII: a policy names the user as
+  ``name@``, and two names that look alike must not be two users). Unique without regard to case.
+- email: empty, or ``local@domain`` of at most 254 characters: a dot-atom local part, a domain of
+  DNS labels. Unique without regard to case. A policy's ``alice@example.com`` means the user with
+  that email, its ``alice@`` the user named alice: an email can never look like a name token.
+- display name: at most 128 printable characters (any script).
+- node name: a DNS label, 1 to 63 lower-case letters, digits and inner hyphens.
+- DNS name (search domain, split-DNS suffix, extra record): DNS labels, at most 253 characters.
+- tag: ``tag:`` then a letter, then letters, digits, ``-`` and ``_`` (Tailscale's rule), at most
+  128 characters.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
+
+from ..errors import Invalid
 
 MAX_LABEL = 63
 _INVALID = re.compile(r"[^a-z0-9-]+")
 
+USER_NAME_MIN = 2
+USER_NAME_MAX = 64
+USER_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9._@-]*$"
+_USER_NAME = re.compile(USER_NAME_PATTERN)
 
-class InvalidName(ValueError):
+EMAIL_MAX = 254
+_EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+DISPLAY_NAME_MAX = 128
+TAG_MAX = 128
+TAG_PATTERN = r"^tag:[A-Za-z][A-Za-z0-9_-]*$"
+_TAG = re.compile(TAG_PATTERN)
+
+
+class InvalidName(Invalid, ValueError):
     pass
 
 
@@ -24,13 +57,81 @@ def dns_label(hostname: str) -> str:
 
 
 def check_given_name(name: str) -> str:
-    """A name an admin chose: it must already be a DNS label; raises InvalidName."""
+    """A node name an admin chose: it must already be a DNS label; raises InvalidName."""
     if not name or len(name) > MAX_LABEL or _INVALID.search(name) or name[0] == "-" or name[-1] == "-":
         raise InvalidName(
             f"{name!r} is not a valid node name: use 1 to 63 lower-case letters, digits and "
             "inner hyphens"
         )
     return name
+
+
+def check_user_name(name: str) -> str:
+    if not USER_NAME_MIN <= len(name) <= USER_NAME_MAX or not _USER_NAME.match(name) or name.count("@") > 1:
+        raise InvalidName(
+            f"{_shown(name)} is not a valid user name: use {USER_NAME_MIN} to {USER_NAME_MAX} "
+            "ASCII letters, digits, '-', '.', '_' and at most one '@', starting with a letter"
+        )
+    return name
+
+
+def check_email(email: str) -> str:
+    """An email address, or "" for none; raises InvalidName."""
+    if email == "":
+        return email
+    local, at, domain = email.rpartition("@")
+    labels = domain.split(".")
+    if (
+        not at or len(email) > EMAIL_MAX or len(local) > 64 or not _EMAIL_LOCAL.match(local)
+        or not all(_DNS_LABEL.match(label) for label in labels)
+    ):
+        raise InvalidName(f"{_shown(email)} is not a valid email address (name@example.com)")
+    return email
+
+
+def is_email(text: str) -> bool:
+    try:
+        return bool(check_email(text))
+    except InvalidName:
+        return False
+
+
+def check_display_name(name: str) -> str:
+    if len(name) > DISPLAY_NAME_MAX or any(not _printable(c) for c in name):
+        raise InvalidName(
+            f"{_shown(name)} is not a valid display name: at most {DISPLAY_NAME_MAX} printable "
+            "characters (spaces allowed, no control characters or line breaks)"
+        )
+    return name
+
+
+def _printable(c: str) -> bool:
+    # Spaces and the zero-width joiner of emoji sequences pass; control, format (bidi
+    # overrides that reorder what an admin reads), private-use and line-separator
+    # characters do not.
+    return c in (" ", "\u200d") or unicodedata.category(c)[0] not in "CZ"
+
+
+def check_domain(name: str) -> str:
+    """A DNS name (a search domain, a split-DNS suffix, an extra record's name)."""
+    labels = name.rstrip(".").split(".")
+    if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+        raise InvalidName(f"{_shown(name)} is not a DNS name (labels of letters, digits and inner hyphens)")
+    return name
+
+
+def check_tag(tag: str) -> str:
+    if len(tag) > TAG_MAX or not _TAG.match(tag):
+        raise InvalidName(
+            f"{_shown(tag)} is not a tag: tags look like tag:name (a letter, then letters, digits, "
+            f"'-' and '_'; at most {TAG_MAX} characters)"
+        )
+    return tag
+
+
+def _shown(value: str) -> str:
+    """The offending value for a message: quoted, escaped, and cut if long."""
+    return repr(value if len(value) <= 80 else value[:77] + "...")
 
 
 def unique_name(base: str, taken: set[str]) -> str:

@@ -16,7 +16,7 @@ from typing import Callable
 
 import trio
 
-from ..errors import Invalid
+from ..errors import Forbidden, Invalid
 from ..policy import PolicyEngine, PolicyError
 from ..policy.model import Node as PolicyNode
 from ..policy.model import User as PolicyUser
@@ -185,7 +185,7 @@ class PolicyManager:
     async def set(self, text: str) -> None:
         """``policy set``: validate, store, apply. The old policy stays on any error."""
         if self.mode != "database":
-            raise Invalid(
+            raise Forbidden(
                 f"policy.mode is 'file': edit {self.path or 'the policy file'} instead; the server "
                 "reloads it on change and on SIGHUP (set policy.mode: database to use `policy set`)"
             )

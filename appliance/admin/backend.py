@@ -1,0 +1,21 @@
+"""What the admin API's operations act on, handed to each resource module's ``routes``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..tailnet.model import Tailnet
+from .apikeys import ApiKeys
+
+
+@dataclass
+class Backend:
+    tailnet: Tailnet
+    apikeys: ApiKeys
+    control: Any = None  # control.service.ControlService: pending interactive logins
+    policy: Any = None  # tailnet.policy.PolicyManager
+    certs: Any = None  # autocert's CertManager or StaticCertificate; None without TLS
+    zone: Any = None  # certdns.CertZone when dns.certificates is on
+    runtime: Any = None  # admin.runtime.RuntimeSettings: DNS and DERP changed at run time
+    config: Any = None  # config.Config

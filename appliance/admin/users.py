@@ -1,0 +1,45 @@
+"""/api/v1/user: users."""
+
+from __future__ import annotations
+
+from .backend import Backend
+from .router import Call, Router
+from .schema import ID, Str
+from .shapes import user_of
+from .types import USER_NAME, CreateUserBody, Empty, UserList, UserResponse
+
+
+def routes(r: Router, b: Backend) -> None:
+    @r.get("/api/v1/user", "listUsers", "List users", tag="Users", response=UserList,
+           query={"id": ID(), "name": Str(max_len=256), "email": Str(max_len=256)},
+           description="Filters: name, else email, else id (Headscale's precedence); id 0 lists all.")
+    async def list_users(call: Call, id: int | None = None, name: str | None = None,
+                         email: str | None = None) -> UserList:
+        users = sorted(b.tailnet.users.values(), key=lambda u: u.id)
+        if name:
+            users = [u for u in users if u.name == name]
+        elif email:
+            users = [u for u in users if u.email.casefold() == email.casefold()]
+        elif id:
+            users = [u for u in users if u.id == id]
+        return UserList(tuple(user_of(u) for u in users))
+
+    @r.post("/api/v1/user", "createUser", "Create a user", tag="Users", body=CreateUserBody,
+            response=UserResponse, errors=(409,), changes=True)
+    async def create_user(call: Call, body: CreateUserBody) -> UserResponse:
+        u = await b.tailnet.create_user(body.name, body.display_name, body.email, body.picture_url)
+        return UserResponse(user_of(u))
+
+    @r.post("/api/v1/user/{oldId}/rename/{newName}", "renameUser", "Rename a user", tag="Users",
+            params={"oldId": ID(), "newName": USER_NAME}, response=UserResponse, errors=(404, 409),
+            changes=True)
+    async def rename_user(call: Call, old_id: int, new_name: str) -> UserResponse:
+        return UserResponse(user_of(await b.tailnet.rename_user(old_id, new_name)))
+
+    @r.delete("/api/v1/user/{id}", "deleteUser", "Delete a user", tag="Users", params={"id": ID()},
+              response=Empty, errors=(404, 409), changes=True,
+              description="Refused (409) while the user owns nodes.")
+    async def delete_user(call: Call, id: int) -> Empty:
+        await b.tailnet.delete_user(id)
+        return Empty()
+
