@@ -92,5 +92,7 @@ def peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
             if isinstance(addr, tuple) and len(addr) >= 2:
                 return str(addr[0]), int(addr[1])
             return None
-        stream = getattr(stream, "transport_stream", None) or getattr(stream, "inner", None)
+        # SSLStream, WebSocketStream, autocert's ReplayStream (the ClientHello given back).
+        stream = (getattr(stream, "transport_stream", None) or getattr(stream, "inner", None)
+                  or getattr(stream, "transport", None))
     return None

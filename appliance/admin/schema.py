@@ -77,13 +77,15 @@ class Str(Spec):
                  doc: str = "", example: str | None = None) -> None:
         self.min_len, self.max_len, self.check, self.fmt = min_len, max_len, check, fmt
         self.pattern = pattern
-        self._re = re.compile(pattern) if pattern else None
+        # The pattern is ECMA-262 for the OpenAPI document; Python's "$" also matches before a
+        # final newline, so it is read as "\Z" here (patterns use no literal "$").
+        self._re = re.compile(pattern.replace("$", r"\Z")) if pattern else None
         self.doc, self.example = doc, example
 
     def parse(self, value: Any, at: str) -> str:
         if not isinstance(value, str):
             raise _fail(at, f"expected a string, got {_kind(value)}")
-        if len(value) < self.min_len:
+        if len(value) < self.min_len and self.check is None:  # a check says its own rule
             raise _fail(at, "must not be empty" if self.min_len == 1 else f"at least {self.min_len} characters")
         if len(value) > self.max_len:
             raise _fail(at, f"at most {self.max_len} characters")

@@ -67,7 +67,7 @@ def check_given_name(name: str) -> str:
 
 
 def check_user_name(name: str) -> str:
-    if not USER_NAME_MIN <= len(name) <= USER_NAME_MAX or not _USER_NAME.match(name) or name.count("@") > 1:
+    if not USER_NAME_MIN <= len(name) <= USER_NAME_MAX or not _USER_NAME.fullmatch(name) or name.count("@") > 1:
         raise InvalidName(
             f"{_shown(name)} is not a valid user name: use {USER_NAME_MIN} to {USER_NAME_MAX} "
             "ASCII letters, digits, '-', '.', '_' and at most one '@', starting with a letter"
@@ -82,8 +82,8 @@ def check_email(email: str) -> str:
     local, at, domain = email.rpartition("@")
     labels = domain.split(".")
     if (
-        not at or len(email) > EMAIL_MAX or len(local) > 64 or not _EMAIL_LOCAL.match(local)
-        or not all(_DNS_LABEL.match(label) for label in labels)
+        not at or len(email) > EMAIL_MAX or len(local) > 64 or not _EMAIL_LOCAL.fullmatch(local)
+        or not all(_DNS_LABEL.fullmatch(label) for label in labels)
     ):
         raise InvalidName(f"{_shown(email)} is not a valid email address (name@example.com)")
     return email
@@ -115,13 +115,13 @@ def _printable(c: str) -> bool:
 def check_domain(name: str) -> str:
     """A DNS name (a search domain, a split-DNS suffix, an extra record's name)."""
     labels = name.rstrip(".").split(".")
-    if not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
+    if not name or len(name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
         raise InvalidName(f"{_shown(name)} is not a DNS name (labels of letters, digits and inner hyphens)")
     return name
 
 
 def check_tag(tag: str) -> str:
-    if len(tag) > TAG_MAX or not _TAG.match(tag):
+    if len(tag) > TAG_MAX or not _TAG.fullmatch(tag):
         raise InvalidName(
             f"{_shown(tag)} is not a tag: tags look like tag:name (a letter, then letters, digits, "
             f"'-' and '_'; at most {TAG_MAX} characters)"
