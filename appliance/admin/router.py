@@ -22,7 +22,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 import h11
 
@@ -197,6 +197,8 @@ class Router:
             except FieldError as e:
                 problems += e.problems
         query = _query(raw_query)
+        for name in query.keys() - op.query.keys():
+            problems.append((f"query.{name[:60]}", "unknown parameter"))
         for name, spec in op.query.items():
             if name in query:
                 try:
@@ -229,16 +231,23 @@ def _segment(raw: str, name: str) -> str:
 
 
 def _query(raw: str) -> dict[str, str]:
-    """Query parameters, the last of repeated ones winning (as grpc-gateway did for scalars)."""
+    """Query parameters, the last of repeated ones winning (as grpc-gateway did for scalars);
+    names and values %-decoded as UTF-8, strictly."""
+    out: dict[str, str] = {}
     if not raw:
-        return {}
-    try:
-        pairs = parse_qsl(raw.encode("latin-1"), keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
-        return {k.decode("utf-8"): v.decode("utf-8") for k, v in pairs}
-    except (UnicodeDecodeError, UnicodeEncodeError):
-        raise Malformed("the query string is not valid UTF-8 after %-decoding") from None
-    except ValueError:
-        raise Malformed(f"the query string has more than {MAX_QUERY_FIELDS} parameters") from None
+        return out
+    fields = [f for f in raw.split("&") if f]
+    if len(fields) > MAX_QUERY_FIELDS:
+        raise Malformed(f"the query string has more than {MAX_QUERY_FIELDS} parameters")
+    for f in fields:
+        name, _, value = f.partition("=")
+        try:
+            name, value = (unquote_to_bytes(p.replace("+", " ").encode("latin-1")).decode("utf-8")
+                           for p in (name, value))
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            raise Malformed("the query string is not valid UTF-8 after %-decoding") from None
+        out[name] = value
+    return out
 
 
 def _reject_constant(name: str) -> None:

@@ -33,7 +33,7 @@ class Ref(Spec):
 USER_NAME = Str(min_len=names.USER_NAME_MIN, max_len=names.USER_NAME_MAX, check=names.check_user_name,
                 pattern=r"^[A-Za-z][A-Za-z0-9._-]*(@[A-Za-z0-9._-]*)?$", example="alice",
                 doc="2-64 ASCII letters, digits, '-', '.', '_', at most one '@'; a letter first")
-EMAIL = Str(max_len=names.EMAIL_MAX, check=names.check_email, fmt="email", example="alice@example.com",
+EMAIL = Str(max_len=names.EMAIL_MAX, check=names.check_email, example="alice@example.com",
             pattern=r"^$|^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$",
             doc="an email address, unique without regard to case; empty for none")
 DISPLAY_NAME = Str(max_len=names.DISPLAY_NAME_MAX, check=names.check_display_name,
@@ -284,7 +284,7 @@ class Certificate:
     """The served certificate as autocert reports it (its names in snake_case, as `trioscale
     certs -o json` has always printed them); times are ISO 8601 UTC."""
 
-    source: str = fld(Enum("acme", "files"), json="source")
+    source: str = fld(Str(max_len=32), json="source", doc="acme or file")
     names: tuple = fld(List(Str(max_len=256), max_items=256), json="names")
     issuer: str | None = fld(_TEXT, json="issuer")
     serial: str | None = fld(_TEXT, json="serial", doc="hexadecimal")
