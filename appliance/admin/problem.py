@@ -10,12 +10,14 @@ from http import HTTPStatus
 from typing import Any
 
 from ..errors import AuthFailed, Conflict, Forbidden, Invalid, NotFound
+from ..logthrottle import LogThrottle
 from ..http.server import Answer
 from ..policy import PolicyError
 from ..storage.store import Conflict as StoreConflict
 from .schema import FieldError
 
 log = logging.getLogger(__name__)
+_throttled = LogThrottle(log)
 
 PROBLEM = "application/problem+json"
 
@@ -86,6 +88,9 @@ def problem(status: int, detail: str, *, errors: list[dict[str, Any]] | None = N
 
 def answer_for(exc: BaseException, instance: str) -> Answer:
     """The problem answer for an exception raised while serving ``instance`` (the path)."""
+    if isinstance(exc, Malformed):
+        # One line per request that cannot be read, rate-limited: a flood must not fill the disk.
+        _throttled.warning("api-malformed", "admin API: %s: %s", instance, exc)
     if isinstance(exc, APIError):
         return problem(exc.status, str(exc), instance=instance, headers=exc.headers)
     for cls, status in _STATUS:
