@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purge", action="store_true", help="also remove the config, the data and the trioscale user")
     p.add_argument("--root", help="uninstall below this directory instead of / and stop nothing")
 
+    from .migrate.cli import add_verbs as add_migrate_verbs
+
+    add_migrate_verbs(sub, cmd, _with_config)
+
     users = _with_config(sub.add_parser("users", aliases=["user"], help="manage users")).add_subparsers(dest="sub", required=True)
     p = cmd(users, "create", users_create, "create a user")
     p.add_argument("name")
@@ -644,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return derp_main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.cmd not in ("serve", "configtest"):
+    if args.cmd not in ("serve", "configtest", "import"):
         # The admin verbs only need the socket path: config warnings are for serve/configtest.
         logging.getLogger("appliance.config").setLevel(logging.ERROR)
     try:

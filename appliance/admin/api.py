@@ -81,9 +81,9 @@ class AdminAPI:
         if not public:
             return await self.router.serve(req, body, Actor("cli", source=source))
 
-        def authenticate(r: h11.Request) -> Actor:
+        async def authenticate(r: h11.Request) -> Actor:
             auth = next((v.decode("latin-1") for k, v in r.headers if k == b"authorization"), None)
-            rec = self.apikeys.authenticate(auth, source)
+            rec = await self.apikeys.authenticate(auth, source)
             return Actor("apikey", str(rec.id), source)
 
         return await self.router.serve(req, body, Actor("anonymous", source=source), authenticate)

@@ -153,7 +153,7 @@ class Router:
         raise UnknownPath(f"no API at {raw_path[:200]}")
 
     async def serve(self, req: h11.Request, body: bytes, actor: Actor,
-                    authenticate: Callable[[h11.Request], Actor] | None = None) -> Answer:
+                    authenticate: Callable[[h11.Request], Awaitable[Actor]] | None = None) -> Answer:
         """Answer one request. ``authenticate`` (the public listener's) returns the Actor for
         the request's credentials or raises; the admin socket passes None (its file mode is
         the guard)."""
@@ -162,7 +162,7 @@ class Router:
         try:
             op, raw_params = self.find(req.method.decode("latin-1"), raw_path)
             if authenticate is not None:
-                actor = authenticate(req)
+                actor = await authenticate(req)
             kwargs = self.read(op, raw_params, raw_query, body)
             result = await op.handler(Call(actor, op), **kwargs)
             out = op.response.spec.dump(result) if op.response is not None else {}

@@ -69,3 +69,24 @@ class NodeRecord:
     register_method: str = "authkey"
     # Not stored: how to compare two versions of a node cheaply when deciding what changed.
     extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    """One version of the policy (``policy.mode: database``); the newest is in force."""
+
+    id: int
+    data: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the store holds, as one value: what ``trioscale export`` writes and what
+    an import (from Headscale or from another trioscale) hands to ``Store.import_snapshot``."""
+
+    users: tuple[UserRecord, ...] = ()
+    preauth_keys: tuple[PreAuthKeyRecord, ...] = ()
+    api_keys: tuple[ApiKeyRecord, ...] = ()
+    nodes: tuple[NodeRecord, ...] = ()
+    policies: tuple[PolicyRecord, ...] = ()

@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 import trio
 
 from .migrations import LATEST, MIGRATIONS
-from .records import ApiKeyRecord, NodeRecord, PreAuthKeyRecord, UserRecord
+from .records import ApiKeyRecord, NodeRecord, PolicyRecord, PreAuthKeyRecord, Snapshot, UserRecord
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -357,6 +357,70 @@ class Store:
             lambda c: c.execute("INSERT INTO policies (data, created_at) VALUES (?, ?)", (data, _ts(now)))
         )
 
+    # --- whole-store snapshots (export, import) -----------------------------------------
+
+    async def export_snapshot(self) -> Snapshot:
+        """Everything, read in one transaction (a consistent backup of a running server)."""
+        return await self._run(read_snapshot)
+
+    async def import_snapshot(self, snapshot: Snapshot) -> None:
+        """Write ``snapshot`` into this store in one transaction, keeping every ID.
+
+        Raises StoreError when the store already holds users, nodes, keys or a policy (an
+        import never merges), Conflict when the snapshot breaks a uniqueness rule; either
+        way nothing is written."""
+        await self._run(lambda c: write_snapshot(c, snapshot))
+
     async def run_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Escape hatch for maintenance code: ``fn`` runs inside one transaction."""
         return await self._run(fn)
+
+
+# The tables a snapshot covers, in an order that satisfies the foreign keys.
+_SNAPSHOT_TABLES = ("users", "pre_auth_keys", "api_keys", "nodes", "policies")
+
+
+def read_snapshot(c: sqlite3.Connection) -> Snapshot:
+    return Snapshot(
+        users=tuple(_user(r) for r in c.execute("SELECT * FROM users ORDER BY id")),
+        preauth_keys=tuple(_preauth(r) for r in c.execute("SELECT * FROM pre_auth_keys ORDER BY id")),
+        api_keys=tuple(_apikey(r) for r in c.execute("SELECT * FROM api_keys ORDER BY id")),
+        nodes=tuple(_node(r) for r in c.execute("SELECT * FROM nodes ORDER BY id")),
+        policies=tuple(
+            PolicyRecord(id=r["id"], data=r["data"], created_at=_dt(r["created_at"]))
+            for r in c.execute("SELECT * FROM policies ORDER BY id")
+        ),
+    )
+
+
+def write_snapshot(c: sqlite3.Connection, s: Snapshot) -> None:
+    """Insert a whole snapshot into an empty store (the caller holds the transaction).
+
+    The one place that knows every column an import writes: a schema change extends it."""
+    held = [t for t in _SNAPSHOT_TABLES if c.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()]
+    if held:
+        raise StoreError(f"the database is not empty (it holds {', '.join(held)}): an import needs a new one")
+    c.executemany(
+        "INSERT INTO users (id, name, display_name, email, provider, provider_id, profile_pic_url, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(u.id, u.name, u.display_name, u.email, u.provider, u.provider_id, u.profile_pic_url, _ts(u.created_at))
+         for u in s.users],
+    )
+    c.executemany(
+        "INSERT INTO pre_auth_keys (id, prefix, hash, user_id, reusable, ephemeral, used, tags, created_at,"
+        " expiration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(k.id, k.prefix, k.hash, k.user_id, int(k.reusable), int(k.ephemeral), int(k.used),
+          json.dumps(list(k.tags)), _ts(k.created_at), _ts(k.expiration)) for k in s.preauth_keys],
+    )
+    c.executemany(
+        "INSERT INTO api_keys (id, prefix, hash, created_at, expiration, last_seen) VALUES (?, ?, ?, ?, ?, ?)",
+        [(k.id, k.prefix, k.hash, _ts(k.created_at), _ts(k.expiration), _ts(k.last_seen)) for k in s.api_keys],
+    )
+    c.executemany(
+        f"INSERT INTO nodes ({', '.join(_NODE_COLUMNS)}) VALUES ({', '.join('?' * len(_NODE_COLUMNS))})",
+        [_node_values(n) for n in s.nodes],
+    )
+    c.executemany(
+        "INSERT INTO policies (id, data, created_at) VALUES (?, ?, ?)",
+        [(p.id, p.data, _ts(p.created_at)) for p in s.policies],
+    )

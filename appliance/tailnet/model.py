@@ -234,6 +234,10 @@ class Tailnet:
         rec = None
         if prefix is not None:
             rec = next((k for k in self.keys.values() if k.prefix == prefix), None)
+        elif text:
+            # A plain-text key imported from Headscale before 0.28: found by its hash.
+            hashed = keysecrets.hash_secret(text)
+            rec = next((k for k in self.keys.values() if k.hash == hashed), None)
         if rec is None or not keysecrets.matches(text, rec.hash):
             raise AuthFailed("invalid key: this auth key is not known to the server")
         if rec.expiration is not None and rec.expiration <= self.clock():

@@ -304,11 +304,11 @@ async def test_failed_key_attempts_are_limited_per_source_and_logged(api, caplog
     caplog.set_level(logging.WARNING, "appliance.admin.apikeys")
     for i in range(FAIL_BURST):
         with pytest.raises(Unauthorized):
-            keys.authenticate("Bearer hskey-api-aaaaaaaaaaaa-" + "0" * 64, "192.0.2.7")
+            await keys.authenticate("Bearer hskey-api-aaaaaaaaaaaa-" + "0" * 64, "192.0.2.7")
     with pytest.raises(RateLimited) as e:
-        keys.authenticate(f"Bearer {good}", "192.0.2.7")  # even a good key waits: it is not looked at
+        await keys.authenticate(f"Bearer {good}", "192.0.2.7")  # even a good key waits: it is not looked at
     assert dict(e.value.headers)["retry-after"].isdigit()
-    assert keys.authenticate(f"Bearer {good}", "192.0.2.8").prefix in good  # another source is fine
+    assert (await keys.authenticate(f"Bearer {good}", "192.0.2.8")).prefix in good  # another source is fine
     assert keys.failed_total == FAIL_BURST and keys.failed_by_source["192.0.2.7"] == FAIL_BURST
     assert "192.0.2.7" in caplog.text and "unknown key" in caplog.text
     # IPv6 sources count per /64.
@@ -325,7 +325,7 @@ async def test_last_use_is_batched(api):
     rec, text = await api.apikeys.create(None)
     keys.keys[rec.id] = rec
     for _ in range(50):
-        keys.authenticate(f"Bearer {text}", "127.0.0.1")
+        await keys.authenticate(f"Bearer {text}", "127.0.0.1")
     assert keys.store.touches == []
     assert keys.listed()[-1].last_seen == NOW  # shown before it is written
     await keys.flush()
