@@ -109,10 +109,8 @@ def plan_headscale(from_config: Path, *, config: str | None, db: str | None = No
         src = SQLiteSource(Path(db).resolve() if db else hs.file_path("database.sqlite.path", DEFAULT_SQLITE))
     else:
         raise ImportRefused(f"{hs.path}: database.type {hs.db_type!r} is neither sqlite nor postgres")
-    try:
+    with src:
         imported = read_headscale(src, now=_now())
-    finally:
-        src.close()
     report = imported.report
     report.changed += [f"config {c}" for c in converted.changed]
     report.dropped += [f"config {d}" for d in converted.dropped]

@@ -27,7 +27,15 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
-class SQLiteSource:
+class _Closing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SQLiteSource(_Closing):
     """A Headscale SQLite file, opened read-only (Headscale may still be running for a dry run)."""
 
     def __init__(self, path: Path) -> None:
@@ -60,7 +68,7 @@ class SQLiteSource:
         self._conn.close()
 
 
-class PostgresSource:
+class PostgresSource(_Closing):
     """A Headscale PostgreSQL database, read in one read-only transaction."""
 
     def __init__(self, dsn: str) -> None:
