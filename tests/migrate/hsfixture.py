@@ -152,7 +152,21 @@ def postgres_schema(version: str) -> list[str]:
         s = re.sub(r"\bnumeric\b", "boolean", s)
         s = re.sub(r"\bblob\b", "bytea", s)
         out.append(s.rstrip(";"))
-    return out
+    # SQLite takes a foreign key to a table made later; PostgreSQL needs the table first.
+    ordered, made = [], set()
+    while out:
+        for s in out:
+            refs = set(re.findall(r'REFERENCES "(\w+)"', s))
+            name = re.match(r'CREATE TABLE (?:IF NOT EXISTS )?"(\w+)"', s)
+            if refs <= made | ({name[1]} if name else set()) or not name:
+                if name or all(t in made for t in re.findall(r' ON "(\w+)"', s)):
+                    ordered.append(s)
+                    made |= {name[1]} if name else set()
+                    out.remove(s)
+                    break
+        else:
+            raise AssertionError(f"cannot order the schema: {out[:1]}")
+    return ordered
 
 
 # --- rows ----------------------------------------------------------------------------------

@@ -111,19 +111,8 @@ async def exported(db: Path):
         store.close()
 
 
-VERSIONS = ["0.22", "0.23", "0.24", "0.25", "0.26", "0.30"]
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-async def test_every_version_imports_field_by_field(tmp_path, version):
-    t = tailnet_for(version)
-    db = hs.make_sqlite(tmp_path / "headscale.sqlite", version, t)
-    hs_config = headscale_config(tmp_path / "hs", db)
-    ts_config = trioscale_config(tmp_path / "ts")
-    plan = await trio.to_thread.run_sync(lambda: importer.plan_headscale(hs_config, config=str(ts_config)))
-    assert plan.report.source.startswith(f"Headscale {version if version != '0.22' else '0.22 or older'}")
-    await trio.to_thread.run_sync(importer.execute, plan)
-    s = await exported(tmp_path / "ts" / "data" / "db.sqlite")
+def check_imported(t: hs.HSTailnet, s, version: str) -> None:
+    """Every user, key, node, route and tag of ``t`` in snapshot ``s``, field by field."""
 
     live_users = [u for u in t.users if not u.deleted]
     assert [u.id for u in s.users] == [u.id for u in live_users]
@@ -162,6 +151,22 @@ async def test_every_version_imports_field_by_field(tmp_path, version):
         assert got.register_method == want.register_method
         assert got.ephemeral == (want.auth_key_id == 5)
     assert s.policies[-1].data == POLICY if version >= "0.23" else not s.policies
+
+
+VERSIONS = ["0.22", "0.23", "0.24", "0.25", "0.26", "0.30"]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_every_version_imports_field_by_field(tmp_path, version):
+    t = tailnet_for(version)
+    db = hs.make_sqlite(tmp_path / "headscale.sqlite", version, t)
+    hs_config = headscale_config(tmp_path / "hs", db)
+    ts_config = trioscale_config(tmp_path / "ts")
+    plan = await trio.to_thread.run_sync(lambda: importer.plan_headscale(hs_config, config=str(ts_config)))
+    assert plan.report.source.startswith(f"Headscale {version if version != '0.22' else '0.22 or older'}")
+    await trio.to_thread.run_sync(importer.execute, plan)
+    s = await exported(tmp_path / "ts" / "data" / "db.sqlite")
+    check_imported(t, s, version)
     report = "\n".join(plan.report.lines())
     assert "1 users deleted in Headscale" in report and "1 nodes deleted in Headscale" in report
 
@@ -357,3 +362,21 @@ def test_the_switch_over_fixture_schema_translates_to_postgres():
 
 def test_hsfixture_keeps_headscale_dumps_unchanged():
     assert os.path.getsize(hs.DUMPS / "from_nblock_db02__0.22.1__0.26.1.sql") == 64287
+
+
+@pytest.mark.parametrize("version", ["0.23", "0.30"])
+async def test_postgresql_backed_headscale(tmp_path, version):
+    """The same tailnet in a real PostgreSQL, in the column types gorm gives it there."""
+    from .pgserver import running_postgres
+
+    t = tailnet_for(version)
+    with running_postgres() as pg:
+        await trio.to_thread.run_sync(hs.make_postgres, pg["dsn"], version, t)
+        hs_config = headscale_config(tmp_path / "hs", tmp_path / "unused.sqlite", database={
+            "type": "postgres", "postgres": {"host": pg["host"], "port": pg["port"], "name": pg["name"],
+                                             "user": pg["user"], "pass": "", "ssl": False}})
+        plan = await trio.to_thread.run_sync(
+            lambda: importer.plan_headscale(hs_config, config=str(trioscale_config(tmp_path / "ts"))))
+    assert plan.report.source.startswith(f"Headscale {version} (PostgreSQL database 'headscale' on 127.0.0.1:")
+    await trio.to_thread.run_sync(importer.execute, plan)
+    check_imported(t, await exported(tmp_path / "ts" / "data" / "db.sqlite"), version)
