@@ -1,0 +1,78 @@
+"""`trioscale export` and `import trioscale`: the document, its round trip, and bad documents."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from appliance.cli import main
+from appliance.migrate import snapshot as exportdoc
+from appliance.migrate.errors import ImportRefused
+
+from . import hsfixture as hs
+from .test_headscale_import import exported, headscale_config, tailnet_for, trioscale_config
+
+
+async def _cli(*argv: str) -> int:
+    return await trio.to_thread.run_sync(main, list(argv))
+
+
+async def test_export_import_export_gives_the_same_document(tmp_path):
+    db = hs.make_sqlite(tmp_path / "hs.sqlite", "0.30", tailnet_for("0.30"))
+    a, b = trioscale_config(tmp_path / "a"), trioscale_config(tmp_path / "b")
+    assert await _cli("-c", str(a), "import", "headscale", "--from", str(headscale_config(tmp_path / "hs", db))) == 0
+    assert await _cli("-c", str(a), "export", str(tmp_path / "one.json")) == 0
+    assert (tmp_path / "one.json").stat().st_mode & 0o777 == 0o600
+    assert await _cli("-c", str(b), "import", "trioscale", str(tmp_path / "one.json")) == 0
+    assert await _cli("-c", str(b), "export", str(tmp_path / "two.json")) == 0
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
+    assert await exported(tmp_path / "a" / "data" / "db.sqlite") == await exported(tmp_path / "b" / "data" / "db.sqlite")
+    doc = json.loads((tmp_path / "one.json").read_text())
+    assert doc["format"] == "trioscale-export" and doc["noise_private_key"] == "privkey:" + "5a" * 32
+    assert [n["id"] for n in doc["nodes"]] == [1, 2, 7, 8]
+    assert (tmp_path / "b" / "data" / "noise_private.key").read_text().strip() == doc["noise_private_key"]
+    # An import never merges: the server already holds a tailnet now.
+    assert await _cli("-c", str(b), "import", "trioscale", str(tmp_path / "one.json")) == 1
+
+
+def _doc() -> dict:
+    return {
+        "format": "trioscale-export", "version": 1, "noise_private_key": "privkey:" + "11" * 32,
+        "derp_private_key": None, "users": [], "pre_auth_keys": [], "api_keys": [], "policies": [],
+        "nodes": [{
+            "id": 3, "machine_key": "mkey:" + "22" * 32, "node_key": "nodekey:" + "33" * 32, "disco_key": "",
+            "ipv4": "100.64.0.3", "ipv6": None, "hostname": "h", "given_name": "h", "user_id": None,
+            "auth_key_id": None, "tags": ["tag:a"], "hostinfo": {}, "endpoints": [], "expiry": None,
+            "last_seen": "2025-01-01T00:00:00Z", "created_at": "2025-01-01T00:00:00Z", "approved_routes": [],
+            "ephemeral": False, "register_method": "authkey",
+        }],
+    }
+
+
+def test_a_good_document_parses():
+    e = exportdoc.loads(json.dumps(_doc()))
+    assert e.snapshot.nodes[0].id == 3 and e.noise_private_key == bytes.fromhex("11" * 32)
+    assert json.loads(exportdoc.dumps(e)) == _doc()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(format="something"), "not a trioscale export"),
+    (lambda d: d.update(version=2), "export version 2"),
+    (lambda d: d.update(noise_private_key="privkey:abc"), "noise_private_key"),
+    (lambda d: d["nodes"][0].update(node_key="nodekey:zz"), r"nodes\[0\]"),
+    (lambda d: d["nodes"][0].update(ipv4="100.64.0.999"), r"nodes\[0\].ipv4"),
+    (lambda d: d["nodes"][0].update(created_at="yesterday"), r"nodes\[0\].created_at"),
+    (lambda d: d["nodes"][0].pop("hostname"), "'hostname' is missing"),
+    (lambda d: d["nodes"][0].update(colour="red"), "unknown fields colour"),
+    (lambda d: d["nodes"][0].update(id="3"), r"nodes\[0\].id: expected an integer"),
+    (lambda d: d["nodes"][0].update(approved_routes=["10.0.0.0/33"]), "approved_routes"),
+])
+def test_bad_documents_are_refused_naming_the_value(change, message):
+    d = _doc()
+    change(d)
+    with pytest.raises(ImportRefused, match=message):
+        exportdoc.loads(json.dumps(d))
+    with pytest.raises(ImportRefused, match="not a JSON document"):
+        exportdoc.loads("{nope")
