@@ -213,9 +213,13 @@ def read_headscale(src: Source, *, now: datetime) -> Imported:
     _not_carried_tables(src, report)
     snapshot = Snapshot(users=tuple(users), preauth_keys=tuple(keys), api_keys=tuple(api_keys),
                         nodes=tuple(nodes), policies=tuple(policies))
-    report.counts = {"users": len(users), "nodes": len(nodes), "pre-auth keys": len(keys),
-                     "API keys": len(api_keys), "policies": len(policies)}
+    report.counts = counts(snapshot)
     return Imported(snapshot, report, version, request_tags)
+
+
+def counts(s: Snapshot) -> dict[str, int]:
+    return {"users": len(s.users), "nodes": len(s.nodes), "pre-auth keys": len(s.preauth_keys),
+            "API keys": len(s.api_keys), "policies": len(s.policies)}
 
 
 def _live(rows: Iterable[dict], what: str, report: Report) -> list[dict]:

@@ -29,7 +29,7 @@ from ..storage.records import Snapshot
 from ..tailnet.policy import policy_node, policy_user
 from . import snapshot as exportdoc
 from .errors import ImportRefused
-from .headscale import Report, apply_request_tags, read_headscale
+from .headscale import Report, apply_request_tags, counts, read_headscale
 from .hsconfig import DEFAULT_NOISE_KEY, DEFAULT_SQLITE, convert_config, read_headscale_config
 from .source import PostgresSource, SQLiteSource
 
@@ -152,9 +152,7 @@ def plan_trioscale(file: Path, *, config: str | None) -> Plan:
     export = exportdoc.loads(text)
     cfg = _load(config)
     s = export.snapshot
-    report = Report(source=f"trioscale export {file}", counts={
-        "users": len(s.users), "nodes": len(s.nodes), "pre-auth keys": len(s.preauth_keys),
-        "API keys": len(s.api_keys), "policies": len(s.policies)})
+    report = Report(source=f"trioscale export {file}", counts=counts(s))
     _check_policy(cfg, s)
     plan = Plan(what=f"import {report.source} into trioscale", snapshot=s, report=report, config=cfg,
                 noise_key=export.noise_private_key, derp_key=export.derp_private_key)
@@ -303,6 +301,4 @@ def export_to(file: Path, *, config: str | None) -> Report:
         raise ImportRefused(str(e)) from None
     text = exportdoc.dumps(exportdoc.Export(s, noise, derp))
     _write_file(Path(file), text.encode(), 0o600, keep_old=False)
-    return Report(source=str(db), counts={
-        "users": len(s.users), "nodes": len(s.nodes), "pre-auth keys": len(s.preauth_keys),
-        "API keys": len(s.api_keys), "policies": len(s.policies)})
+    return Report(source=str(db), counts=counts(s))
