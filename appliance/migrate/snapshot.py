@@ -17,7 +17,8 @@ again give the same bytes. Layout (every time is RFC 3339 in UTC, ``null`` when 
                         "hostname", "given_name", "user_id", "auth_key_id", "tags", "hostinfo",
                         "endpoints", "expiry", "last_seen", "created_at", "approved_routes",
                         "ephemeral", "register_method"}],
-      "policies":     [{"id", "data", "created_at"}]   # policy.mode database; newest last
+      "policies":     [{"id", "data", "created_at"}],  # policy.mode database; newest last
+      "settings":     [{"name", "value", "updated_at"}] # changed through the API (DNS, DERP)
     }
 
 Key hashes are as stored: SHA-256 hex of the key text for trioscale's keys, bcrypt for keys
@@ -40,6 +41,7 @@ from ..storage.records import (
     NodeRecord,
     PolicyRecord,
     PreAuthKeyRecord,
+    SettingRecord,
     Snapshot,
     UserRecord,
 )
@@ -56,6 +58,7 @@ SECTIONS: dict[str, tuple[type, str]] = {
     "api_keys": (ApiKeyRecord, "api_keys"),
     "nodes": (NodeRecord, "nodes"),
     "policies": (PolicyRecord, "policies"),
+    "settings": (SettingRecord, "settings"),
 }
 _NOT_STORED = {"extra"}  # NodeRecord.extra is a cache, not data
 
@@ -144,6 +147,8 @@ def _field(annotation: str, value: Any, where: str) -> Any:
         if isinstance(value, dict):
             return value
         raise _bad(where, "an object", value)
+    if kind == "Any":  # a setting's JSON value, checked by its reader when the server loads it
+        return value
     raise AssertionError(f"no reader for {annotation}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,15 @@ class PolicyRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SettingRecord:
+    """A setting an admin changed at run time through the API (DNS, DERP regions): JSON."""
+
+    name: str
+    value: Any
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the store holds, as one value: what ``trioscale export`` writes and what
     an import (from Headscale or from another trioscale) hands to ``Store.import_snapshot``."""
@@ -90,3 +100,4 @@ class Snapshot:
     api_keys: tuple[ApiKeyRecord, ...] = ()
     nodes: tuple[NodeRecord, ...] = ()
     policies: tuple[PolicyRecord, ...] = ()
+    settings: tuple[SettingRecord, ...] = ()

@@ -19,7 +19,9 @@ from typing import Any, Callable, TypeVar
 import trio
 
 from .migrations import LATEST, MIGRATIONS
-from .records import ApiKeyRecord, NodeRecord, PolicyRecord, PreAuthKeyRecord, Snapshot, UserRecord
+from .records import (
+    ApiKeyRecord, NodeRecord, PolicyRecord, PreAuthKeyRecord, SettingRecord, Snapshot, UserRecord,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -377,7 +379,7 @@ class Store:
 
 
 # The tables a snapshot covers, in an order that satisfies the foreign keys.
-_SNAPSHOT_TABLES = ("users", "pre_auth_keys", "api_keys", "nodes", "policies")
+_SNAPSHOT_TABLES = ("users", "pre_auth_keys", "api_keys", "nodes", "policies", "settings")
 
 
 def read_snapshot(c: sqlite3.Connection) -> Snapshot:
@@ -389,6 +391,10 @@ def read_snapshot(c: sqlite3.Connection) -> Snapshot:
         policies=tuple(
             PolicyRecord(id=r["id"], data=r["data"], created_at=_dt(r["created_at"]))
             for r in c.execute("SELECT * FROM policies ORDER BY id")
+        ),
+        settings=tuple(
+            SettingRecord(name=r["name"], value=json.loads(r["value"]), updated_at=_dt(r["updated_at"]))
+            for r in c.execute("SELECT * FROM settings ORDER BY name")
         ),
     )
 
@@ -423,4 +429,8 @@ def write_snapshot(c: sqlite3.Connection, s: Snapshot) -> None:
     c.executemany(
         "INSERT INTO policies (id, data, created_at) VALUES (?, ?, ?)",
         [(p.id, p.data, _ts(p.created_at)) for p in s.policies],
+    )
+    c.executemany(
+        "INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?)",
+        [(st.name, json.dumps(st.value), _ts(st.updated_at)) for st in s.settings],
     )

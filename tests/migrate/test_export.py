@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 import trio
@@ -10,6 +11,7 @@ import trio
 from appliance.cli import main
 from appliance.migrate import snapshot as exportdoc
 from appliance.migrate.errors import ImportRefused
+from appliance.storage import Store
 
 from . import hsfixture as hs
 from .test_headscale_import import exported, headscale_config, tailnet_for, trioscale_config
@@ -23,6 +25,10 @@ async def test_export_import_export_gives_the_same_document(tmp_path):
     db = hs.make_sqlite(tmp_path / "hs.sqlite", "0.30", tailnet_for("0.30"))
     a, b = trioscale_config(tmp_path / "a"), trioscale_config(tmp_path / "b")
     assert await _cli("-c", str(a), "import", "headscale", "--from", str(headscale_config(tmp_path / "hs", db))) == 0
+    # A DNS setting changed through the API at run time travels with the export.
+    store = Store(tmp_path / "a" / "data" / "db.sqlite")
+    await store.put_setting("dns.nameservers.global", ["9.9.9.9"], datetime(2026, 1, 1, tzinfo=timezone.utc))
+    store.close()
     assert await _cli("-c", str(a), "export", str(tmp_path / "one.json")) == 0
     assert (tmp_path / "one.json").stat().st_mode & 0o777 == 0o600
     assert await _cli("-c", str(b), "import", "trioscale", str(tmp_path / "one.json")) == 0
@@ -32,6 +38,7 @@ async def test_export_import_export_gives_the_same_document(tmp_path):
     doc = json.loads((tmp_path / "one.json").read_text())
     assert doc["format"] == "trioscale-export" and doc["noise_private_key"] == "privkey:" + "5a" * 32
     assert [n["id"] for n in doc["nodes"]] == [1, 2, 7, 8]
+    assert [(st["name"], st["value"]) for st in doc["settings"]] == [("dns.nameservers.global", ["9.9.9.9"])]
     assert (tmp_path / "b" / "data" / "noise_private.key").read_text().strip() == doc["noise_private_key"]
     # An import never merges: the server already holds a tailnet now.
     assert await _cli("-c", str(b), "import", "trioscale", str(tmp_path / "one.json")) == 1
@@ -40,7 +47,7 @@ async def test_export_import_export_gives_the_same_document(tmp_path):
 def _doc() -> dict:
     return {
         "format": "trioscale-export", "version": 1, "noise_private_key": "privkey:" + "11" * 32,
-        "derp_private_key": None, "users": [], "pre_auth_keys": [], "api_keys": [], "policies": [],
+        "derp_private_key": None, "users": [], "pre_auth_keys": [], "api_keys": [], "policies": [], "settings": [],
         "nodes": [{
             "id": 3, "machine_key": "mkey:" + "22" * 32, "node_key": "nodekey:" + "33" * 32, "disco_key": "",
             "ipv4": "100.64.0.3", "ipv6": None, "hostname": "h", "given_name": "h", "user_id": None,
