@@ -157,13 +157,13 @@ class PolicyEngine:
 
     def owns_tag(self, user_id: int, tag: str) -> bool:
         """May ``user_id`` put ``tag`` on its devices (``tailscale up --advertise-tags``)?
-        By tagOwners: the user's login, a group holding it, autogroup:member, or the tailnet
-        owner for autogroup:admin/owner (admin roles are not modelled beyond that)."""
+        By tagOwners: the user's login, a group holding it, autogroup:member, or a role
+        autogroup (autogroup:admin, …) the user's role is in."""
         return user_id in self._owners(self.policy.tag_owners.get(tag, ()), set())
 
     def _owners(self, refs, seen: set[str]) -> set[int]:
         out: set[int] = set()
-        logins = self.compiler.r.users_by_login
+        r = self.compiler.r
         for ref in refs:
             if ref.startswith("group:"):
                 if ref not in seen:
@@ -171,10 +171,10 @@ class PolicyEngine:
                     out |= self._owners(self.policy.groups.get(ref, ()), seen)
             elif ref == "autogroup:member":
                 out |= set(self._users)
-            elif ref in ("autogroup:admin", "autogroup:owner"):
-                out |= {min(self._users)} if self._users else set()
+            elif ref.startswith("autogroup:"):
+                out |= r.role_users(ref.split(":", 1)[1])
             elif "@" in ref:
-                uid = logins.get(ref.lower())
+                uid = r.users_by_login.get(ref.lower())
                 if uid is not None:
                     out.add(uid)
         return out

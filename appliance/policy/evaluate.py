@@ -6,14 +6,15 @@ import json
 
 from .engine import DEFAULT_SERVER_URL, PolicyEngine
 from .errors import PolicyError
-from .model import Node, User
+from .model import Node, User, normalize_role
 
 
 def tailnet_from_topology(topology: dict) -> tuple[list[User], list[Node]]:
     """Users and nodes from the conformance corpus's ``topology`` format.
 
     Node ids follow the sorted hostnames, so output is stable."""
-    users = [User(id=int(u["id"]), name=u.get("name", ""), email=u.get("email", ""))
+    users = [User(id=int(u["id"]), name=u.get("name", ""), email=u.get("email", ""),
+                  role=normalize_role(u.get("role")))
              for u in topology.get("users", [])]
     by_name = {u.name: u.id for u in users}
     nodes = []

@@ -17,6 +17,18 @@ _NON_INTERNET = IPSet.parse("10.0.0.0/8", "100.64.0.0/10", "169.254.0.0/16",
                             "172.16.0.0/12", "192.168.0.0/16")
 INTERNET = IPSet.parse("0.0.0.0/0", "2000::/3") - _NON_INTERNET
 
+# Which roles each role autogroup holds (kb/1396 targets: "all members with the X role").
+# The Owner counts as an Admin: Tailscale gives the owner's devices the is-admin capability
+# too, and the owner may do everything an admin may (kb/1138).
+ROLE_AUTOGROUPS: dict[str, frozenset[str]] = {
+    "owner": frozenset({"owner"}),
+    "admin": frozenset({"owner", "admin"}),
+    "network-admin": frozenset({"network-admin"}),
+    "it-admin": frozenset({"it-admin"}),
+    "billing-admin": frozenset({"billing-admin"}),
+    "auditor": frozenset({"auditor"}),
+}
+
 # local@domain with something on both sides; the admin API checks emails fully.
 _ADDRESS = re.compile(r"^[^@\s]+@[^@\s.][^@\s]*$")
 
@@ -114,13 +126,17 @@ class Resolver:
                 return [n for n in self.nodes if n.is_tagged]
             if name in ("self", "internet", "danger-all"):
                 return None
-            if name in ("owner", "admin") and self.tailnet.users:
-                # Roles are not modelled; the first user created the tailnet
-                # and owns it, as in Tailscale.
-                owner = min(u.id for u in self.tailnet.users)
-                return [n for n in self.nodes if not n.is_tagged and n.user_id == owner]
-            return []   # other admin roles: not modelled
+            uids = self.role_users(name)
+            # autogroup:shared: users from other tailnets, which a self-hosted one has none of.
+            return [n for n in self.nodes if not n.is_tagged and n.user_id in uids]
         return None
+
+    def role_users(self, autogroup: str) -> set[int]:
+        """Ids of the users a role autogroup (owner, admin, …; without "autogroup:") holds."""
+        roles = ROLE_AUTOGROUPS.get(autogroup)
+        if not roles:
+            return set()
+        return {uid for uid, r in self.tailnet.roles.items() if r in roles}
 
     def src_set(self, srcs) -> tuple[IPSet, bool]:
         """Addresses of a rule's sources; flag True for autogroup:danger-all."""

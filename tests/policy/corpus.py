@@ -27,6 +27,29 @@ def load_cases() -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(CORPUS.glob("*/*.json"))]
 
 
+def topology_with_roles(case: dict) -> dict:
+    """The case's topology with each user's role. The captures do not list roles, but
+    Tailscale states them in every user-owned node's capabilities (is-owner for the Owner,
+    is-admin for an Admin; the Owner carries both); a refused policy has no nodes, and
+    its users keep the default (the first user owns the tailnet)."""
+    topo = case["topology"]
+    roles: dict[str, str] = {}
+    for host, got in (case.get("nodes") or {}).items():
+        user = (topo.get("nodes", {}).get(host) or {}).get("user")
+        caps = got.get("self_cap_map") or {}
+        if not user or (topo["nodes"][host].get("tags") or []):
+            continue
+        if "https://tailscale.com/cap/is-owner" in caps:
+            roles[user] = "owner"
+        elif "https://tailscale.com/cap/is-admin" in caps:
+            roles.setdefault(user, "admin")
+    if not roles:
+        return topo
+    users = [dict(u, role=u.get("role") or roles.get(u.get("name"), "member"))
+             for u in topo.get("users", [])]
+    return dict(topo, users=users)
+
+
 def _addrs(items) -> str:
     if items == ["*"] or "*" in (items or []):
         return "*"

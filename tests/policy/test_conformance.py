@@ -7,7 +7,7 @@ import pytest
 
 from appliance.policy.evaluate import evaluate
 
-from .corpus import CORPUS, compare, load_cases
+from .corpus import CORPUS, compare, load_cases, topology_with_roles
 
 # The only cases we knowingly do not match, each with the reason.
 KNOWN_DIFFERENCES: dict[str, str] = {
@@ -30,7 +30,7 @@ def _param(case):
 @pytest.mark.skipif(not CASES, reason=f"conformance corpus not found at {CORPUS}")
 @pytest.mark.parametrize("case", [_param(c) for c in CASES] or [None])
 def test_case(case):
-    got = evaluate(case["policy"], case["topology"])
+    got = evaluate(case["policy"], topology_with_roles(case))
     diffs = compare(case, got)
     assert not diffs, "\n".join(diffs[:20])
 
