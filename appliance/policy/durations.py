@@ -4,29 +4,39 @@ from __future__ import annotations
 
 import re
 
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0,
+          "m": 60.0, "h": 3600.0}
+_NUMBER = re.compile(r"(\d*)(?:\.(\d*))?")
+_UNIT = re.compile(r"[^\d.]*")
 
 
 def parse_go_duration(text: str) -> float:
-    """Seconds in a Go duration string such as "12h", "1h30m", "-1m"."""
-    s = text.strip()
-    sign = 1.0
-    if s[:1] in "+-" and s:
-        sign = -1.0 if s[0] == "-" else 1.0
+    """Seconds in a Go duration string such as "12h", "1h30m", "-1m", read exactly as Go's
+    time.ParseDuration reads it (no days). Raises ValueError with Go's message, which is
+    what Tailscale's control plane answers for a malformed checkPeriod."""
+    s = text
+    neg = s[:1] == "-"
+    if s[:1] in ("-", "+"):
         s = s[1:]
     if s == "0":
         return 0.0
     if not s:
-        raise ValueError(text)
-    pos, total = 0, 0.0
-    while pos < len(s):
-        m = _PART.match(s, pos)
-        if not m:
-            raise ValueError(text)
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    return sign * total
+        raise ValueError(f'time: invalid duration "{text}"')
+    total = 0.0
+    while s:
+        m = _NUMBER.match(s)
+        whole, frac = m.group(1), m.group(2) or ""
+        if not whole and not frac:
+            raise ValueError(f'time: invalid duration "{text}"')
+        s = s[m.end():]
+        unit = _UNIT.match(s).group(0)
+        if not unit:
+            raise ValueError(f'time: missing unit in duration "{text}"')
+        if unit not in _UNITS:
+            raise ValueError(f'time: unknown unit "{unit}" in duration "{text}"')
+        s = s[len(unit):]
+        total += float(f"{whole or 0}.{frac or 0}") * _UNITS[unit]
+    return -total if neg else total
 
 
 def format_go_duration(seconds: float) -> str:

@@ -6,6 +6,8 @@ where the conformance corpus recorded them.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import re
 
 from . import hujson
@@ -35,6 +37,30 @@ AUTOAPPROVER_FIELDS = {"routes", "exitNode", "services"}
 MAX_CHECK_PERIOD = 168 * 3600.0
 _TAG_NAME = re.compile(r"^tag:[A-Za-z][A-Za-z0-9_\-]*$")
 _CAP_NAME = re.compile(r"^[^/\s]+\.[^/\s]+/\S+$")
+
+# Tailscale keeps the tailscale.com domain of capability names for itself: a policy may name
+# only those a person is meant to grant (tailcfg.PeerCapability* of v1.96.4 less the
+# companions the server adds by itself, drive-sharer and relay-target; and the caps of
+# Tailscale's own apps: setec's secrets, proxy-to-grafana). Issue tailscale#16312 shows the
+# refusal for a cap not (yet) on the list.
+RESERVED_CAP_DOMAIN = "tailscale.com/"
+GRANTABLE_TAILSCALE_CAPS = frozenset({
+    "tailscale.com/cap/webui", "tailscale.com/cap/drive", "tailscale.com/cap/kubernetes",
+    "tailscale.com/cap/relay", "tailscale.com/cap/tsidp", "tailscale.com/cap/secrets",
+    "tailscale.com/cap/proxy-to-grafana",
+})
+# nodeAttrs "app" carries node capabilities: of Tailscale's own, app connectors only
+# (kb/1281 app connectors; appctype.AppConnectorAttr).
+NODE_APP_TAILSCALE_CAPS = frozenset({"tailscale.com/app-connectors"})
+CAP_FORM_MSG = "capability name must have the form {domain}/{path}"
+CAP_RESERVED_MSG = "capability name must not be in the tailscale.com domain"
+
+# nodeAttrs ipPool: addresses come from the CGNAT range, less Tailscale's own parts of it:
+# 100.100.100.0/24 (MagicDNS, Quad100) and 100.115.92.0/23 (kept for ChromeOS VMs and
+# services). kb/1304 ip-pool; Headscale's validateNodeAttrIPPool states the same ranges.
+CGNAT = ipaddress.ip_network("100.64.0.0/10")
+RESERVED_POOL_RANGES = (ipaddress.ip_network("100.100.100.0/24"),
+                        ipaddress.ip_network("100.115.92.0/23"))
 
 
 class _Ctx:
@@ -118,7 +144,15 @@ def parse_policy(text: str | bytes | dict) -> Policy:
             _check_refs(ctx, a, path + ("target", j), tag_owners, groups, "")
             targets.append(a)
         attrs = _strings(ctx, na.get("attr"), path + ("attr",), "attr")
-        node_attrs.append(NodeAttr(tuple(targets), tuple(attrs), na.get("app")))
+        app = na.get("app")
+        if app is not None:
+            if not isinstance(app, dict):
+                raise ctx.error("app: expected an object", path + ("app",), cls=ParseError)
+            for name in app:
+                _check_cap_name(ctx, name, NODE_APP_TAILSCALE_CAPS, path + ("app", name))
+        for j, pool in enumerate(_strings(ctx, na.get("ipPool"), path + ("ipPool",), "ipPool")):
+            _check_ip_pool(ctx, pool, path + ("ipPool", j))
+        node_attrs.append(NodeAttr(tuple(targets), tuple(attrs), app))
 
     auto_routes: dict[str, tuple[Alias, ...]] = {}
     auto_exit: tuple[Alias, ...] = ()
@@ -264,9 +298,43 @@ def _parse_srcs(ctx, obj, path, alias, tag_owners, groups, *, side="src", quote=
         a = alias(s, path + (j,))
         if a.kind == "autogroup" and a.value == "autogroup:self":
             raise ctx.error('"autogroup:self" not valid on the src side of a rule', path + (j,))
+        if a.value == "autogroup:internet":
+            # The internet is reached through exit nodes; it never opens a connection.
+            raise ctx.error(INTERNET_SRC_MSG, path + (j,))
+        _check_not_nonroot(ctx, a, path + (j,))
         _check_refs(ctx, a, path + (j,), tag_owners, groups, side)
         srcs.append(a)
     return srcs
+
+
+# Headscale's wording (policy/v2 ErrAutogroupInternetSrc); Tailscale's is not on record.
+INTERNET_SRC_MSG = "autogroup:internet can only be used in ACL destinations"
+
+
+def _check_not_nonroot(ctx: _Ctx, a: Alias, path: tuple) -> None:
+    """autogroup:nonroot names login users of an SSH rule, never devices (kb/1396)."""
+    if a.value == "autogroup:nonroot":
+        raise ctx.error('"autogroup:nonroot" can only be used in the users of an SSH rule', path)
+
+
+def _check_cap_name(ctx: _Ctx, name: str, allowed_reserved: frozenset[str], path: tuple) -> None:
+    if not _CAP_NAME.match(name):
+        raise ctx.error(CAP_FORM_MSG, path)
+    if name.lower().startswith(RESERVED_CAP_DOMAIN) and name not in allowed_reserved:
+        raise ctx.error(CAP_RESERVED_MSG, path)
+
+
+def _check_ip_pool(ctx: _Ctx, text: str, path: tuple) -> None:
+    try:
+        net = ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ctx.error(f'ipPool "{text}": invalid prefix', path) from None
+    if net.version != 4 or not net.subnet_of(CGNAT):
+        raise ctx.error(f'ipPool "{text}": nodeAttrs ipPool must be within {CGNAT}', path)
+    for reserved in RESERVED_POOL_RANGES:
+        if net.overlaps(reserved):
+            raise ctx.error(f'ipPool "{text}": nodeAttrs ipPool must not overlap reserved '
+                            f"Tailscale range {reserved}", path)
 
 
 def _parse_acl(ctx, acl, path, alias, tag_owners, groups, hosts) -> Rule:
@@ -293,6 +361,7 @@ def _parse_acl(ctx, acl, path, alias, tag_owners, groups, hosts) -> Rule:
             raise ctx.error(f'dst="{host}": group not found: "{a.value}"', p)
         if a.kind == "autogroup" and a.value == "autogroup:danger-all":
             raise ctx.error("cannot use autogroup:danger-all as a dst", p)
+        _check_not_nonroot(ctx, a, p)
         dsts.append((a, ports))
     if any(a.value == "autogroup:self" for a, _ in dsts) and not _self_sources_ok(srcs, True):
         raise ctx.error(SELF_SOURCE_MSG, path + ("dst",))
@@ -316,14 +385,14 @@ def _parse_grant(ctx, grant, path, alias, tag_owners, groups) -> Rule:
         if not isinstance(app, dict):
             raise ctx.error("app: expected an object", path + ("app",), cls=ParseError)
         for name in app:
-            if not _CAP_NAME.match(name):
-                raise ctx.error("capability name must have the form {domain}/{path}", path + ("app", name))
+            _check_cap_name(ctx, name, GRANTABLE_TAILSCALE_CAPS, path + ("app", name))
     dsts = []
     for j, d in enumerate(_strings(ctx, grant.get("dst"), path + ("dst",), "dst")):
         p = path + ("dst", j)
         a = alias(d, p)
         if a.kind == "autogroup" and a.value == "autogroup:danger-all":
             raise ctx.error("cannot use autogroup:danger-all as a dst", p)
+        _check_not_nonroot(ctx, a, p)
         if a.kind == "tag" and a.value not in tag_owners:
             raise ctx.error(f'tag "{a.value}" not found', p)
         if a.kind == "group" and a.value not in groups:
@@ -382,6 +451,9 @@ def _parse_ssh(ctx, rule, path, alias, tag_owners, groups, hosts) -> SSHRule:
         if a.kind in ("host", "prefix", "wildcard"):
             # SSH destinations are nodes, never addresses.
             raise ctx.error(f'invalid dst "{d}"', p)
+        if a.value == "autogroup:internet":
+            raise ctx.error(INTERNET_SRC_MSG, p)
+        _check_not_nonroot(ctx, a, p)
         _check_refs(ctx, a, p, tag_owners, groups, "dst")
         dsts.append(a)
     if "users" not in rule or rule.get("users") is None:
@@ -399,10 +471,13 @@ def _parse_ssh(ctx, rule, path, alias, tag_owners, groups, hosts) -> SSHRule:
         if cp == "always":
             check_period = 0.0
         else:
+            if not isinstance(cp, str):
+                raise ctx.error(f"checkPeriod: expected a duration string, got {json.dumps(cp)}",
+                                path + ("checkPeriod",), cls=ParseError)
             try:
-                check_period = parse_go_duration(str(cp))
-            except ValueError:
-                raise ctx.error(f'checkPeriod "{cp}": invalid duration', path + ("checkPeriod",)) from None
+                check_period = parse_go_duration(cp)
+            except ValueError as exc:
+                raise ctx.error(str(exc), path + ("checkPeriod",)) from None
             if check_period < 0:
                 raise ctx.error(f"checkPeriod {format_go_duration(check_period)} must be a positive duration",
                                 path + ("checkPeriod",))
