@@ -17,23 +17,34 @@ from .ports import parse_proto
 from .ssh import ssh_policy_for
 
 FAILED = "test(s) failed"
-# Without a proto, a rule allows TCP, UDP and ICMP (tailcfg.FilterRule.IPProto).
+# A test without a proto passes when any protocol a rule allows by default would carry it
+# (tailcfg.FilterRule.IPProto's default set; Headscale's test evaluator reads the captures so).
 DEFAULT_PROTOS = (6, 17, 1, 58)
+# A test is one connection attempt to one port: only protocols with ports can be tested
+# (Headscale: "test protocol must be tcp, udp, sctp, or empty"; names or IANA numbers).
+TESTABLE_PROTOS = {6, 17, 132}
+# Autogroups that name a fixed set of nodes, and so may be a test's source (or an SSH
+# test's destination): members, tagged devices and the role autogroups.
+NODE_AUTOGROUPS = {"autogroup:member", "autogroup:tagged", "autogroup:owner", "autogroup:admin",
+                   "autogroup:network-admin", "autogroup:it-admin", "autogroup:billing-admin",
+                   "autogroup:auditor", "autogroup:shared"}
 
 
-def _endpoint_addrs(fc: FilterCompiler, text: str) -> tuple[list[str], list[Node]] | None:
-    """Addresses (and nodes) a test endpoint names; None if Tailscale would
-    not accept it as a test endpoint (autogroups, "*", wider prefixes)."""
+def _endpoint_addrs(fc: FilterCompiler, text: str, *, autogroups: bool = False,
+                    ipv6_literals: bool = True) -> tuple[list[str], list[Node]] | None:
+    """Addresses (and nodes) a test endpoint names; None if Tailscale would not accept it
+    as one ("*", a prefix wider than one address, a name resolving to no node, an
+    autogroup unless ``autogroups`` allows those that name nodes)."""
     try:
         a = parse_alias(text.strip(), fc.policy.hosts)
     except ValidationError:
         return None
-    if a.kind in ("wildcard", "autogroup"):
+    if a.kind == "wildcard" or (a.kind == "autogroup" and not (autogroups and a.value in NODE_AUTOGROUPS)):
         return None
     if a.kind in ("prefix", "host"):
         value = a.value if a.kind == "prefix" else fc.policy.hosts[a.value]
         net = ipaddress.ip_network(value, strict=False)
-        if net.num_addresses != 1:
+        if net.num_addresses != 1 or (net.version == 6 and not ipv6_literals):
             return None
         ip = str(net.network_address)
         return [ip], [n for n in fc.tailnet.nodes if ip in n.ips]
@@ -48,12 +59,14 @@ def _endpoint_addrs(fc: FilterCompiler, text: str) -> tuple[list[str], list[Node
 
 
 def _rule_allows(fc: FilterCompiler, cr: CompiledRule, src_ip: str, src_node: Node | None,
-                 dst_ip: str, dst_node: Node | None, port: int, proto: int) -> bool:
+                 dst_ip: str, dst_node: Node | None, port: int, proto: int | None) -> bool:
+    """Does one rule allow the connection? ``proto`` None: any of the default protocols."""
     if cr.app is not None or cr.via:
         return False
-    protos = cr.protocols if cr.protocols is not None else DEFAULT_PROTOS
-    if proto not in protos:
-        return False
+    if cr.protocols is not None:
+        wanted = DEFAULT_PROTOS if proto is None else (proto,)
+        if not any(p in cr.protocols for p in wanted):
+            return False
     src = IPSet.parse(src_ip)
     dst = IPSet.parse(dst_ip)
     for t, ports in cr.dsts:
@@ -76,7 +89,7 @@ def _rule_allows(fc: FilterCompiler, cr: CompiledRule, src_ip: str, src_node: No
 
 
 def allowed(fc: FilterCompiler, src_ip: str, src_node, dst_ip: str, dst_node, port: int,
-            proto: int = 6) -> CompiledRule | None:
+            proto: int | None = 6) -> CompiledRule | None:
     """The first rule allowing the connection, or None."""
     for cr in fc.rules:
         if _rule_allows(fc, cr, src_ip, src_node, dst_ip, dst_node, port, proto):
@@ -91,14 +104,14 @@ def _family(ip: str) -> int:
 def run_acl_tests(fc: FilterCompiler) -> list[str]:
     failures: list[str] = []
     for i, t in enumerate(fc.policy.tests):
-        src = _endpoint_addrs(fc, t.src) if t.src else None
+        src = _endpoint_addrs(fc, t.src, autogroups=True) if t.src else None
         if src is None:
             failures.append(f"tests[{i}]: invalid src {t.src!r}")
             continue
         if not t.accept and not t.deny:
             failures.append(f"tests[{i}]: no accept or deny")
             continue
-        proto = 6
+        proto = None
         if t.proto:
             try:
                 protos = parse_proto(str(t.proto))
@@ -106,9 +119,8 @@ def run_acl_tests(fc: FilterCompiler) -> list[str]:
                 failures.append(f"tests[{i}]: bad proto {t.proto!r}")
                 continue
             proto = protos[0]
-            if proto in (1, 58):
-                # Tests name a port, which ICMP does not have.
-                failures.append(f"tests[{i}]: proto {t.proto!r} has no ports")
+            if proto not in TESTABLE_PROTOS:
+                failures.append(f"tests[{i}]: proto {t.proto!r} has no ports to test")
                 continue
         src_ips, src_nodes = src
         node_of = {ip: n for n in src_nodes for ip in n.ips}
@@ -121,6 +133,10 @@ def run_acl_tests(fc: FilterCompiler) -> list[str]:
                     continue
                 if not port_s.isdigit() or not 0 < int(port_s) <= 65535:
                     failures.append(f"tests[{i}]: bad port in {d!r}")
+                    continue
+                if "/" in host:
+                    # One host, not a range, even when the prefix holds one address.
+                    failures.append(f"tests[{i}]: dst {d!r} is a range, not a host")
                     continue
                 dst = _endpoint_addrs(fc, host)
                 if dst is None:
@@ -137,19 +153,42 @@ def run_acl_tests(fc: FilterCompiler) -> list[str]:
     return failures
 
 
+def _check_ssh_test_dst(fc: FilterCompiler, d: str) -> None:
+    """An sshTests dst names SSH servers: a tag, user, group, node-naming autogroup, host or
+    single address. Tailscale refuses the policy outright (its words) for anything else."""
+    try:
+        a = parse_alias(d.strip(), fc.policy.hosts)
+    except ValidationError:
+        a = None
+    if a is None or (a.kind == "tag" and a.value not in fc.policy.tag_owners):
+        # "tag:server:22" lands here too: a port makes it an unknown tag.
+        raise PolicyTestFailure(f'SSH tests dst contains unknown tag "{d}"', [])
+    wide = a.kind in ("prefix", "host") and ipaddress.ip_network(
+        a.value if a.kind == "prefix" else fc.policy.hosts[a.value], strict=False).num_addresses != 1
+    if wide or a.value == "autogroup:internet":
+        raise PolicyTestFailure(f'SSH tests dst contains disallowed element "{d}"', [])
+
+
+def _ssh_test_dst_nodes(fc: FilterCompiler, d: str, src_nodes: list[Node]) -> list[Node] | None:
+    """The SSH servers an sshTests dst names; None when it names none. autogroup:self is the
+    source user's own devices; a bare IPv6 address names no server (Tailscale fails such a
+    test while it passes the same test written with the IPv4 address)."""
+    if d.strip() == "autogroup:self":
+        users = {n.user_id for n in src_nodes if not n.is_tagged and n.user_id is not None}
+        if len(users) != 1:
+            return None
+        nodes = [n for n in fc.tailnet.nodes if not n.is_tagged and n.user_id in users]
+        return nodes or None
+    dst = _endpoint_addrs(fc, d, autogroups=True, ipv6_literals=False)
+    return dst[1] or None if dst else None
+
+
 def run_ssh_tests(fc: FilterCompiler, server_url: str) -> list[str]:
     failures: list[str] = []
     for i, t in enumerate(fc.policy.ssh_tests):
         for d in t.dst:
-            try:
-                a = parse_alias(d.strip(), fc.policy.hosts)
-            except ValidationError:
-                a = None
-            if a is not None and (a.kind == "autogroup" or (a.kind == "prefix" and "/" in a.value)):
-                raise PolicyTestFailure(f'SSH tests dst contains disallowed element "{d}"', [])
-            if a is None or (a.kind == "tag" and a.value not in fc.policy.tag_owners):
-                raise PolicyTestFailure(f'SSH tests dst contains unknown tag "{d}"', [])
-        src = _endpoint_addrs(fc, t.src) if t.src else None
+            _check_ssh_test_dst(fc, d)
+        src = _endpoint_addrs(fc, t.src, autogroups=True) if t.src else None
         if src is None:
             failures.append(f"sshTests[{i}]: invalid src {t.src!r}")
             continue
@@ -158,11 +197,11 @@ def run_ssh_tests(fc: FilterCompiler, server_url: str) -> list[str]:
             continue
         src_ips = set(src[0])
         for d in t.dst:
-            dst = _endpoint_addrs(fc, d)
-            if dst is None:
-                failures.append(f"sshTests[{i}]: invalid dst {d!r}")
+            nodes = _ssh_test_dst_nodes(fc, d, src[1])
+            if nodes is None:
+                failures.append(f"sshTests[{i}]: dst {d!r} names no SSH server")
                 continue
-            for node in dst[1]:
+            for node in nodes:
                 pol = ssh_policy_for(fc.policy, fc.r, node, server_url) or {"rules": []}
                 for want, users in (("accept", t.accept), ("check", t.check), ("deny", t.deny)):
                     for user in users:
