@@ -110,8 +110,14 @@ class FilterCompiler:
         src_nodes = self._src_nodes(rule.srcs, src_set, danger)
         src_strings = ["*"] if danger else src_set.strings()
         if not src_strings:
-            # Sources that name nobody (an empty group) give no rule at all.
-            return []
+            # Sources that name nobody (an empty group, a user without devices) give no
+            # network rule; an app grant still reaches its destinations, as a CapGrant from
+            # no one (Tailscale sends it so; Headscale's compileOtherDests notes the same).
+            # A literally empty src list gives nothing at all.
+            if not (rule.app and rule.srcs and not rule.via):
+                return []
+            return [CompiledRule(index, [], src_set, frozenset(), False, None,
+                                 [(self._target(a), ()) for a, _ in rule.dsts], app=rule.app)]
         # Sources allowed into autogroup:self: users' own (untagged) nodes.
         self_srcs = frozenset(i for i in src_nodes if not self.by_id[i].is_tagged)
         out = []
@@ -224,7 +230,7 @@ class FilterCompiler:
     def _cap_rules_for(self, cr: CompiledRule, node: Node) -> list[dict]:
         out = []
         dsts = self._cap_dsts(cr, node)
-        if dsts and cr.src_strings:
+        if dsts:
             out.append({"SrcIPs": list(cr.src_strings), "CapGrant": [{"Dsts": dsts, "CapMap": cr.app}]})
         if any(t.kind == "self" for t, _ in cr.dsts) and not node.is_tagged and node.user_id is not None:
             srcs = self.self_sources(cr, node)

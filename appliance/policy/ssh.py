@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .document import Policy, SSHRule
 from .ipset import IPSet
 from .model import Node
@@ -15,26 +17,31 @@ ACCEPT_ACTION = {"accept": True, "allowAgentForwarding": True,
                  "allowLocalPortForwarding": True, "allowRemotePortForwarding": True}
 
 
-def _dst_matches(r: Resolver, rule: SSHRule, node: Node) -> tuple[bool, bool]:
-    """(matches a non-self dst, matches autogroup:self)."""
-    other = False
-    self_ = False
-    for a in rule.dsts:
-        if a.value == "autogroup:self":
-            if not node.is_tagged and node.user_id is not None:
-                self_ = True
-            continue
-        nodes = r.alias_nodes(a)
-        if nodes and any(n.id == node.id for n in nodes):
-            other = True
-    return other, self_
+@dataclass(frozen=True)
+class _Sources:
+    """One SSH rule's sources, resolved once and shared by every destination node."""
+    ids: frozenset[int]
+    by_user: dict[int, list[Node]]     # user id → that user's (untagged) source devices
+    tagged: list[Node]                  # tagged source devices
+    users: dict[str, str]               # sshUsers for the rule's plain users
+    localparts: dict[int, str]          # user id → local part, for localpart:*@domain users
 
 
-def _src_nodes(r: Resolver, rule: SSHRule) -> list[Node]:
+def _sources(r: Resolver, rule: SSHRule) -> _Sources:
     memo = r.ssh_src_memo
-    if id(rule) in memo:
-        return memo[id(rule)][1]
-    out = _resolve_src_nodes(r, rule)
+    hit = memo.get(id(rule))
+    if hit is not None:
+        return hit[1]
+    nodes = _resolve_src_nodes(r, rule)
+    by_user: dict[int, list[Node]] = {}
+    tagged = []
+    for n in nodes:
+        if n.is_tagged:
+            tagged.append(n)
+        elif n.user_id is not None:
+            by_user.setdefault(n.user_id, []).append(n)
+    out = _Sources(frozenset(n.id for n in nodes), dict(sorted(by_user.items())), tagged,
+                   _user_map(rule.users), _localpart_users(r, rule))
     memo[id(rule)] = (rule, out)   # keep rule alive so id() stays unique
     return out
 
@@ -86,53 +93,78 @@ def _localpart_users(r: Resolver, rule: SSHRule) -> dict[int, str]:
     return out
 
 
+def _principals(nodes: list[Node]) -> list[dict]:
+    # A tagged device is listed once per tag: Tailscale resolves tagged sources tag by tag
+    # (Headscale's groupSourcesByUser reproduces the same wire form).
+    return [{"nodeIP": ip} for n in nodes for _ in (n.tags or ("",)) for ip in n.ips]
+
+
+def _in_dsts(r: Resolver, rule: SSHRule, node: Node) -> tuple[bool | None, bool]:
+    """(node is named by a dst other than autogroup:self — None when the rule has no other
+    dst —, the rule has autogroup:self)."""
+    other: bool | None = None
+    has_self = False
+    for a in rule.dsts:
+        if a.value == "autogroup:self":
+            has_self = True
+        elif not other:
+            other = any(n.id == node.id for n in r.alias_nodes(a) or ())
+    return other, has_self
+
+
 def ssh_policy_for(policy: Policy, r: Resolver, node: Node, server_url: str) -> dict | None:
-    """The SSHPolicy dict for ``node``; {"rules": []} when nothing applies."""
+    """The SSHPolicy dict for ``node``; {"rules": []} when nothing applies.
+
+    Per rule, in Tailscale's layout: for autogroup:self, one rule from the node's own user's
+    devices; for the other destinations, one rule from every source. With localpart:*@domain
+    users the sources are split per user (users by id, then the tagged devices), each user's
+    rule followed by one mapping that user to their own local part; and a source device
+    that is not a destination still gets a rule for itself: a tagged one from itself alone,
+    a user's device from its user's devices.
+    """
     check_rules: list[dict] = []
     accept_rules: list[dict] = []
+    user_owned = not node.is_tagged and node.user_id is not None
     for rule in policy.ssh or ():
-        other, self_ = _dst_matches(r, rule, node)
-        if (not other and not self_ and any(is_localpart(u) for u in rule.users)
-                and not node.is_tagged and node.user_id is not None):
-            # Observed in Tailscale's captures (ssh-d2…): a localpart rule
-            # also reaches every user-owned node, for that user's own
-            # devices, as if autogroup:self were among the destinations.
-            self_ = True
-        if not other and not self_:
+        src = _sources(r, rule)
+        if not src.ids:
             continue
-        srcs = _src_nodes(r, rule)
-        if not other:
-            srcs = [n for n in srcs if not n.is_tagged and n.user_id == node.user_id]
-        if not srcs:
+        other, has_self = _in_dsts(r, rule, node)
+        localpart = any(is_localpart(u) for u in rule.users)
+        emitted: list[tuple[list[Node], int | None]] = []
+        if has_self and user_owned and node.user_id in src.by_user:
+            emitted.append((src.by_user[node.user_id], node.user_id))
+        if other:
+            if localpart:
+                emitted.extend((nodes, uid) for uid, nodes in src.by_user.items())
+                if src.tagged:
+                    emitted.append((src.tagged, None))
+            else:
+                everyone = [n for nodes in src.by_user.values() for n in nodes] + src.tagged
+                emitted.append((everyone, None))
+        elif other is not None and localpart and node.id in src.ids:
+            if node.is_tagged:
+                emitted.append(([node], None))
+            elif node.user_id in src.by_user:
+                emitted.append((src.by_user[node.user_id], node.user_id))
+        if not emitted:
             continue
         if rule.action == "accept":
             action = dict(ACCEPT_ACTION)
         else:
             action = {"holdAndDelegate": server_url.rstrip("/") + CHECK_PATH}
-        if any(is_localpart(u) for u in rule.users):
-            # One rule per source user: the plain users first, then the
-            # user's own local part alone (Tailscale SaaS layout).
-            lp = _localpart_users(r, rule)
-            groups: list[tuple[list[Node], dict[str, str]]] = []
-            tagged = [n for n in srcs if n.is_tagged or n.user_id is None]
-            if tagged:
-                groups.append((tagged, _user_map(rule.users)))
-            by_user: dict[int, list[Node]] = {}
-            for n in srcs:
-                if not n.is_tagged and n.user_id is not None:
-                    by_user.setdefault(n.user_id, []).append(n)
-            for uid in sorted(by_user):
-                groups.append((by_user[uid], _user_map(rule.users)))
-                if uid in lp:
-                    groups.append((by_user[uid], {lp[uid]: lp[uid]}))
-        else:
-            groups = [(srcs, _user_map(rule.users))]
-        for nodes, users in groups:
-            principals = [{"nodeIP": ip} for n in nodes for ip in n.ips]
-            out = {"principals": principals, "sshUsers": users, "action": action}
-            if rule.accept_env:
-                out["acceptEnv"] = list(rule.accept_env)
-            (check_rules if rule.action == "check" else accept_rules).append(out)
+        out_rules = check_rules if rule.action == "check" else accept_rules
+        for nodes, uid in emitted:
+            principals = _principals(nodes)
+            maps = [src.users]
+            if uid is not None and uid in src.localparts:
+                lp = src.localparts[uid]
+                maps.append({lp: lp})
+            for users in maps:
+                out = {"principals": principals, "sshUsers": users, "action": action}
+                if rule.accept_env:
+                    out["acceptEnv"] = list(rule.accept_env)
+                out_rules.append(out)
     # Tailscale puts every check rule ahead of the accept rules, so a check
     # is never shadowed by a broader accept.
     return {"rules": check_rules + accept_rules}
