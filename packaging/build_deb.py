@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build trioscale_VERSION_ARCH.deb with dpkg-deb.
 
-    python3 packaging/build_deb.py [--arch x86_64|aarch64] [--out dist] [--version V]
+    python3 packaging/build_deb.py [--arch x86_64|aarch64|all] [--out dist] [--version V]
 
 Layout (Headscale's package is the model, so its users find things where they expect them):
   /usr/bin/trioscale                  a Python script: /usr/bin/python3 -IS, then the private dir
@@ -126,13 +126,14 @@ def build(arch: str, out_dir: Path, version: str) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default=staging.host_arch(), choices=list(staging.ARCHES))
+    ap.add_argument("--arch", default=staging.host_arch(), choices=[*staging.ARCHES, "all"])
     ap.add_argument("--out", type=Path, default=staging.REPO / "dist")
     ap.add_argument("--version", default=None, help="package version (default: the program's)")
     args = ap.parse_args()
     if shutil.which("dpkg-deb") is None:
         raise SystemExit("dpkg-deb not found (apt-get install dpkg)")
-    print(build(args.arch, args.out, args.version or staging.version()))
+    for arch in (staging.ARCHES if args.arch == "all" else [args.arch]):
+        print(build(arch, args.out, args.version or staging.version()))
     return 0
 
 

@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 OUR_PACKAGES = ("appliance", "derp", "autocert")
 
-# Python versions whose native modules go in. 3.11 is the floor (pyproject's requires-python;
-# Debian bookworm), 3.13 is Debian trixie's, 3.12 Ubuntu 24.04's.
+# Python versions whose native modules go in, for each architecture: 3.11 is the floor
+# (pyproject's requires-python; Debian 12 bookworm), 3.12 is Ubuntu 24.04's, 3.13 Debian 13
+# trixie's, 3.14 the newest.
 PYTHONS = ("3.11", "3.12", "3.13", "3.14")
 
 # The glibc floor: manylinux_2_28 wheels run on glibc 2.28 or newer (Debian 10, Ubuntu 20.04,
@@ -89,8 +90,9 @@ def stage_dependencies(arch: str, work: Path, pythons: tuple[str, ...] = PYTHONS
         raise SystemExit(f"unknown architecture {arch!r}; one of {', '.join(ARCHES)}")
     deps = work / "deps"
     # Reuse the last staging when nothing that decides it has changed (the dependency list, the
-    # Python versions, the platform tag).
-    key = "\n".join([STAGING_REVISION, *MANYLINUX, arch, *pythons, *dependencies()]) + "\n"
+    # Python versions, the platform tag, whether a strip for the architecture is at hand).
+    strip = strip_tool(arch)
+    key = "\n".join([STAGING_REVISION, *MANYLINUX, arch, *pythons, f"strip={strip}", *dependencies()]) + "\n"
     stamp = work / "key.txt"
     if deps.is_dir() and stamp.is_file() and stamp.read_text() == key:
         log(f"dependencies for {arch}: reusing {deps}")
@@ -119,18 +121,26 @@ def stage_dependencies(arch: str, work: Path, pythons: tuple[str, ...] = PYTHONS
     # (lintian: embedded-library); our loader is the pure-Python SafeLoader anyway.
     for so in (deps / "yaml").glob("_yaml*.so"):
         so.unlink()
-    strip_native(deps, arch)
+    strip_native(deps, strip)
     stamp.write_text(key)
     return deps
 
 
-def strip_native(tree: Path, arch: str) -> None:
+def strip_tool(arch: str) -> str | None:
+    """The strip that knows ``arch``'s object files: the host's own, or binutils for that machine
+    (Debian: binutils-aarch64-linux-gnu, binutils-x86-64-linux-gnu). None when there is none."""
+    for tool in (["strip"] if arch == host_arch() else []) + [f"{arch}-linux-gnu-strip"]:
+        if shutil.which(tool):
+            return tool
+    return None
+
+
+def strip_native(tree: Path, tool: str | None) -> None:
     """Drop debug symbols from the wheels' native modules: zstandard's alone shrink from 12 MB to
-    1 MB each, and there is one per Python version. A strip that does not know the architecture
-    (binutils for another machine) leaves the file as it is."""
-    tool = "strip" if arch == host_arch() else f"{arch}-linux-gnu-strip"
-    if shutil.which(tool) is None:
-        log(f"no {tool}: native modules stay unstripped")
+    1 MB each, and there is one per Python version. Without a strip for the architecture the
+    files stay as they are (bigger, and lintian warns)."""
+    if tool is None:
+        log("no strip for this architecture: native modules stay unstripped")
         return
     files = [str(p) for p in tree.rglob("*.so*") if p.is_file() and not p.is_symlink()]
     for i in range(0, len(files), 50):
