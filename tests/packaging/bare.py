@@ -40,7 +40,8 @@ def run_pyz(python: str, pyz: Path, home: Path, *args: str, timeout: float = 120
                           timeout=timeout, env=bare_env(home), cwd=home)
 
 
-def assert_bare(python: str) -> None:
-    """The interpreter really lacks our dependencies, so the zipapp must carry them."""
-    r = subprocess.run([python, "-I", "-S", "-c", "import trio"], capture_output=True, text=True, timeout=30)
+def assert_bare(*python: str) -> None:
+    """The interpreter (its command: a path, or an emulator's argv) really lacks our dependencies,
+    so the zipapp must carry them."""
+    r = subprocess.run([*python, "-I", "-S", "-c", "import trio"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "No module named 'trio'" in r.stderr, r
