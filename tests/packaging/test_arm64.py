@@ -188,7 +188,7 @@ def test_arm64_zipapp_runs_on_the_systems_python_and_serves_two_real_clients(arm
     command = (python, "-I", "-S", arm64.path(pyz))
     server = EmulatedServer(netns, arm64, "pyz", command)
 
-    r = arm64.run(*command, "version", env=server.bare_env, timeout=300)")
+    r = arm64.run(*command, "version", env=server.bare_env, timeout=300)
     assert r.stdout.strip() == "0.1.0", r
     r = arm64.run(*command, "configtest", "-c", arm64.path(server.config_path), env=server.bare_env)
     assert "configuration OK" in r.stderr and "listen_addr: 127.0.0.1:9911" in r.stdout, r
