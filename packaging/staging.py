@@ -14,6 +14,7 @@ setuptools import it). Run the scripts by path.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -161,8 +162,12 @@ def copy_our_packages(dest: Path) -> None:
 def stage_site(arch: str, out: Path, pythons: tuple[str, ...] = PYTHONS) -> Path:
     """A complete site directory at ``out``: dependencies for ``arch`` and our packages."""
     work = CACHE / f"stage-{arch}"
-    deps = stage_dependencies(arch, work, pythons)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(deps, out)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    # Builds side by side on one machine (parallel test runs) share the staging, one at a time.
+    with open(CACHE / f"stage-{arch}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        deps = stage_dependencies(arch, work, pythons)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(deps, out)
     copy_our_packages(out)
     return out

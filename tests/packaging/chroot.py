@@ -14,6 +14,7 @@ for a foreign python3 started through ``qemu-aarch64-static -L``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -82,8 +83,18 @@ def base_tarball(arch: str | None = None, include: tuple[str, ...] = (), configu
     tar = CACHE / f"{name}.tar"
     if tar.exists() and time.time() - tar.stat().st_mtime < MAX_AGE:
         return tar
-    ensure_tools()
     CACHE.mkdir(parents=True, exist_ok=True)
+    # Test runs side by side on one machine make it once, not over each other's work.
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tar.exists() and time.time() - tar.stat().st_mtime < MAX_AGE:
+            return tar
+        _debootstrap(name, tar, arch, include, configured, apt_lists)
+    return tar
+
+
+def _debootstrap(name: str, tar: Path, arch: str, include: tuple[str, ...], configured: bool, apt_lists: bool) -> None:
+    ensure_tools()
     work = CACHE / f"{name}.tmp"
     shutil.rmtree(work, ignore_errors=True)
     argv = ["debootstrap", "--variant=minbase", f"--arch={arch}"]
@@ -113,7 +124,6 @@ def base_tarball(arch: str | None = None, include: tuple[str, ...] = (), configu
     subprocess.run(["tar", "-C", str(work), "-cf", f"{tar}.part", "."], check=True, timeout=600)
     os.replace(f"{tar}.part", tar)
     shutil.rmtree(work, ignore_errors=True)
-    return tar
 
 
 def depends(deb: Path) -> list[str]:
