@@ -15,6 +15,7 @@ setuptools import it). Run the scripts by path.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -82,18 +83,24 @@ def _pins(site: Path) -> list[str]:
     return pins
 
 
+def staging_key(arch: str, pythons: tuple[str, ...]) -> str:
+    """Everything that decides a staging: the dependency list, the Python versions, the platform
+    tags, and whether a strip for the architecture is at hand."""
+    return "\n".join([STAGING_REVISION, *MANYLINUX, arch, *pythons, f"strip={strip_tool(arch)}",
+                      *dependencies()]) + "\n"
+
+
 def stage_dependencies(arch: str, work: Path, pythons: tuple[str, ...] = PYTHONS) -> Path:
     """Install the dependencies' wheels for ``arch`` and each of ``pythons`` into one directory.
 
-    Returns that directory (``work/deps``). Needs PyPI (pip's cache makes reruns quick).
+    Returns that directory (``work/deps``), reused while staging_key stays the same. Needs PyPI
+    (pip's cache makes reruns quick).
     """
     if arch not in ARCHES:
         raise SystemExit(f"unknown architecture {arch!r}; one of {', '.join(ARCHES)}")
     deps = work / "deps"
-    # Reuse the last staging when nothing that decides it has changed (the dependency list, the
-    # Python versions, the platform tag, whether a strip for the architecture is at hand).
+    key = staging_key(arch, pythons)
     strip = strip_tool(arch)
-    key = "\n".join([STAGING_REVISION, *MANYLINUX, arch, *pythons, f"strip={strip}", *dependencies()]) + "\n"
     stamp = work / "key.txt"
     if deps.is_dir() and stamp.is_file() and stamp.read_text() == key:
         log(f"dependencies for {arch}: reusing {deps}")
@@ -161,10 +168,13 @@ def copy_our_packages(dest: Path) -> None:
 
 def stage_site(arch: str, out: Path, pythons: tuple[str, ...] = PYTHONS) -> Path:
     """A complete site directory at ``out``: dependencies for ``arch`` and our packages."""
-    work = CACHE / f"stage-{arch}"
+    # One directory per key, so that trees with other dependencies (another branch, an older
+    # checkout) keep their own staging instead of remaking each other's; builds of one key on one
+    # machine (test runs side by side) take turns.
+    digest = hashlib.sha256(staging_key(arch, pythons).encode()).hexdigest()[:12]
+    work = CACHE / f"stage-{arch}-{digest}"
     CACHE.mkdir(parents=True, exist_ok=True)
-    # Builds side by side on one machine (parallel test runs) share the staging, one at a time.
-    with open(CACHE / f"stage-{arch}.lock", "w") as lock:
+    with open(f"{work}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         deps = stage_dependencies(arch, work, pythons)
         shutil.rmtree(out, ignore_errors=True)
