@@ -72,15 +72,15 @@ def put(root: Path, path: str, data: bytes | str, mode: int = 0o644) -> Path:
 
 
 def normalise(tree: Path) -> None:
-    """Modes lintian and policy expect: 0755 directories and executables, 0644 the rest."""
+    """Modes lintian and policy expect: 0755 directories, 0644 files, shared libraries
+    included (policy 8.1; the executables are put in afterwards with their own mode)."""
     for dirpath, dirnames, filenames in os.walk(tree):
         os.chmod(dirpath, 0o755)
         for name in filenames:
             p = Path(dirpath) / name
             if p.is_symlink():
                 continue
-            executable = name.endswith(".so") or ".so." in name
-            p.chmod(0o755 if executable else 0o644)
+            p.chmod(0o644)
 
 
 def build(arch: str, out_dir: Path, version: str) -> Path:
