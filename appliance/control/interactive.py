@@ -10,6 +10,8 @@ from datetime import datetime, timedelta
 
 import trio
 
+from .hostinfo import Hostinfo
+
 # How long a login link stays valid; the follow-up request waits at most this long.
 PENDING_LIFETIME = timedelta(minutes=15)
 MAX_PENDING = 1024  # bounds memory against clients that open logins and never finish
@@ -29,7 +31,7 @@ class PendingLogin:
     token: str
     machine_key: str
     node_key: str
-    hostinfo: dict
+    hostinfo: Hostinfo
     created: datetime
     done: trio.Event = field(default_factory=trio.Event)
     node_id: int | None = None
@@ -39,7 +41,7 @@ class PendingLogins:
     def __init__(self) -> None:
         self._by_token: dict[str, PendingLogin] = {}
 
-    def start(self, machine_key: str, node_key: str, hostinfo: dict, now: datetime) -> PendingLogin:
+    def start(self, machine_key: str, node_key: str, hostinfo: Hostinfo, now: datetime) -> PendingLogin:
         self.expire(now)
         for p in self._by_token.values():
             if p.machine_key == machine_key and p.node_key == node_key and p.node_id is None:

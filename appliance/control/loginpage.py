@@ -22,7 +22,7 @@ def login_page_route(control: ControlService):
                 b"<!doctype html><title>trioscale</title><p>This login link is unknown or has "
                 b"expired. Run <code>tailscale up</code> again.</p>\n"
             )
-        host = html.escape(str(pending.hostinfo.get("Hostname") or "this machine"))
+        host = html.escape(pending.hostinfo.hostname or "this machine")
         cmd = html.escape(f"trioscale nodes register --user USERNAME --key {token}")
         page = (
             "<!doctype html><meta charset=utf-8><title>trioscale: approve a machine</title>"

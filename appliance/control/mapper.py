@@ -7,18 +7,23 @@ reused by every session; only Online is overlaid per message.
 from __future__ import annotations
 
 import json
-
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
+from ..logthrottle import LogThrottle
 from ..storage.records import NodeRecord
 from ..tailnet.access import Access, AllowAll
 from ..tailnet.changes import FULL, Pending
 from ..tailnet.model import TAGGED_DEVICES_LOGIN, TAGGED_DEVICES_USER_ID, Tailnet
 from ..tailnet.routes import EXIT_ROUTES, served
 from .mapframes import RawJSON
-from .wire import ZERO_TIME, format_time
+from .codec import ZERO_TIME, format_time, to_json
+
+log = logging.getLogger(__name__)
+# A node that cannot be rendered is left out of its peers' maps; say so at a bounded rate.
+_throttle = LogThrottle(log)
 
 # Capabilities every node gets, as Headscale grants them by default.
 DEFAULT_SELF_CAPS = {
@@ -96,14 +101,27 @@ class Mapper:
             self._text_cache[n.id] = hit
         return hit[1]
 
+    def _render_peers(self, recs: list[NodeRecord], render: Callable[[NodeRecord], Any]) -> tuple[list, set[int]]:
+        """``render`` each peer; one that fails (bad stored data, our bug) is left out and
+        logged, and every other peer is still sent: a failure concerning one node affects
+        only that node. Returns the rendered peers and the ids of those left out."""
+        out, failed = [], set()
+        for p in recs:
+            try:
+                out.append(render(p))
+            except Exception as e:
+                failed.add(p.id)
+                _throttle.log(logging.ERROR, "render-node", "node %d (%s) left out of its peers' maps: %r",
+                              p.id, p.given_name, e)
+        return out, failed
+
     def _build_node(self, n: NodeRecord) -> dict:
         addrs = []
         if n.ipv4:
             addrs.append(f"{n.ipv4}/32")
         if n.ipv6:
             addrs.append(f"{n.ipv6}/128")
-        netinfo = n.hostinfo.get("NetInfo") or {}
-        home = netinfo.get("PreferredDERP") or 0
+        home = n.hostinfo.preferred_derp
         primary = self.tailnet.routes.primaries_of(n.id)
         exits = sorted(served(n) & EXIT_ROUTES)
         d: dict[str, Any] = {
@@ -117,7 +135,7 @@ class Mapper:
             "Addresses": addrs,
             "AllowedIPs": addrs + primary + exits,
             "Endpoints": list(n.endpoints),
-            "Hostinfo": n.hostinfo,
+            "Hostinfo": to_json(n.hostinfo),
             "Created": format_time(n.created_at),
             "MachineAuthorized": True,
         }
@@ -205,10 +223,11 @@ class Mapper:
             "UserProfiles": self._profiles(users),
             "ControlTime": format_time(self.tailnet.clock()),
         }
-        if peer_recs and raw_peers:
-            msg["Peers"] = RawJSON("[" + ",".join(self.node_text(p) for p in peer_recs) + "]")
-        elif peer_recs:
-            msg["Peers"] = [self.node_json(p) for p in peer_recs]
+        rendered, failed = self._render_peers(peer_recs, self.node_text if raw_peers else self.node_json)
+        if rendered and raw_peers:
+            msg["Peers"] = RawJSON("[" + ",".join(rendered) + "]")
+        elif rendered:
+            msg["Peers"] = rendered
         elif view.known_peers:
             msg["PeersRemoved"] = sorted(view.known_peers)  # [] would not remove anything
         dns = self._dns_config(view, n)
@@ -217,7 +236,7 @@ class Mapper:
         ssh = self.access.ssh_policy(n.id)
         if ssh is not None:
             msg["SSHPolicy"] = ssh
-        view.known_peers = set(peers)
+        view.known_peers = set(peers) - failed  # those left out are tried again as new
         view.known_profiles = users
         return msg
 
@@ -268,8 +287,10 @@ class Mapper:
                     view.known_peers.discard(node_id)
                 continue
             if patch is FULL or node_id not in view.known_peers:
-                changed.append(self.node_json(n))
-                view.known_peers.add(node_id)
+                rendered, _ = self._render_peers([n], self.node_json)
+                if rendered:
+                    changed.extend(rendered)
+                    view.known_peers.add(node_id)
             else:
                 patches.append({"NodeID": node_id, **{k: _jsonable(v) for k, v in patch.items()}})
         for node_id in pending.removed:

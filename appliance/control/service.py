@@ -5,25 +5,29 @@ from __future__ import annotations
 import json
 import logging
 import random
-from typing import Callable
-from urllib.parse import parse_qs, urlsplit
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
+from urllib.parse import parse_qs, urlsplit
 
 import trio
 
 from ..errors import AuthFailed, NotFound
 from ..http.h2server import H2Server, Request, Response
-from ..keys import KeyFormatError, ZERO_KEY, decode_key, decode_optional_key, encode_key
+from ..logthrottle import LogThrottle
 from ..storage.records import NodeRecord
 from ..tailnet.changes import FULL
 from ..tailnet.model import TAGGED_DEVICES_LOGIN, TAGGED_DEVICES_USER_ID, Tailnet
+from .codec import WireError, decode_body, from_json, parse_addr_port, to_json
+from .hostinfo import Hostinfo
 from .interactive import PENDING_LIFETIME, PendingLogins
 from .mapframes import encode_frame
 from .mapper import Mapper, SessionView
 from .setdns import SetDNS
-from .wire import MapRequest, RegisterRequest, WireError, from_json, parse_time, to_json
-from .wire import RegisterResponse, WireLogin, WireUser
+from .wire import (
+    AuditLogRequest, HealthChangeRequest, MapRequest, PingResponse, RegisterRequest,
+    RegisterResponse, SetDeviceAttributesRequest, WireLogin, WireUser,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +51,29 @@ class NoisePeer:
     remote: str
 
 
-def _filter_endpoints(eps: list) -> tuple[str, ...]:
+def useful_endpoints(eps: tuple[str, ...]) -> tuple[str, ...]:
+    """Endpoints worth giving to peers: link-local and zoned IPv6 ones only work on the
+    node's own link."""
     out = []
     for e in eps:
-        if not isinstance(e, str):
-            continue
-        # Link-local and zoned IPv6 endpoints are useless to peers on other hosts.
-        if e.startswith("[fe80:") or "%" in e:
+        ip, _ = parse_addr_port(e)  # already checked by the MapRequest's kind
+        if ip.version == 6 and (ip.is_link_local or ip.scope_id):
             continue
         out.append(e)
     return tuple(out)
+
+
+# The HA prober's tokens (secrets.token_urlsafe); anything else is not one of ours.
+_PING_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Route:
+    methods: tuple[str, ...]
+    handler: Callable[[Request, Response, NoisePeer, str], Awaitable[None]]
+
+
+ZERO_NODE_KEY = "nodekey:" + "00" * 32
 
 
 class ControlService:
@@ -69,31 +86,43 @@ class ControlService:
         # Set by the policy layer; with no policy no tag may be requested (tagOwners decide).
         self.tag_permitted: Callable[[int, str], bool] = lambda user_id, tag: False
         self.set_dns = SetDNS(tailnet, mapper)  # its zone is set when certificates are on
+        # Bad requests are logged per path at a bounded rate: a flood cannot fill the disk.
+        self.throttle = LogThrottle(log)
+        # Every path the 1.96 client calls inside Noise. Others (tka/*, id-token,
+        # feature/query, webclient/*, c2n) are features this server does not have: 404.
+        self.routes: dict[str, Route] = {
+            "/machine/register": Route(("POST",), self.register),
+            "/machine/map": Route(("POST",), self.map),
+            "/machine/ping-response": Route(("HEAD", "GET", "POST"), self.ping_response),
+            "/machine/update-health": Route(("POST",), self.update_health),
+            "/machine/set-dns": Route(("POST",), self._set_dns),
+            "/machine/set-device-attr": Route(("PATCH", "POST"), self.set_device_attr),
+            "/machine/audit-log": Route(("POST",), self.audit_log),
+        }
 
     async def handle(self, req: Request, resp: Response, conn: H2Server) -> None:
+        """One request inside Noise. A body that does not parse (WireError, naming the field)
+        is a 400 and one rate-limited WARNING; nothing of it is stored."""
         peer: NoisePeer = conn.context  # type: ignore[assignment]
         path = req.path.split("?", 1)[0]
+        route = self.routes.get(path)
+        if route is None:
+            await resp.simple(404, b"not found\n")
+            return
+        if req.method not in route.methods:
+            await resp.simple(405, f"{path} takes {' or '.join(route.methods)}\n".encode())
+            return
         try:
-            if path == "/machine/register" and req.method == "POST":
-                await self.register(req, resp, peer, conn.name)
-            elif path == "/machine/map" and req.method == "POST":
-                await self.map(req, resp, peer, conn.name)
-            elif path == "/machine/ping-response":
-                token = parse_qs(urlsplit(req.path).query).get("token", [""])[-1]
-                await resp.start(200 if self.ping_answered(token) else 404, end=True)
-            elif path in ("/machine/update-health", "/machine/audit-log"):
-                await resp.start(204, end=True)
-            elif path == "/machine/set-dns" and req.method == "POST":
-                await self.set_dns.handle(req, resp, peer.machine_key, conn.name)
-            elif path == "/machine/set-device-attr":
-                await resp.simple(200, b"{}", "application/json")
-            else:
-                await resp.simple(404, b"not found\n")
-        # RecursionError: json.loads on nesting deeper than the interpreter's stack allows.
-        except (WireError, KeyFormatError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            log.warning("%s: bad %s request: %s", conn.name, path, e)
+            await route.handler(req, resp, peer, conn.name)
+        except WireError as e:
+            self.throttle.warning(path, "%s: bad %s request: %s", conn.name, path, e)
             if not resp.headers_sent:
                 await resp.simple(400, f"bad request: {e}\n".encode())
+
+    def _own_node(self, node_key: str, peer: NoisePeer) -> NodeRecord | None:
+        """The node with this key, if it belongs to the machine on this Noise connection."""
+        node = self.tailnet.node_by_key(node_key)
+        return node if node is not None and node.machine_key == peer.machine_key else None
 
     # --- register -----------------------------------------------------------------------
 
@@ -111,30 +140,32 @@ class ControlService:
         user, login = self._identity(n)
         return RegisterResponse(user=user, login=login, machine_authorized=True)
 
+    def _checked_hostinfo(self, hostinfo: Hostinfo | None, name: str) -> Hostinfo | None:
+        if hostinfo is not None and hostinfo.notes:
+            self.throttle.info("hostinfo-trimmed", "%s: Hostinfo %s", name, "; ".join(hostinfo.notes))
+        return hostinfo
+
     async def register(self, req: Request, resp: Response, peer: NoisePeer, name: str) -> None:
-        rr = from_json(RegisterRequest, json.loads(req.body))
+        rr = from_json(RegisterRequest, decode_body(req.body, "RegisterRequest"))
+        if not rr.node_key or rr.node_key == ZERO_NODE_KEY:
+            raise WireError("RegisterRequest.NodeKey: missing or zero")
         answer = await self._register(rr, peer, name)
         await resp.simple(200, json.dumps(to_json(answer)).encode(), "application/json")
 
     async def _register(self, rr: RegisterRequest, peer: NoisePeer, name: str) -> RegisterResponse:
-        node_key_raw = decode_key("nodekey", rr.node_key)
-        if node_key_raw == ZERO_KEY:
-            raise WireError("NodeKey is zero")
-        old_raw = decode_optional_key("nodekey", rr.old_node_key)
-        old_key = encode_key("nodekey", old_raw) if old_raw else None
-        hostinfo = rr.hostinfo or {}
+        old_key = rr.old_node_key or None
+        hostinfo = self._checked_hostinfo(rr.hostinfo, name)
         now = self.tailnet.clock()
         existing = self.tailnet.node_by_key(rr.node_key)
         if existing is not None and existing.machine_key != peer.machine_key:
             log.warning("%s: node key of node %d presented by another machine", name, existing.id)
             return RegisterResponse(error="this node key belongs to another machine")
 
-        expiry = parse_time(rr.expiry)
-        if expiry is not None and expiry <= now:
+        if rr.expiry is not None and rr.expiry <= now:
             # Logout: the client sends an expiry in the past (Unix 123).
             if existing is not None:
                 user, login = self._identity(existing)
-                await self.tailnet.logout(existing, expiry)
+                await self.tailnet.logout(existing, rr.expiry)
                 log.info("%s: node %d (%s) logged out", name, existing.id, existing.given_name)
                 return RegisterResponse(user=user, login=login, node_key_expired=True)
             return RegisterResponse(node_key_expired=True)
@@ -154,32 +185,30 @@ class ControlService:
             return self._authorized(node)
 
         if existing is not None and not self.tailnet.is_expired(existing, now):
-            if hostinfo and hostinfo != existing.hostinfo:
+            if hostinfo is not None and hostinfo != existing.hostinfo:
                 existing = await self.tailnet.update_node(existing.id, hostinfo=hostinfo)
             return self._authorized(existing)
 
         if old_key is not None:
             old = self.tailnet.node_by_key(old_key)
             if old is not None and old.machine_key == peer.machine_key and not self.tailnet.is_expired(old, now):
-                node = await self.tailnet.rotate_node_key(old, rr.node_key, hostinfo or None)
+                node = await self.tailnet.rotate_node_key(old, rr.node_key, hostinfo)
                 log.info("%s: node %d rotated its node key", name, node.id)
                 return self._authorized(node)
 
-        return await self._interactive(rr, peer, hostinfo)
+        return await self._interactive(rr, peer, hostinfo or Hostinfo())
 
-    def _requested_tags(self, hostinfo: dict, user_id: int | None) -> tuple[str, ...]:
+    def _requested_tags(self, hostinfo: Hostinfo | None, user_id: int | None) -> tuple[str, ...]:
         """`tailscale up --advertise-tags`: every requested tag must be the user's to give by
         the policy's tagOwners, else the login fails with Tailscale's message."""
-        tags = hostinfo.get("RequestTags") or []
-        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-            raise WireError("Hostinfo.RequestTags: expected a list of strings")
+        tags = hostinfo.request_tags if hostinfo is not None else ()
         if not tags:
             return ()
         if user_id is None or not all(self.tag_permitted(user_id, t) for t in tags):
             raise AuthFailed(f"requested tags {sorted(tags)} are invalid or not permitted")
         return tuple(sorted(set(tags)))
 
-    async def _interactive(self, rr: RegisterRequest, peer: NoisePeer, hostinfo: dict) -> RegisterResponse:
+    async def _interactive(self, rr: RegisterRequest, peer: NoisePeer, hostinfo: Hostinfo) -> RegisterResponse:
         now = self.tailnet.clock()
         if rr.followup:
             token = rr.followup.rstrip("/").rsplit("/", 1)[-1]
@@ -210,10 +239,12 @@ class ControlService:
     # --- map ----------------------------------------------------------------------------
 
     async def map(self, req: Request, resp: Response, peer: NoisePeer, name: str) -> None:
-        mr = from_json(MapRequest, json.loads(req.body))
-        decode_key("nodekey", mr.node_key)
-        node = self.tailnet.node_by_key(mr.node_key)
-        if node is None or node.machine_key != peer.machine_key:
+        mr = from_json(MapRequest, decode_body(req.body, "MapRequest"))
+        if not mr.node_key:
+            raise WireError("MapRequest.NodeKey: missing")
+        self._checked_hostinfo(mr.hostinfo, name)
+        node = self._own_node(mr.node_key, peer)
+        if node is None:
             await resp.simple(404, b"node not found; register first\n")
             return
         compress = mr.compress == "zstd"
@@ -237,32 +268,62 @@ class ControlService:
             self.mapper.capver[node.id] = mr.version
             self.tailnet.version[node.id] = self.tailnet.version.get(node.id, 0) + 1
             patch["Cap"] = mr.version
-        if mr.disco_key:
-            decode_key("discokey", mr.disco_key)
-            if mr.disco_key != node.disco_key:
-                changes["disco_key"] = mr.disco_key
-                patch["DiscoKey"] = mr.disco_key
+        if mr.disco_key and mr.disco_key != node.disco_key:
+            changes["disco_key"] = mr.disco_key
+            patch["DiscoKey"] = mr.disco_key
         if mr.endpoints is not None:
-            eps = _filter_endpoints(mr.endpoints)
+            eps = useful_endpoints(mr.endpoints)
             if eps != node.endpoints:
                 changes["endpoints"] = eps
                 patch["Endpoints"] = list(eps)
         if mr.hostinfo is not None and mr.hostinfo != node.hostinfo:
             changes["hostinfo"] = mr.hostinfo
-            old_ni = node.hostinfo.get("NetInfo") or {}
-            new_ni = mr.hostinfo.get("NetInfo") or {}
-            rest_same = {k: v for k, v in mr.hostinfo.items() if k != "NetInfo"} == {
-                k: v for k, v in node.hostinfo.items() if k != "NetInfo"
-            }
-            if not rest_same:
+            if mr.hostinfo.without_net_info() != node.hostinfo.without_net_info():
                 patch = FULL
-            elif new_ni.get("PreferredDERP") != old_ni.get("PreferredDERP"):
-                patch["DERPRegion"] = new_ni.get("PreferredDERP") or 0
+            elif mr.hostinfo.preferred_derp != node.hostinfo.preferred_derp:
+                patch["DERPRegion"] = mr.hostinfo.preferred_derp
         if not changes:
             if patch:
                 self.tailnet.bus.node_changed(node.id, patch)
             return node
         return await self.tailnet.update_node(node.id, patch=patch, **changes)
+
+    # --- the minor endpoints ------------------------------------------------------------
+
+    async def ping_response(self, req: Request, resp: Response, peer: NoisePeer, name: str) -> None:
+        """The answer to a PingRequest: a HEAD (or a POST of a PingResponse) to its URL."""
+        tokens = parse_qs(urlsplit(req.path).query).get("token", [])
+        if len(tokens) != 1 or not _PING_TOKEN.fullmatch(tokens[0]):
+            raise WireError("ping-response: the token parameter is missing or not a token")
+        if req.method == "POST" and req.body:
+            from_json(PingResponse, decode_body(req.body, "PingResponse"))
+        await resp.start(200 if self.ping_answered(tokens[0]) else 404, end=True)
+
+    async def update_health(self, req: Request, resp: Response, peer: NoisePeer, name: str) -> None:
+        # Clients stopped sending these in October 2025; older ones expect a 200.
+        from_json(HealthChangeRequest, decode_body(req.body, "HealthChangeRequest"))
+        await resp.simple(200, b"{}", "application/json")
+
+    async def _set_dns(self, req: Request, resp: Response, peer: NoisePeer, name: str) -> None:
+        await self.set_dns.handle(req, resp, peer.machine_key, name)
+
+    async def set_device_attr(self, req: Request, resp: Response, peer: NoisePeer, name: str) -> None:
+        r = from_json(SetDeviceAttributesRequest, decode_body(req.body, "SetDeviceAttributesRequest"))
+        if self._own_node(r.node_key, peer) is None:
+            await resp.simple(404, b"node not found; register first\n")
+            return
+        await resp.simple(200, b"{}", "application/json")  # posture attributes are not kept
+
+    async def audit_log(self, req: Request, resp: Response, peer: NoisePeer, name: str) -> None:
+        r = from_json(AuditLogRequest, decode_body(req.body, "AuditLogRequest"))
+        node = self._own_node(r.node_key, peer)
+        if node is None:
+            await resp.simple(404, b"node not found; register first\n")
+            return
+        # The client treats anything but 200 as a failure and retries.
+        self.throttle.info("audit-log", "%s: node %d (%s) audit: %s %r", name, node.id, node.given_name,
+                           r.action, r.details[:200])
+        await resp.simple(200, b"{}", "application/json")
 
     async def _stream(self, node: NodeRecord, resp: Response, compress: bool, name: str) -> None:
         bus = self.tailnet.bus

@@ -11,17 +11,15 @@ time and at a bounded rate; everything else is refused with a status and a sente
 
 from __future__ import annotations
 
-import json
 import logging
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..certdns.errors import CertDNSError, Refused, TooMany
-from ..keys import KeyFormatError, decode_key
 from ..logthrottle import LogThrottle
 from ..ratelimit import TokenBuckets
-from .wire import WireError, from_json
+from .codec import Int, KeyText, Str, WireError, decode_body, from_json, wire
+from .wire import MAX_CAPABILITY_VERSION
 
 if TYPE_CHECKING:
     from ..certdns.zone import CertZone
@@ -42,35 +40,32 @@ MAX_TYPE = 16
 # keeps a misbehaving machine from churning the zone or the DNS provider.
 RATE_BURST = 6
 RATE_PER_SECOND = 1 / 60
-_VALUE = re.compile(r"[\x21-\x7e]+")  # printable ASCII without spaces: what ACME tokens use
+_VALUE = r"[\x21-\x7e]+"  # printable ASCII without spaces: what ACME tokens use
 
 
 @dataclass(frozen=True, slots=True)
 class SetDNSRequest:
-    version: int = field(default=0, metadata={"json": "Version", "type": int})
-    node_key: str = field(default="", metadata={"json": "NodeKey", "type": str})
-    name: str = field(default="", metadata={"json": "Name", "type": str})
-    type: str = field(default="", metadata={"json": "Type", "type": str})
-    value: str = field(default="", metadata={"json": "Value", "type": str})
+    version: int = wire("Version", Int(0, MAX_CAPABILITY_VERSION))
+    node_key: str = wire("NodeKey", KeyText("nodekey"))
+    name: str = wire("Name", Str(MAX_NAME))
+    type: str = wire("Type", Str(MAX_TYPE))
+    value: str = wire("Value", Str(MAX_VALUE, pattern=_VALUE, what="printable ASCII without spaces"))
 
     @classmethod
     def parse(cls, body: bytes) -> "SetDNSRequest":
         """The request from the client's body, with every field within its limits. Raises
-        WireError (400) or KeyFormatError (400)."""
+        WireError (400)."""
         if len(body) > MAX_BODY:
             raise WireError(f"body of {len(body)} bytes; a set-dns request is at most {MAX_BODY}")
-        try:
-            doc = json.loads(body)
-        except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise WireError(f"body is not JSON: {e}") from None
-        req = from_json(cls, doc)
-        decode_key("nodekey", req.node_key)
-        if not req.name or len(req.name) > MAX_NAME:
-            raise WireError(f"Name: expected a DNS name of 1 to {MAX_NAME} characters")
-        if not req.type or len(req.type) > MAX_TYPE:
-            raise WireError("Type: expected a record type such as TXT")
-        if not req.value or len(req.value) > MAX_VALUE or not _VALUE.fullmatch(req.value):
-            raise WireError(f"Value: expected 1 to {MAX_VALUE} printable ASCII characters")
+        req = from_json(cls, decode_body(body, "SetDNSRequest"))
+        if not req.node_key:
+            raise WireError("SetDNSRequest.NodeKey: missing")
+        if not req.name:
+            raise WireError(f"SetDNSRequest.Name: expected a DNS name of 1 to {MAX_NAME} characters")
+        if not req.type:
+            raise WireError("SetDNSRequest.Type: expected a record type such as TXT")
+        if not req.value:
+            raise WireError(f"SetDNSRequest.Value: expected 1 to {MAX_VALUE} printable ASCII characters")
         return req
 
 
@@ -93,7 +88,7 @@ class SetDNS:
                 raise TooMany("too many set-dns requests from this machine; try again in a minute")
             assert self.zone is not None
             await self.zone.publish(name, sd.value)
-        except (WireError, KeyFormatError) as e:
+        except WireError as e:
             throttled.warning("set-dns-bad", "%s: bad set-dns request: %s", conn, e)
             await resp.simple(400, f"bad request: {e}\n".encode())
             return

@@ -1,102 +1,73 @@
 """Wire messages of the control protocol, with their Go JSON names written once.
 
-A field's JSON name is ``field(metadata={"json": "NodeKey"})``. Going out, ``None`` is omitted,
-because Tailscale reads an absent field as "unchanged" and a ``null`` or ``[]`` can mean
-something else (an empty PacketFilter denies everything). Coming in, unknown keys are ignored.
-Nested client structures we only store and echo (Hostinfo, NetInfo) stay plain dicts.
+Messages the client sends declare each field's kind (codec.wire): ``from_json`` checks them at
+the boundary and the handlers only see typed, valid values. Messages we send use codec.j:
+``None`` is omitted, because Tailscale reads an absent field as "unchanged" and a ``null`` or
+``[]`` can mean something else (an empty PacketFilter denies everything).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-T = TypeVar("T")
+from .codec import AddrPort, Bool, Bytes, Float, Int, KeyText, ListOf, MapOf, Obj, Scalar, Str, Time, j, wire
+from .hostinfo import HOSTINFO, MAX_REGION_ID, MAX_TEXT, Hostinfo
 
-ZERO_TIME = "0001-01-01T00:00:00Z"
-
-
-class WireError(ValueError):
-    """A message from the client does not have the shape the protocol gives it."""
-
-
-def j(name: str, default: Any = None, **kw: Any) -> Any:
-    if "default_factory" in kw:
-        return field(metadata={"json": name}, **kw)
-    return field(default=default, metadata={"json": name}, **kw)
+# Capability versions are small (133 in 1.96); peers decode the one we echo as a Go int.
+MAX_CAPABILITY_VERSION = 1_000_000
+MAX_ENDPOINTS = 1024  # a host with many interfaces reports dozens; more is an attack
+MAX_DEBUG_FLAGS = 64
+MAX_AUTH_KEY = 512  # our keys are ~90 characters; Headscale's and Tailscale's shorter
+MAX_URL = 2048
+MAX_SIGNATURE = 16 * 1024  # tailnet-lock signatures, device certificates
 
 
-def format_time(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """RFC 3339 → aware datetime; Go's zero time and empty → None."""
-    if not text or text.startswith("0001-01-01"):
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise WireError(f"bad time {text[:40]!r}") from None
-
-
-def to_json(obj: Any) -> Any:
-    """Dataclass trees → JSON-ready values, omitting None fields."""
-    if dataclasses.is_dataclass(obj):
-        out = {}
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            if v is None:
-                continue
-            out[f.metadata.get("json", f.name)] = to_json(v)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [to_json(v) for v in obj]
-    if isinstance(obj, dict):
-        return {str(k): to_json(v) for k, v in obj.items()}
-    if isinstance(obj, datetime):
-        return format_time(obj)
-    return obj
-
-
-def from_json(cls: type[T], data: Any) -> T:
-    """A dict from the client → ``cls``; checks the JSON types of the fields it knows."""
-    if not isinstance(data, dict):
-        raise WireError(f"{cls.__name__}: expected a JSON object")
-    kwargs = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        name = f.metadata.get("json", f.name)
-        if name not in data or data[name] is None:
-            continue
-        value = data[name]
-        want = f.metadata.get("type")
-        if want is not None and not isinstance(value, want):
-            raise WireError(f"{cls.__name__}.{name}: wrong JSON type {type(value).__name__}")
-        kwargs[f.name] = value
-    return cls(**kwargs)
+def _version() -> Any:
+    return wire("Version", Int(0, MAX_CAPABILITY_VERSION))
 
 
 # --- register ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
+class Oauth2Token:
+    """Sent only by Android clients before 1.66; checked and otherwise ignored."""
+
+    access_token: str = wire("access_token", Str(8192))
+    token_type: str = wire("token_type", Str(MAX_TEXT))
+    refresh_token: str = wire("refresh_token", Str(8192))
+    expiry: datetime | None = wire("expiry", Time())
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterAuth:
+    auth_key: str = wire("AuthKey", Str(MAX_AUTH_KEY))
+    oauth2_token: Oauth2Token | None = wire("Oauth2Token", Obj(Oauth2Token))
+
+
+@dataclass(frozen=True, slots=True)
 class RegisterRequest:
-    version: int = field(default=0, metadata={"json": "Version", "type": int})
-    node_key: str = field(default="", metadata={"json": "NodeKey", "type": str})
-    old_node_key: str = field(default="", metadata={"json": "OldNodeKey", "type": str})
-    nl_key: str = field(default="", metadata={"json": "NLKey", "type": str})
-    auth: dict | None = field(default=None, metadata={"json": "Auth", "type": dict})
-    expiry: str = field(default="", metadata={"json": "Expiry", "type": str})
-    followup: str = field(default="", metadata={"json": "Followup", "type": str})
-    hostinfo: dict | None = field(default=None, metadata={"json": "Hostinfo", "type": dict})
-    ephemeral: bool = field(default=False, metadata={"json": "Ephemeral", "type": bool})
+    version: int = _version()
+    node_key: str = wire("NodeKey", KeyText("nodekey"))
+    old_node_key: str = wire("OldNodeKey", KeyText("nodekey", zero_is_absent=True))  # "" = none
+    nl_key: str = wire("NLKey", KeyText("nlpub", also=("tlpub",)))
+    auth: RegisterAuth | None = wire("Auth", Obj(RegisterAuth))
+    expiry: datetime | None = wire("Expiry", Time())  # None: Go's zero time, "no request"
+    followup: str = wire("Followup", Str(MAX_URL))
+    hostinfo: Hostinfo | None = wire("Hostinfo", HOSTINFO)
+    ephemeral: bool = wire("Ephemeral", Bool())
+    node_key_signature: bytes = wire("NodeKeySignature", Bytes(MAX_SIGNATURE))
+    signature_type: int = wire("SignatureType", Int(0, 255))
+    timestamp: datetime | None = wire("Timestamp", Time())
+    device_cert: bytes = wire("DeviceCert", Bytes(MAX_SIGNATURE))
+    signature: bytes = wire("Signature", Bytes(MAX_SIGNATURE))
+    tailnet: str = wire("Tailnet", Str(MAX_TEXT))
 
     @property
     def auth_key(self) -> str:
-        key = (self.auth or {}).get("AuthKey") or ""
-        return key if isinstance(key, str) else ""
+        return self.auth.auth_key if self.auth else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,17 +101,28 @@ class RegisterResponse:
 
 @dataclass(frozen=True, slots=True)
 class MapRequest:
-    version: int = field(default=0, metadata={"json": "Version", "type": int})
-    compress: str = field(default="", metadata={"json": "Compress", "type": str})
-    keep_alive: bool = field(default=False, metadata={"json": "KeepAlive", "type": bool})
-    node_key: str = field(default="", metadata={"json": "NodeKey", "type": str})
-    disco_key: str = field(default="", metadata={"json": "DiscoKey", "type": str})
-    stream: bool = field(default=False, metadata={"json": "Stream", "type": bool})
-    hostinfo: dict | None = field(default=None, metadata={"json": "Hostinfo", "type": dict})
-    endpoints: list | None = field(default=None, metadata={"json": "Endpoints", "type": list})
-    omit_peers: bool = field(default=False, metadata={"json": "OmitPeers", "type": bool})
-    read_only: bool = field(default=False, metadata={"json": "ReadOnly", "type": bool})
-    debug_flags: list | None = field(default=None, metadata={"json": "DebugFlags", "type": list})
+    version: int = _version()
+    compress: str = wire("Compress", Str(16, pattern="zstd", what='"zstd" or ""'))
+    keep_alive: bool = wire("KeepAlive", Bool())
+    node_key: str = wire("NodeKey", KeyText("nodekey"))
+    disco_key: str = wire("DiscoKey", KeyText("discokey", zero_is_absent=True))
+    hardware_attestation_key: str = wire("HardwareAttestationKey", Str(
+        140, pattern="hwattestpub:[0-9a-fA-F]{130}", what="a hwattestpub: key"))
+    hardware_attestation_key_signature: bytes = wire("HardwareAttestationKeySignature", Bytes(MAX_SIGNATURE))
+    hardware_attestation_key_signature_timestamp: datetime | None = wire(
+        "HardwareAttestationKeySignatureTimestamp", Time())
+    stream: bool = wire("Stream", Bool())
+    hostinfo: Hostinfo | None = wire("Hostinfo", HOSTINFO)
+    map_session_handle: str = wire("MapSessionHandle", Str(MAX_TEXT))
+    map_session_seq: int = wire("MapSessionSeq", Int())
+    # None: not sent, keep what is stored; () is "no endpoints".
+    endpoints: tuple[str, ...] | None = wire("Endpoints", ListOf(AddrPort(), MAX_ENDPOINTS), default=None)
+    endpoint_types: tuple[int, ...] = wire("EndpointTypes", ListOf(Int(0, 255), MAX_ENDPOINTS))
+    tka_head: str = wire("TKAHead", Str(MAX_TEXT))
+    read_only: bool = wire("ReadOnly", Bool())
+    omit_peers: bool = wire("OmitPeers", Bool())
+    debug_flags: tuple[str, ...] = wire("DebugFlags", ListOf(Str(64), MAX_DEBUG_FLAGS))
+    connection_handle_for_test: str = wire("ConnectionHandleForTest", Str(MAX_TEXT))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,3 +193,55 @@ class MapResponse:
     ssh_policy: dict | None = j("SSHPolicy")
     health: list[str] | None = j("Health")
     control_time: str | None = j("ControlTime")
+
+
+# --- the minor endpoints (set-dns: setdns.SetDNSRequest) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChangeRequest:
+    """POST /machine/update-health (clients before October 2025; zero NodeKey before 1.62)."""
+
+    subsys: str = wire("Subsys", Str(MAX_TEXT))
+    error: str = wire("Error", Str(4096))
+    node_key: str = wire("NodeKey", KeyText("nodekey", zero_is_absent=True))
+
+
+@dataclass(frozen=True, slots=True)
+class SetDeviceAttributesRequest:
+    """PATCH /machine/set-device-attr: device posture attributes (string, number, bool, or
+    null to delete)."""
+
+    version: int = _version()
+    node_key: str = wire("NodeKey", KeyText("nodekey"))
+    update: dict = wire("Update", MapOf(Str(MAX_TEXT), Scalar(1024), 64), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditLogRequest:
+    """POST /machine/audit-log: an action the node reports, e.g. DISCONNECT_NODE."""
+
+    version: int = _version()
+    node_key: str = wire("NodeKey", KeyText("nodekey"))
+    action: str = wire("Action", Str(64, pattern="[A-Z0-9_]+", what="an action name (like DISCONNECT_NODE)"))
+    details: str = wire("Details", Str(4096))
+    timestamp: datetime | None = wire("Timestamp", Time())
+
+
+@dataclass(frozen=True, slots=True)
+class PingResponse:
+    """The body a client POSTs to a PingRequest's URL for the TSMP, disco, ICMP and peerapi
+    ping types (a plain PingRequest is answered by a bodiless HEAD)."""
+
+    type: str = wire("Type", Str(32))
+    ip: str = wire("IP", Str(64))
+    node_ip: str = wire("NodeIP", Str(64))
+    node_name: str = wire("NodeName", Str(MAX_TEXT))
+    err: str = wire("Err", Str(1024))
+    latency_seconds: float = wire("LatencySeconds", Float(0, 86400))
+    endpoint: str = wire("Endpoint", Str(80))
+    peer_relay: str = wire("PeerRelay", Str(80))
+    derp_region_id: int = wire("DERPRegionID", Int(0, MAX_REGION_ID))
+    derp_region_code: str = wire("DERPRegionCode", Str(32))
+    peer_api_port: int = wire("PeerAPIPort", Int(0, 65535))
+    is_local_ip: bool = wire("IsLocalIP", Bool())

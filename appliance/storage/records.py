@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ..control.hostinfo import Hostinfo
+
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
@@ -60,7 +62,7 @@ class NodeRecord:
     user_id: int | None
     auth_key_id: int | None
     tags: tuple[str, ...]
-    hostinfo: dict
+    hostinfo: Hostinfo
     endpoints: tuple[str, ...]
     expiry: datetime | None
     last_seen: datetime | None

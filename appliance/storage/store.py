@@ -18,6 +18,8 @@ from typing import Any, Callable, TypeVar
 
 import trio
 
+from ..control.codec import to_json
+from ..control.hostinfo import stored_hostinfo
 from .migrations import LATEST, MIGRATIONS
 from .records import (
     ApiKeyRecord, NodeRecord, PolicyRecord, PreAuthKeyRecord, SettingRecord, Snapshot, UserRecord,
@@ -72,12 +74,24 @@ def _node(r: sqlite3.Row) -> NodeRecord:
         id=r["id"], machine_key=r["machine_key"], node_key=r["node_key"],
         disco_key=r["disco_key"], ipv4=r["ipv4"], ipv6=r["ipv6"], hostname=r["hostname"],
         given_name=r["given_name"], user_id=r["user_id"], auth_key_id=r["auth_key_id"],
-        tags=tuple(json.loads(r["tags"])), hostinfo=json.loads(r["hostinfo"]),
+        tags=tuple(json.loads(r["tags"])), hostinfo=stored_hostinfo(r["hostinfo"]),
         endpoints=tuple(json.loads(r["endpoints"])), expiry=_dt(r["expiry"]),
         last_seen=_dt(r["last_seen"]), created_at=_dt(r["created_at"]),
         approved_routes=tuple(json.loads(r["approved_routes"])),
         ephemeral=bool(r["ephemeral"]), register_method=r["register_method"],
     )
+
+
+def _readable(c: sqlite3.Connection, table: str, convert: Callable[[sqlite3.Row], T]) -> list[T]:
+    """Every row of ``table`` that converts; a row written by an older version or an import
+    that does not (bad JSON, a bad time) is logged and left out, never fatal at start."""
+    out = []
+    for r in c.execute(f"SELECT * FROM {table} ORDER BY id"):
+        try:
+            out.append(convert(r))
+        except (ValueError, TypeError, RecursionError) as e:
+            log.warning("%s row %s left out at start: its stored data cannot be read (%s)", table, r["id"], e)
+    return out
 
 
 _NODE_COLUMNS = (
@@ -90,7 +104,7 @@ _NODE_COLUMNS = (
 def _node_values(n: NodeRecord) -> tuple:
     return (
         n.id, n.machine_key, n.node_key, n.disco_key, n.ipv4, n.ipv6, n.hostname, n.given_name,
-        n.user_id, n.auth_key_id, json.dumps(list(n.tags)), json.dumps(n.hostinfo),
+        n.user_id, n.auth_key_id, json.dumps(list(n.tags)), json.dumps(to_json(n.hostinfo)),
         json.dumps(list(n.endpoints)), _ts(n.expiry), _ts(n.last_seen), _ts(n.created_at),
         json.dumps(list(n.approved_routes)), int(n.ephemeral), n.register_method,
     )
@@ -192,9 +206,9 @@ class Store:
 
     async def load_all(self) -> tuple[list[UserRecord], list[NodeRecord], list[PreAuthKeyRecord]]:
         def fn(c: sqlite3.Connection):
-            users = [_user(r) for r in c.execute("SELECT * FROM users ORDER BY id")]
-            nodes = [_node(r) for r in c.execute("SELECT * FROM nodes ORDER BY id")]
-            keys = [_preauth(r) for r in c.execute("SELECT * FROM pre_auth_keys ORDER BY id")]
+            users = _readable(c, "users", _user)
+            nodes = _readable(c, "nodes", _node)
+            keys = _readable(c, "pre_auth_keys", _preauth)
             return users, nodes, keys
 
         return await self._run(fn)

@@ -15,6 +15,8 @@ from typing import Callable, Iterable
 
 import trio
 
+from ..control.codec import Prefix, WireError
+from ..control.hostinfo import Hostinfo
 from ..errors import AuthFailed, Conflict, Invalid, NotFound
 from ..storage import Store
 from ..storage.records import NodeRecord, PreAuthKeyRecord, UserRecord
@@ -22,6 +24,7 @@ from ..storage.store import Conflict as StoreConflict
 from . import secrets as keysecrets
 from .addresses import AddressPool
 from .changes import FULL, ChangeBus
+from .loadcheck import checked_keys, checked_nodes
 from .names import (
     check_display_name, check_email, check_given_name, check_tag, check_user_name, dns_label,
     unique_name,
@@ -71,7 +74,9 @@ class Tailnet:
     async def load(self) -> None:
         users, nodes, keys = await self.store.load_all()
         self.users = {u.id: u for u in users}
-        self.keys = {k.id: k for k in keys}
+        # Stored data that today's rules refuse is repaired or left out, never fatal.
+        nodes = checked_nodes(nodes, set(self.users))
+        self.keys = {k.id: k for k in checked_keys(keys)}
         for n in nodes:
             self._put(n)
             for pool, addr in ((self.pool4, n.ipv4), (self.pool6, n.ipv6)):
@@ -250,7 +255,7 @@ class Tailnet:
 
     async def register_with_key(
         self, key: PreAuthKeyRecord, *, machine_key: str, node_key: str, old_node_key: str | None,
-        hostinfo: dict, ephemeral_request: bool = False, requested_tags: tuple[str, ...] = (),
+        hostinfo: Hostinfo | None, ephemeral_request: bool = False, requested_tags: tuple[str, ...] = (),
     ) -> NodeRecord:
         """Create the node, or re-authenticate the machine's existing node (same ID, same
         addresses, same name), consuming the key in the same transaction. A tagged key's tags
@@ -262,7 +267,7 @@ class Tailnet:
         )
 
     async def register_interactive(
-        self, user: UserRecord, *, machine_key: str, node_key: str, hostinfo: dict,
+        self, user: UserRecord, *, machine_key: str, node_key: str, hostinfo: Hostinfo | None,
         tags: tuple[str, ...] = (),
     ) -> NodeRecord:
         """An admin approved a pending interactive login for ``user``."""
@@ -272,11 +277,11 @@ class Tailnet:
         )
 
     async def _register(
-        self, *, machine_key: str, node_key: str, old_node_key: str | None, hostinfo: dict,
+        self, *, machine_key: str, node_key: str, old_node_key: str | None, hostinfo: Hostinfo | None,
         user_id: int | None, tags: tuple[str, ...], ephemeral: bool,
         key: PreAuthKeyRecord | None, method: str,
     ) -> NodeRecord:
-        hostname = str(hostinfo.get("Hostname") or "")
+        hostname = hostinfo.hostname if hostinfo is not None else ""
         async with self._lock:
             now = self.clock()
             expiry = now + self.node_expiry if self.node_expiry else None
@@ -284,7 +289,7 @@ class Tailnet:
             key_id = key.id if key else None
             if existing is not None:
                 rec = dataclasses.replace(
-                    existing, node_key=node_key, hostinfo=hostinfo or existing.hostinfo,
+                    existing, node_key=node_key, hostinfo=hostinfo if hostinfo is not None else existing.hostinfo,
                     hostname=hostname or existing.hostname, expiry=expiry,
                     auth_key_id=key_id if key_id is not None else existing.auth_key_id,
                     tags=tags or existing.tags,
@@ -299,7 +304,7 @@ class Tailnet:
                     id=0, machine_key=machine_key, node_key=node_key, disco_key="",
                     ipv4=str(v4) if v4 else None, ipv6=str(v6) if v6 else None,
                     hostname=hostname, given_name=unique_name(dns_label(hostname), taken),
-                    user_id=user_id, auth_key_id=key_id, tags=tags, hostinfo=hostinfo,
+                    user_id=user_id, auth_key_id=key_id, tags=tags, hostinfo=hostinfo or Hostinfo(),
                     endpoints=(), expiry=expiry, last_seen=None, created_at=now,
                     ephemeral=ephemeral, register_method=method,
                 )
@@ -333,12 +338,12 @@ class Tailnet:
                 return n
         return None
 
-    async def rotate_node_key(self, node: NodeRecord, new_node_key: str, hostinfo: dict | None) -> NodeRecord:
+    async def rotate_node_key(self, node: NodeRecord, new_node_key: str, hostinfo: Hostinfo | None) -> NodeRecord:
         """Seamless key renewal: same node, same addresses, new node key."""
         async with self._lock:
             now = self.clock()
             rec = dataclasses.replace(
-                node, node_key=new_node_key, hostinfo=hostinfo or node.hostinfo,
+                node, node_key=new_node_key, hostinfo=hostinfo if hostinfo is not None else node.hostinfo,
                 expiry=now + self.node_expiry if self.node_expiry else node.expiry,
             )
             saved = await self.store.save_node(rec)
@@ -423,11 +428,9 @@ class Tailnet:
         clean = []
         for r in routes:
             try:
-                if not isinstance(r, str) or "/" not in r:
-                    raise ValueError(r)  # ip_network(1) would be 0.0.0.1/32
-                clean.append(str(ipaddress.ip_network(r, strict=False)))
-            except ValueError:
-                raise Invalid(f"{r!r} is not a route (a prefix like 10.0.0.0/24)") from None
+                clean.append(Prefix().parse(r, "route"))  # the rule advertised routes follow
+            except WireError:
+                raise Invalid(f"{str(r)[:64]!r} is not a route (a prefix like 10.0.0.0/24)") from None
         return await self.update_node(node_id, approved_routes=tuple(sorted(set(clean))))
 
     # --- online status ------------------------------------------------------------------

@@ -37,11 +37,61 @@ def policy_user(u: UserRecord) -> PolicyUser:
 
 
 def policy_node(n: NodeRecord) -> PolicyNode:
-    routable = tuple(r for r in (n.hostinfo.get("RoutableIPs") or ()) if isinstance(r, str))
     return PolicyNode(
         id=n.id, hostname=n.given_name, user_id=None if n.tags else n.user_id, tags=n.tags,
-        ipv4=n.ipv4, ipv6=n.ipv6, routable_ips=routable, approved_routes=n.approved_routes,
+        ipv4=n.ipv4, ipv6=n.ipv6, routable_ips=n.hostinfo.routable_ips, approved_routes=n.approved_routes,
     )
+
+
+def _add_isolating(engine: PolicyEngine, chunk: list[PolicyNode], left_out: set[int]) -> set[int]:
+    """Add ``chunk`` to an engine that compiles without it; a node whose own data makes the
+    compilation fail is found by halving and left out. Returns the ids whose results changed."""
+    if not chunk:
+        return set()
+    try:
+        return engine.apply(nodes=chunk)
+    except Exception as e:
+        failure = e
+    changed = engine.apply(removed_nodes=[n.id for n in chunk])  # back to what compiled
+    if len(chunk) == 1:
+        n = chunk[0]
+        log.error("node %d (%s) left out of the policy, it sees no peers until its data changes: "
+                  "compiling it failed: %r", n.id, n.hostname, failure)
+        left_out.add(n.id)
+        return changed | {n.id}
+    mid = len(chunk) // 2
+    return changed | _add_isolating(engine, chunk[:mid], left_out) | _add_isolating(engine, chunk[mid:], left_out)
+
+
+def apply_isolating(engine: PolicyEngine, *, nodes: list[PolicyNode], removed_nodes: list[int],
+                    users: list[PolicyUser], removed_users: list[int]) -> set[int]:
+    """``engine.apply``, except that a failure concerning one node affects only that node:
+    it is left out of the engine (no peers, no filter) and the others are compiled."""
+    try:
+        return engine.apply(nodes=nodes, removed_nodes=removed_nodes, users=users, removed_users=removed_users)
+    except Exception:
+        log.exception("policy compilation failed; looking for the node that causes it")
+    # Without the changed nodes; if that fails too, the cause is not a node and it is raised.
+    changed = engine.apply(removed_nodes=removed_nodes + [n.id for n in nodes], users=users,
+                           removed_users=removed_users)
+    return changed | _add_isolating(engine, list(nodes), set())
+
+
+def build_isolating(text: str, users: list[PolicyUser], nodes: list[PolicyNode], server_url: str) -> PolicyEngine:
+    """An engine for policy ``text`` and the tailnet. Raises PolicyError for a policy that is
+    refused; a node whose data makes compilation fail is left out (logged), never the policy."""
+    try:
+        engine = PolicyEngine(None, users, nodes, server_url=server_url)
+        engine.set_policy(text)
+        return engine
+    except PolicyError:
+        raise
+    except Exception:
+        log.exception("policy compilation failed; looking for the node that causes it")
+    engine = PolicyEngine(None, users, (), server_url=server_url)
+    engine.set_policy(text)
+    _add_isolating(engine, list(nodes), set())
+    return engine
 
 
 class PolicyAccess:
@@ -131,12 +181,9 @@ class PolicyManager:
         users = {u.id: policy_user(u) for u in self.tailnet.users.values()}
         nodes = {n.id: policy_node(n) for n in self.tailnet.nodes.values()}
 
-        def build() -> PolicyEngine:
-            engine = PolicyEngine(None, users.values(), nodes.values(), server_url=self.server_url)
-            engine.set_policy(text)
-            return engine
-
-        return await trio.to_thread.run_sync(build), nodes, users
+        engine = await trio.to_thread.run_sync(
+            build_isolating, text, list(users.values()), list(nodes.values()), self.server_url)
+        return engine, nodes, users
 
     async def _install(self, text: str, built=None) -> None:
         async with self._engine_lock:
@@ -171,6 +218,10 @@ class PolicyManager:
                 try:
                     auto = set(self.engine.auto_approved_routes(node_id))
                 except KeyError:
+                    continue
+                except Exception:
+                    # One node's routes must not stop approvals for the others.
+                    log.exception("node %d (%s): autoApprovers could not be evaluated", node_id, node.given_name)
                     continue
                 have = set(node.approved_routes)
                 if not auto <= have:
@@ -287,8 +338,8 @@ class PolicyManager:
             return
         before = engine.results()
         changed = await trio.to_thread.run_sync(
-            lambda: engine.apply(nodes=upserts, removed_nodes=removals, users=user_upserts,
-                                 removed_users=user_removals)
+            lambda: apply_isolating(engine, nodes=upserts, removed_nodes=removals, users=user_upserts,
+                                    removed_users=user_removals)
         )
         if engine is self.engine:
             self._dispatch(changed, before)
@@ -302,6 +353,8 @@ class PolicyManager:
             try:
                 new = self.engine.result(node_id)
             except KeyError:
+                if node_id in self.tailnet.nodes:
+                    bus.access_changed({node_id})  # left out of the policy: no peers, no filter
                 continue
             if old is not None and (old.packet_filter_rules, old.ssh_policy, old.self_cap_map) == (
                 new.packet_filter_rules, new.ssh_policy, new.self_cap_map

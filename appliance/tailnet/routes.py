@@ -10,27 +10,13 @@ every approved exit node is offered.
 
 from __future__ import annotations
 
-import ipaddress
-
 from ..storage.records import NodeRecord
 
 EXIT_ROUTES = frozenset({"0.0.0.0/0", "::/0"})
 
 
-def normalise(prefix: str) -> str | None:
-    try:
-        return str(ipaddress.ip_network(prefix, strict=False))
-    except (ValueError, TypeError):
-        return None
-
-
 def advertised(n: NodeRecord) -> set[str]:
-    out = set()
-    for r in n.hostinfo.get("RoutableIPs") or ():
-        p = normalise(r) if isinstance(r, str) else None
-        if p:
-            out.add(p)
-    return out
+    return set(n.hostinfo.routable_ips)  # valid and normalised by the Hostinfo's kind
 
 
 def served(n: NodeRecord) -> set[str]:

@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 
+from appliance.control.hostinfo import Hostinfo
 from appliance.control.mapper import Mapper, SessionView
 from appliance.storage import Store
 from appliance.tailnet.changes import FULL, Pending
@@ -41,7 +42,7 @@ async def register(t: Tailnet, name: str, n: int):
     rec, text = await t.create_preauth_key(u.id, reusable=True)
     return await t.register_with_key(
         t.check_preauth_key(text), machine_key=f"mkey:{n:064x}", node_key=f"nodekey:{n:064x}",
-        old_node_key=None, hostinfo={"Hostname": name},
+        old_node_key=None, hostinfo=Hostinfo(hostname=name),
     )
 
 
@@ -105,7 +106,7 @@ async def test_relogin_of_the_same_machine_keeps_the_node(tailnet):
     _, text = await tailnet.create_preauth_key(u.id)
     again = await tailnet.register_with_key(
         tailnet.check_preauth_key(text), machine_key=a.machine_key, node_key=f"nodekey:{99:064x}",
-        old_node_key=None, hostinfo={"Hostname": "a"},
+        old_node_key=None, hostinfo=Hostinfo(hostname="a"),
     )
     assert (again.id, again.ipv4, again.given_name) == (a.id, a.ipv4, a.given_name)
     assert not tailnet.is_expired(again)

@@ -3,6 +3,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from appliance.control.hostinfo import Hostinfo
 from appliance.storage import Store, StoreError
 from appliance.storage.migrations import LATEST, MIGRATIONS
 from appliance.storage.records import NodeRecord
@@ -56,7 +57,7 @@ def _node(**kw) -> NodeRecord:
     base = dict(
         id=0, machine_key="mkey:" + "1" * 64, node_key="nodekey:" + "2" * 64, disco_key="",
         ipv4="100.64.0.1", ipv6="fd7a:115c:a1e0::1", hostname="h", given_name="h", user_id=None,
-        auth_key_id=None, tags=("tag:x",), hostinfo={"Hostname": "h"}, endpoints=("1.2.3.4:5",),
+        auth_key_id=None, tags=("tag:x",), hostinfo=Hostinfo(hostname="h"), endpoints=("1.2.3.4:5",),
         expiry=None, last_seen=None, created_at=NOW,
     )
     base.update(kw)
@@ -69,7 +70,7 @@ async def test_round_trip_and_persistence(tmp_path):
     u = await store.create_user("alice", "Alice", "alice@example.com", NOW)
     k = await store.create_preauth_key("abcdefabcdef", "h" * 64, u.id, False, False, (), NOW, None)
     n = await store.save_node(_node(user_id=u.id), mark_key_used=k.id)
-    assert n.id > 0 and n.tags == ("tag:x",) and n.hostinfo == {"Hostname": "h"}
+    assert n.id > 0 and n.tags == ("tag:x",) and n.hostinfo == Hostinfo(hostname="h")
     store.close()
     store = Store(path)
     users, nodes, keys = await store.load_all()
