@@ -288,6 +288,7 @@ class KeyText(Kind):
     prefix: str
     nbytes: int = 32
     zero_is_absent: bool = False
+    nonzero: bool = False  # the all-zero key is refused (a node key being registered)
     also: tuple[str, ...] = ()  # prefixes Go also accepts on input (nlpub: or tlpub:)
     zero: Any = ""
 
@@ -302,8 +303,11 @@ class KeyText(Kind):
             raw = bytes.fromhex(hexpart)
         except ValueError:
             raise WireError(f"{where}: {_show(v)} is not a key ({self.prefix}:<{2 * self.nbytes} hex digits>)") from None
-        if self.zero_is_absent and not any(raw):
-            return ""
+        if not any(raw):
+            if self.nonzero:
+                raise WireError(f"{where}: the zero key is not a key")
+            if self.zero_is_absent:
+                return ""
         return f"{self.prefix}:{raw.hex()}"
 
 

@@ -73,9 +73,6 @@ class Route:
     handler: Callable[[Request, Response, NoisePeer, str], Awaitable[None]]
 
 
-ZERO_NODE_KEY = "nodekey:" + "00" * 32
-
-
 class ControlService:
     def __init__(self, tailnet: Tailnet, mapper: Mapper, server_url: str) -> None:
         self.tailnet = tailnet
@@ -147,8 +144,8 @@ class ControlService:
 
     async def register(self, req: Request, resp: Response, peer: NoisePeer, name: str) -> None:
         rr = from_json(RegisterRequest, decode_body(req.body, "RegisterRequest"))
-        if not rr.node_key or rr.node_key == ZERO_NODE_KEY:
-            raise WireError("RegisterRequest.NodeKey: missing or zero")
+        if not rr.node_key:
+            raise WireError("RegisterRequest.NodeKey: missing")
         answer = await self._register(rr, peer, name)
         await resp.simple(200, json.dumps(to_json(answer)).encode(), "application/json")
 

@@ -50,7 +50,7 @@ class RegisterAuth:
 @dataclass(frozen=True, slots=True)
 class RegisterRequest:
     version: int = _version()
-    node_key: str = wire("NodeKey", KeyText("nodekey"))
+    node_key: str = wire("NodeKey", KeyText("nodekey", nonzero=True))
     old_node_key: str = wire("OldNodeKey", KeyText("nodekey", zero_is_absent=True))  # "" = none
     nl_key: str = wire("NLKey", KeyText("nlpub", also=("tlpub",)))
     auth: RegisterAuth | None = wire("Auth", Obj(RegisterAuth))

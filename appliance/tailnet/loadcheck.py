@@ -55,11 +55,9 @@ def check_node(n: NodeRecord, user_ids: set[int]) -> tuple[NodeRecord, list[str]
     """The node as today's rules allow it, and what was changed; raises Unusable."""
     try:
         machine_key = KeyText("mkey").parse(n.machine_key, "machine key")
-        node_key = KeyText("nodekey").parse(n.node_key, "node key")
+        node_key = KeyText("nodekey", nonzero=True).parse(n.node_key, "node key")
     except WireError as e:
         raise Unusable(str(e)) from None
-    if node_key == "nodekey:" + "00" * 32:
-        raise Unusable("its node key is zero")
     notes = list(n.hostinfo.notes)
     disco = ""
     if n.disco_key:

@@ -19,16 +19,15 @@ import json
 from collections import Counter
 import logging
 import os
-import socket
-import threading
 import tracemalloc
+
+from dataclasses import dataclass
 
 import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.config import config_from_dict
 from appliance.control.codec import to_json
 from appliance.control.hostinfo import Hostinfo, parse_hostinfo
 from appliance.control.mapframes import MapFrameReader
@@ -41,6 +40,8 @@ from appliance.http.h2server import Request, StreamGone
 from appliance.serve import serve
 from bench.controlclient import key_text, new_private_key, public_of
 
+from ..trio_thread import TrioThread
+from ..unit.test_control_loopback import free_port, loopback_config
 from .schemas import body_bytes, mutated
 
 EXAMPLES = int(os.environ.get("TRIOSCALE_FUZZ_EXAMPLES", "200"))
@@ -103,48 +104,15 @@ class Conn:
         self.name = "fuzz"
 
 
-class ServerThread:
-    """appliance.serve in a Trio loop of its own; ``call`` runs a coroutine function there."""
+def start_server(tmp) -> tuple[TrioThread, object]:
+    """appliance.serve in a Trio loop of its own thread; returns the loop and the Running."""
+    cfg = loopback_config(tmp, free_port(), policy={"mode": "database"})
+    loop = TrioThread("fuzz-server")
 
-    def __init__(self, tmp) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.cfg = config_from_dict({
-            "server_url": f"http://127.0.0.1:{port}", "listen_addr": f"127.0.0.1:{port}",
-            "data_dir": str(tmp / "data"), "unix_socket": str(tmp / "data" / "trioscale.sock"),
-            "dns": {"base_domain": "ts.test", "override_local_dns": False},
-            "derp": {"server": {"enabled": False}}, "policy": {"mode": "database"},
-        })
-        self._ready = threading.Event()
-        self._failure: BaseException | None = None
-        self.thread = threading.Thread(target=self._main, daemon=True, name="fuzz-server")
-        self.thread.start()
-        if not self._ready.wait(30):
-            raise RuntimeError(f"server did not start: {self._failure!r}")
+    async def start():
+        return await loop.nursery.start(serve, cfg)
 
-    def _main(self) -> None:
-        try:
-            trio.run(self._serve)
-        except BaseException as e:  # reported by the test: the process must never end
-            self._failure = e
-
-    async def _serve(self) -> None:
-        self.token = trio.lowlevel.current_trio_token()
-        async with trio.open_nursery() as nursery:
-            self.running = await nursery.start(serve, self.cfg)
-            self.stop = trio.Event()
-            self._ready.set()
-            await self.stop.wait()
-            self.running.cancel_scope.cancel()
-
-    def call(self, fn, *args):
-        return trio.from_thread.run(fn, *args, trio_token=self.token)
-
-    def close(self) -> None:
-        if self.thread.is_alive():
-            trio.from_thread.run_sync(self.stop.set, trio_token=self.token)
-        self.thread.join(30)
+    return loop, loop.call(start)
 
 
 class ErrorLog(logging.Handler):
@@ -156,45 +124,56 @@ class ErrorLog(logging.Handler):
         self.records.append(record)
 
 
+@dataclass
+class Fuzzed:
+    loop: TrioThread
+    running: object  # appliance.serve.Running
+    machines: list[Machine]
+    auth_key: str
+    errors: "ErrorLog"
+
+    def call(self, afn, *args):
+        return self.loop.call(afn, *args)
+
+
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory):
-    server = ServerThread(tmp_path_factory.mktemp("fuzz"))
+def fuzzed(tmp_path_factory):
+    loop, running = start_server(tmp_path_factory.mktemp("fuzz"))
     errors = ErrorLog()
     logging.getLogger("appliance").addHandler(errors)
-    machines = [Machine() for _ in range(4)]
 
     async def setup():
-        t = server.running.tailnet
+        t = running.tailnet
         await t.create_user("alice", email="alice@example.com")
         _, key = await t.create_preauth_key("alice", reusable=True)
-        await server.running.policy.set(POLICY)
+        await running.policy.set(POLICY)
         return key
 
-    auth_key = server.call(setup)
-    for i, m in enumerate(machines):  # the pool's nodes exist from the start
+    f = Fuzzed(loop, running, [Machine() for _ in range(4)], loop.call(setup), errors)
+    for i, m in enumerate(f.machines):  # the pool's nodes exist from the start
         for key in m.node_keys:
-            body = json.dumps({"Version": 133, "NodeKey": key, "Auth": {"AuthKey": auth_key},
+            body = json.dumps({"Version": 133, "NodeKey": key, "Auth": {"AuthKey": f.auth_key},
                                "Hostinfo": to_json_hostinfo(f"pool-{i}", [])}).encode()
-            assert server.call(handle, server, "POST", "/machine/register", body, m.peer).status == 200
+            assert f.call(handle, running, "POST", "/machine/register", body, m.peer).status == 200
     try:
-        yield server, machines, auth_key, errors
+        yield f
     finally:
         logging.getLogger("appliance").removeHandler(errors)
-        server.close()
-    assert server._failure is None, f"the server's loop ended: {server._failure!r}"
+        loop.close()
+    assert loop.failure is None, f"the server's loop ended: {loop.failure!r}"
 
 
-async def handle(server: ServerThread, method: str, path: str, body: bytes, peer: NoisePeer) -> Recorder:
+async def handle(running, method: str, path: str, body: bytes, peer: NoisePeer) -> Recorder:
     with trio.fail_after(HANDLER_DEADLINE):
-        return await handle_nowait(server, method, path, body, peer)
+        return await handle_nowait(running, method, path, body, peer)
 
 
-async def handle_nowait(server: ServerThread, method: str, path: str, body: bytes, peer: NoisePeer) -> Recorder:
+async def handle_nowait(running, method: str, path: str, body: bytes, peer: NoisePeer) -> Recorder:
     """What the HTTP/2 server does with a complete request (h2server._run_handler)."""
     resp = Recorder()
     req = Request(1, method, path, [("ts-lb", "x")], bytearray(body))
     try:
-        await server.running.control.handle(req, resp, Conn(peer))
+        await running.control.handle(req, resp, Conn(peer))
     except StreamGone:
         pass
     return resp
@@ -265,22 +244,21 @@ def check_answer(resp: Recorder, body: bytes) -> None:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
 @given(data=st.data())
-def test_handlers_take_any_body(fuzz_server, data):
-    server, machines, auth_key, errors = fuzz_server
-    method, path, body, machine = data.draw(requests(machines, auth_key))
-    RECORDED.append((method, path, body, machines.index(machine)))
-    resp = server.call(handle, server, method, path, body, machine.peer)
+def test_handlers_take_any_body(fuzzed, data):
+    method, path, body, machine = data.draw(requests(fuzzed.machines, fuzzed.auth_key))
+    RECORDED.append((method, path, body, fuzzed.machines.index(machine)))
+    resp = fuzzed.call(handle, fuzzed.running, method, path, body, machine.peer)
     ANSWERS[(path.split("?")[0], resp.status)] += 1
     if path == "/machine/map" and resp.status == 200 and resp.body:
         check_netmap(bytes(resp.body))
     check_answer(resp, body)
-    assert not errors.records, [r.getMessage() for r in errors.records]
+    assert not fuzzed.errors.records, [r.getMessage() for r in fuzzed.errors.records]
 
 
-def test_after_fuzzing_the_server_still_works_and_memory_is_bounded(fuzz_server):
+def test_after_fuzzing_the_server_still_works_and_memory_is_bounded(fuzzed):
     """Runs after the fuzz above (same module server): replaying its examples leaves the
     server's memory bounded, and its background tasks still compile and map a new node."""
-    server, machines, auth_key, errors = fuzz_server
+    running, machines = fuzzed.running, fuzzed.machines
     assert RECORDED, "runs after test_handlers_take_any_body"
 
     async def replay() -> int:
@@ -288,7 +266,7 @@ def test_after_fuzzing_the_server_still_works_and_memory_is_bounded(fuzz_server)
         # count here as memory the server holds.
         with trio.fail_after(HANDLER_DEADLINE * 10):
             for method, path, body, m in RECORDED:
-                check_answer(await handle_nowait(server, method, path, body, machines[m].peer), body)
+                check_answer(await handle_nowait(running, method, path, body, machines[m].peer), body)
         gc.collect()
         return tracemalloc.get_traced_memory()[0]
 
@@ -296,9 +274,9 @@ def test_after_fuzzing_the_server_still_works_and_memory_is_bounded(fuzz_server)
     logging.getLogger("appliance").propagate = False
     tracemalloc.start()
     try:
-        first = server.call(replay)
-        second = server.call(replay)
-        third = server.call(replay)
+        first = fuzzed.call(replay)
+        second = fuzzed.call(replay)
+        third = fuzzed.call(replay)
     finally:
         tracemalloc.stop()
         logging.getLogger("appliance").propagate = True
@@ -310,25 +288,26 @@ def test_after_fuzzing_the_server_still_works_and_memory_is_bounded(fuzz_server)
 
     newcomer = Machine()
     body = json.dumps({
-        "Version": 133, "NodeKey": newcomer.node_keys[0], "Auth": {"AuthKey": auth_key},
+        "Version": 133, "NodeKey": newcomer.node_keys[0], "Auth": {"AuthKey": fuzzed.auth_key},
         "Hostinfo": to_json_hostinfo("newcomer", ["10.50.9.0/24"]),
     }).encode()
-    resp = server.call(handle, server, "POST", "/machine/register", body, newcomer.peer)
+    resp = fuzzed.call(handle, running, "POST", "/machine/register", body, newcomer.peer)
     assert resp.status == 200 and json.loads(resp.body)["MachineAuthorized"], bytes(resp.body)
 
     async def compiled() -> None:
-        t = server.running.tailnet
+        t = running.tailnet
         node = t.node_by_key(newcomer.node_keys[0])
         with trio.fail_after(10):
             while "10.50.9.0/24" not in t.nodes[node.id].approved_routes:  # recompiler + auto-approver
                 await trio.sleep(0.05)
-        server.running.policy.engine.result(node.id)  # compiled: a result, not KeyError
+        running.policy.engine.result(node.id)  # compiled: a result, not KeyError
 
-    server.call(compiled)
+    fuzzed.call(compiled)
     map_body = json.dumps({"Version": 133, "NodeKey": newcomer.node_keys[0], "Compress": "zstd"}).encode()
-    resp = server.call(handle, server, "POST", "/machine/map", map_body, newcomer.peer)
+    resp = fuzzed.call(handle, running, "POST", "/machine/map", map_body, newcomer.peer)
     assert resp.status == 200 and resp.body
-    assert not errors.records, [r.getMessage() for r in errors.records]
+    check_netmap(bytes(resp.body))
+    assert not fuzzed.errors.records, [r.getMessage() for r in fuzzed.errors.records]
 
 
 def to_json_hostinfo(hostname: str, routes: list[str]) -> dict:

@@ -56,17 +56,23 @@ class Server:
         return SimClient(HOST, self.port, self.public, name, **kw)
 
 
-@pytest.fixture
-async def server(nursery, tmp_path):
-    port = free_port()
-    cfg = config_from_dict({
+def loopback_config(tmp_path, port: int, **extra):
+    """The server on loopback ``port`` with its data under ``tmp_path``; ``extra`` adds keys."""
+    return config_from_dict({
         "server_url": f"http://{HOST}:{port}",
         "listen_addr": f"{HOST}:{port}",
         "data_dir": str(tmp_path / "data"),
         "unix_socket": str(tmp_path / "data" / "trioscale.sock"),
         "dns": {"base_domain": "ts.test", "override_local_dns": False},
         "derp": {"server": {"enabled": False}},
+        **extra,
     })
+
+
+@pytest.fixture
+async def server(nursery, tmp_path):
+    port = free_port()
+    cfg = loopback_config(tmp_path, port)
     running = await nursery.start(serve, cfg)
     user = await running.tailnet.create_user("alice")
     _, key = await running.tailnet.create_preauth_key(user.name, reusable=True)

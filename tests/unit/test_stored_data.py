@@ -15,12 +15,11 @@ import sqlite3
 
 import trio
 
-from appliance.config import config_from_dict
 from appliance.serve import serve
 from appliance.tailnet.changes import FULL
 from bench.controlclient import fetch_server_key
 
-from .test_control_loopback import HOST, WAIT, Server, free_port, joined, wait_peers
+from .test_control_loopback import HOST, WAIT, Server, free_port, joined, loopback_config, wait_peers
 
 POLICY = """{
   // autoApprovers make the compiler read every node's advertised routes (the crash loop)
@@ -30,15 +29,7 @@ POLICY = """{
 
 
 def config(tmp_path, port: int):
-    return config_from_dict({
-        "server_url": f"http://{HOST}:{port}",
-        "listen_addr": f"{HOST}:{port}",
-        "data_dir": str(tmp_path / "data"),
-        "unix_socket": str(tmp_path / "data" / "trioscale.sock"),
-        "dns": {"base_domain": "ts.test", "override_local_dns": False},
-        "derp": {"server": {"enabled": False}},
-        "policy": {"mode": "database"},
-    })
+    return loopback_config(tmp_path, port, policy={"mode": "database"})
 
 
 async def started(nursery, cfg, port: int, key: str = "") -> Server:
