@@ -38,6 +38,14 @@ TAGGED_DEVICES_USER_ID = 2147455555
 TAGGED_DEVICES_LOGIN = "tagged-devices"
 
 
+def _is_address(text: object) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -67,6 +75,7 @@ class Tailnet:
         self.version: dict[int, int] = {}  # node id → bumped on every change (mapper cache key)
         self.routes = RouteTable()
         self._lock = trio.Lock()  # one writer at a time keeps memory in step with the store
+        self._held_names: set[str] = set()  # names of stored nodes left out at load
         # Called with the ids of nodes whose policy inputs changed; set by the policy layer.
         self.on_nodes_changed: Callable[[set[int]], None] = lambda ids: None
         self.on_users_changed: Callable[[], None] = lambda: None
@@ -82,6 +91,13 @@ class Tailnet:
             for pool, addr in ((self.pool4, n.ipv4), (self.pool6, n.ipv6)):
                 if pool:
                     pool.mark_used([addr])
+        # Rows left out above keep their addresses and names in the database, where they are
+        # unique: never hand them out again (a new node would fail to be stored).
+        held = await self.store.run_sync(lambda c: c.execute("SELECT ipv4, ipv6, given_name FROM nodes").fetchall())
+        self._held_names = {r[2] for r in held} - {n.given_name for n in nodes}
+        for pool in (self.pool4, self.pool6):
+            if pool:
+                pool.mark_used(a for r in held for a in r[:2] if _is_address(a))
 
     def _put(self, n: NodeRecord) -> None:
         old = self.nodes.get(n.id)
@@ -297,7 +313,7 @@ class Tailnet:
                     register_method=method,
                 )
             else:
-                taken = {n.given_name for n in self.nodes.values()}
+                taken = {n.given_name for n in self.nodes.values()} | self._held_names
                 v4 = self.pool4.allocate() if self.pool4 else None
                 v6 = self.pool6.allocate() if self.pool6 else None
                 rec = NodeRecord(
@@ -410,7 +426,7 @@ class Tailnet:
 
     async def rename_node(self, node_id: int, new_name: str) -> NodeRecord:
         check_given_name(new_name)
-        if any(n.given_name == new_name and n.id != node_id for n in self.nodes.values()):
+        if new_name in self._held_names or any(n.given_name == new_name and n.id != node_id for n in self.nodes.values()):
             raise Conflict(f"the name {new_name!r} is taken by another node")
         return await self.update_node(node_id, given_name=new_name)
 

@@ -60,7 +60,8 @@ async def first_run(tmp_path, cfg, port: int, names: list[str]) -> dict[str, int
 async def test_a_damaged_database_starts_and_serves_the_rest(tmp_path, nursery, caplog):
     port = free_port()
     cfg = config(tmp_path, port)
-    names = ["good-a", "good-b", "garbage-routes", "bad-json", "bad-key", "bad-row", "odd"]
+    # The left-out ones last: they hold the highest addresses the allocator would hand out next.
+    names = ["good-a", "good-b", "garbage-routes", "bad-json", "odd", "bad-key", "bad-row"]
     ids = await first_run(tmp_path, cfg, port, names)
 
     db = sqlite3.connect(cfg.database.sqlite_path)
@@ -109,8 +110,25 @@ async def test_a_damaged_database_starts_and_serves_the_rest(tmp_path, nursery, 
         async with trio.open_nursery() as cn:
             c = await joined(server, cn, "newcomer")
             await wait_peers(c, loaded)
+            # The rows left out keep their addresses and names: a new node never collides.
+            again = await joined(server, cn, "bad-key")
+            await wait_peers(again, loaded | {c.node_id})
             cn.cancel_scope.cancel()
+        left_out = db_rows(cfg, ids["bad-key"], ids["bad-row"])
+        for node_id in (c.node_id, again.node_id):
+            n = t.nodes[node_id]
+            assert not {n.ipv4, n.ipv6, n.given_name} & left_out
+        assert t.nodes[again.node_id].given_name == "bad-key-1"
         server.running.cancel_scope.cancel()
+
+
+def db_rows(cfg, *ids: int) -> set[str]:
+    db = sqlite3.connect(cfg.database.sqlite_path)
+    try:
+        rows = db.execute(f"SELECT ipv4, ipv6, given_name FROM nodes WHERE id IN ({','.join('?' * len(ids))})", ids)
+        return {v for r in rows for v in r}
+    finally:
+        db.close()
 
 
 async def test_one_node_the_compiler_cannot_take_affects_only_that_node(tmp_path, nursery, caplog):
