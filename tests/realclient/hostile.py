@@ -256,6 +256,10 @@ def all_cases() -> list[Case]:
         {"Subsys": "overall", "Error": "x", "NodeKey": ZERO_NODE_KEY}), 200)
     raw("register-wrong-auth-key", "/machine/register", lambda k: encoded(
         setting(register(k), ("Auth", "AuthKey"), "hskey-auth-nope-" + "0" * 64)), 200)
+    raw("register-interactive", "/machine/register", lambda k: encoded(
+        {**register(k), "Auth": None, "NodeKey": "nodekey:" + "43" * 32}), 200)
+    raw("register-tags-not-permitted", "/machine/register", lambda k: encoded(
+        setting(register(k), ("Hostinfo", "RequestTags"), ["tag:nobody-owns-this", "not-a-tag\x1b"])), 200)
     raw("map-someone-elses-key", "/machine/map", lambda k: encoded(
         setting(lite(k), ("NodeKey",), "nodekey:" + "42" * 32)), 404)
     raw("unknown-path", "/machine/id-token", b"{}", 404)

@@ -127,6 +127,10 @@ def test_hostile_case(hostile_net, case):
         assert reset is not None, f"expected the stream to be reset, got {status} {body[:200]!r}"
     else:
         assert status == case.status, body[:300]
+        if case.name == "register-interactive":
+            assert json.loads(body)["AuthURL"].startswith(server.url + "/register/"), body
+        if case.name in ("register-tags-not-permitted", "register-wrong-auth-key"):
+            assert json.loads(body)["Error"], body
         if status == 400:
             text = body.decode()
             assert text.startswith("bad request: ") and case.names in text, text
