@@ -22,8 +22,6 @@ from .mapframes import RawJSON
 from .codec import ZERO_TIME, format_time, to_json
 
 log = logging.getLogger(__name__)
-# A node that cannot be rendered is left out of its peers' maps; say so at a bounded rate.
-_throttle = LogThrottle(log)
 
 # Capabilities every node gets, as Headscale grants them by default.
 DEFAULT_SELF_CAPS = {
@@ -73,6 +71,8 @@ class Mapper:
         self.capver: dict[int, int] = {}
         self._cache: dict[int, tuple[int, dict]] = {}
         self._text_cache: dict[int, tuple[tuple[int, bool], str]] = {}
+        # A node that cannot be rendered is left out of its peers' maps; said at a bounded rate.
+        self.throttle = LogThrottle(log)
 
     # --- nodes --------------------------------------------------------------------------
 
@@ -111,7 +111,7 @@ class Mapper:
                 out.append(render(p))
             except Exception as e:
                 failed.add(p.id)
-                _throttle.log(logging.ERROR, "render-node", "node %d (%s) left out of its peers' maps: %r",
+                self.throttle.log(logging.ERROR, "render-node", "node %d (%s) left out of its peers' maps: %r",
                               p.id, p.given_name, e)
         return out, failed
 

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from .mapper import Mapper
 
 log = logging.getLogger(__name__)
-throttled = LogThrottle(log)
 
 CHALLENGE_PREFIX = "_acme-challenge."
 MAX_BODY = 2048  # the real request is about 200 bytes
@@ -77,6 +76,7 @@ class SetDNS:
         self.mapper = mapper
         self.zone = zone
         self._rate = TokenBuckets(RATE_PER_SECOND, RATE_BURST, max_keys=100_000)
+        self.throttled = LogThrottle(log)  # per server: one server's flood is not another's silence
 
     async def handle(self, req: "Request", resp: "Response", machine_key: str, conn: str) -> None:
         """Answer one request: 200 ``{}`` when the record is published, else a 4xx/5xx with
@@ -89,13 +89,13 @@ class SetDNS:
             assert self.zone is not None
             await self.zone.publish(name, sd.value)
         except WireError as e:
-            throttled.warning("set-dns-bad", "%s: bad set-dns request: %s", conn, e)
+            self.throttled.warning("set-dns-bad", "%s: bad set-dns request: %s", conn, e)
             await resp.simple(400, f"bad request: {e}\n".encode())
             return
         except CertDNSError as e:
             if self.zone is not None:
                 self.zone.refused += 1
-            throttled.warning("set-dns-refused", "%s: set-dns refused (%d): %s", conn, e.http_status, e)
+            self.throttled.warning("set-dns-refused", "%s: set-dns refused (%d): %s", conn, e.http_status, e)
             await resp.simple(e.http_status, f"{e}\n".encode())
             return
         log.info("%s: published the DNS-01 challenge record %s", conn, name)

@@ -34,8 +34,9 @@ from appliance.control.mapframes import MapFrameReader
 from appliance.control.service import NoisePeer
 from appliance.control.wire import (
     AuditLogRequest, HealthChangeRequest, MapRequest, PingResponse, RegisterRequest,
-    SetDeviceAttributesRequest, SetDNSRequest,
+    SetDeviceAttributesRequest,
 )
+from appliance.control.setdns import SetDNSRequest
 from appliance.http.h2server import Request, StreamGone
 from appliance.serve import serve
 from bench.controlclient import key_text, new_private_key, public_of
@@ -235,7 +236,7 @@ def check_netmap(body: bytes) -> None:
 
 def check_answer(resp: Recorder, body: bytes) -> None:
     assert resp.status is not None, "no answer"
-    assert resp.status < 500 or resp.status == 501, resp.status  # 501: set-dns is not offered
+    assert resp.status < 500, resp.status
     if resp.status == 400:
         assert resp.body.startswith(b"bad request: ") and len(resp.body) < 400, bytes(resp.body)
 

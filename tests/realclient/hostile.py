@@ -20,9 +20,9 @@ from typing import Any, Callable
 from appliance.control import codec
 from appliance.keys import ZERO_KEY, encode_key
 from appliance.control.hostinfo import HostinfoKind, Hostinfo, NetInfo
+from appliance.control.setdns import SetDNSRequest
 from appliance.control.wire import (
     AuditLogRequest, HealthChangeRequest, MapRequest, RegisterRequest, SetDeviceAttributesRequest,
-    SetDNSRequest,
 )
 
 ZERO_NODE_KEY = encode_key("nodekey", ZERO_KEY)
@@ -246,8 +246,10 @@ def all_cases() -> list[Case]:
     checkpoint("encodings")
 
     # Well-formed requests: answered as the protocol says, never a 500.
+    # Refused (403): certificates are off here (tests/realclient/test_certs covers them on).
     raw("set-dns-valid", "/machine/set-dns", lambda k: encoded(
-        {"Version": 133, "NodeKey": k.node_key, "Name": "_acme-challenge.x.ts.test", "Type": "TXT", "Value": "v"}), 501)
+        {"Version": 133, "NodeKey": k.node_key, "Name": "_acme-challenge.hostile.ts.test", "Type": "TXT",
+         "Value": "v"}), 403)
     cases.append(Case("set-device-attr-valid", "/machine/set-device-attr", lambda k: encoded(
         {"Version": 133, "NodeKey": k.node_key, "Update": {"a": "b", "n": 1, "gone": None}}), 200, method="PATCH"))
     raw("audit-log-valid", "/machine/audit-log", lambda k: encoded(
