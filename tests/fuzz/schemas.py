@@ -10,6 +10,7 @@ damage the bytes (truncation, invalid UTF-8, a flipped byte).
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import json
 import math
@@ -129,17 +130,19 @@ def mutated(draw, cls: type) -> object:
         target = doc
         for k in path:
             target = target[k]
+        # Copies: sampled_from hands out the same list and dict objects every time, and a
+        # later "add" must not change them for the examples after this one.
         if op == "replace":
-            doc = _set(doc, path, draw(HOSTILE))
+            doc = _set(doc, path, copy.deepcopy(draw(HOSTILE)))
         elif op == "delete" and path:
             parent = doc
             for k in path[:-1]:
                 parent = parent[k]
             del parent[path[-1]]
         elif op == "add" and isinstance(target, dict):
-            target[draw(st.text(max_size=12))] = draw(HOSTILE)
+            target[draw(st.text(max_size=12))] = copy.deepcopy(draw(HOSTILE))
         elif op == "add" and isinstance(target, list):
-            target.append(draw(HOSTILE))
+            target.append(copy.deepcopy(draw(HOSTILE)))
     return doc
 
 
