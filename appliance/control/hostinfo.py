@@ -200,10 +200,6 @@ def parse_hostinfo(data: Any, where: str) -> Hostinfo:
     return within_budget(from_json(Hostinfo, data, where))
 
 
-def hostinfo_json(h: Hostinfo) -> dict:
-    return to_json(h)
-
-
 @dataclasses.dataclass(frozen=True)
 class HostinfoKind(Kind):
     """The kind of a Hostinfo inside a request: parsed, then kept within its budget."""
@@ -219,18 +215,20 @@ HOSTINFO = HostinfoKind()
 
 
 def stored_hostinfo(text: str | None) -> Hostinfo:
-    """Hostinfo read back from the database, written by this or an older version (or an
-    import): never raises. What would be refused today is dropped and said in ``notes``."""
-    notes: list[str] = []
+    """Hostinfo read back from the database, written by this or an older version: never
+    raises. What would be refused today is dropped and said in ``notes``."""
     try:
         data = json.loads(text) if text else {}
     except (ValueError, RecursionError):
         return Hostinfo(notes=("stored Hostinfo is not JSON: replaced by an empty one",))
+    return hostinfo_from_stored(data)
+
+
+def hostinfo_from_stored(data: Any) -> Hostinfo:
+    """Hostinfo kept by an older version or another server (a decoded JSON value): never
+    raises. What would be refused today is dropped and said in ``notes``."""
     if not isinstance(data, dict):
         return Hostinfo(notes=("stored Hostinfo is not an object: replaced by an empty one",))
-    try:
-        h = from_json(Hostinfo, data, "Hostinfo", notes=notes)
-    except (WireError, RecursionError) as e:  # pragma: no cover - lenient parsing drops fields
-        return Hostinfo(notes=(f"stored Hostinfo unusable ({e}): replaced by an empty one",))
-    h = within_budget(h)
+    notes: list[str] = []
+    h = HOSTINFO.parse_lenient(data, "Hostinfo", notes)
     return dataclasses.replace(h, notes=tuple(notes) + h.notes)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from ..control.hostinfo import hostinfo_from_stored
 from ..storage.records import (
     ApiKeyRecord,
     NodeRecord,
@@ -423,6 +424,8 @@ def _nodes(src: Source, report: Report, version: SchemaVersion, user_ids: set[in
             asked = tuple(sorted({t for t in (hostinfo.get("RequestTags") or []) if isinstance(t, str)} - set(tags)))
             if asked:
                 request_tags[nid] = asked
+        typed_hostinfo = hostinfo_from_stored(hostinfo)  # today's rules; what they drop is reported
+        report.changed.extend(f"node {nid}: Hostinfo {note}" for note in typed_hostinfo.notes)
         key_id = r.get("auth_key_id")
         key_id = int(key_id) if key_id not in (None, 0, "0") and int(key_id) in keys else None
         given = as_text(r.get("given_name")).strip() or dns_label(as_text(r.get("hostname")))
@@ -445,7 +448,7 @@ def _nodes(src: Source, report: Report, version: SchemaVersion, user_ids: set[in
             id=nid, machine_key=f["machine_key"], node_key=f["node_key"], disco_key=f["disco_key"],
             ipv4=v4, ipv6=v6, hostname=as_text(r.get("hostname")), given_name=given,
             user_id=None if user_id is None else int(user_id), auth_key_id=key_id, tags=tags,
-            hostinfo=hostinfo, endpoints=endpoints, expiry=as_time(r.get("expiry")),
+            hostinfo=replace(typed_hostinfo, notes=()), endpoints=endpoints, expiry=as_time(r.get("expiry")),
             last_seen=as_time(r.get("last_seen")), created_at=as_time(r.get("created_at")) or now,
             approved_routes=tuple(approved),
             # Headscale keeps no ephemeral flag on nodes: the key that registered it says.

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..control.codec import WireError, to_json
+from ..control.hostinfo import Hostinfo, parse_hostinfo
 from ..keys import KeyFormatError, decode_key
 from ..storage.records import (
     ApiKeyRecord,
@@ -77,6 +79,8 @@ def _time(t: datetime | None) -> str | None:
 def _out(value: Any) -> Any:
     if isinstance(value, datetime):
         return _time(value)
+    if isinstance(value, Hostinfo):
+        return to_json(value)
     if isinstance(value, tuple):
         return list(value)
     return value
@@ -149,6 +153,11 @@ def _field(annotation: str, value: Any, where: str) -> Any:
         raise _bad(where, "an object", value)
     if kind == "Any":  # a setting's JSON value, checked by its reader when the server loads it
         return value
+    if kind == "Hostinfo":  # by the rules a client's own Hostinfo is held to
+        try:
+            return parse_hostinfo(value, where)
+        except WireError as e:
+            raise ImportRefused(str(e)) from None
     raise AssertionError(f"no reader for {annotation}")
 
 

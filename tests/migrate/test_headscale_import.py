@@ -16,6 +16,7 @@ import pytest
 import trio
 import yaml
 
+from appliance.control.codec import to_json
 from appliance.errors import AuthFailed
 from appliance.migrate import importer
 from appliance.migrate.errors import ImportRefused
@@ -146,8 +147,8 @@ def check_imported(t: hs.HSTailnet, s, version: str) -> None:
         assert got.endpoints == want.endpoints
         assert (got.expiry, got.last_seen, got.created_at) == (want.expiry, want.last_seen, want.created_at)
         assert got.approved_routes == want.approved_routes
-        assert sorted(got.hostinfo.get("RoutableIPs") or []) == sorted(want.advertised_routes)
-        assert {k: v for k, v in got.hostinfo.items() if k != "RoutableIPs"} == want.hostinfo
+        assert sorted(got.hostinfo.routable_ips) == sorted(want.advertised_routes)
+        assert {k: v for k, v in to_json(got.hostinfo).items() if k != "RoutableIPs"} == want.hostinfo
         assert got.register_method == want.register_method
         assert got.ephemeral == (want.auth_key_id == 5)
     assert s.policies[-1].data == POLICY if version >= "0.23" else not s.policies
