@@ -28,3 +28,9 @@ class Forbidden(TrioscaleError):
     """Not allowed here, whatever the input (e.g. a change the configuration reserves to a file)."""
 
     http_status = 403
+
+
+class RateLimited(TrioscaleError):
+    """Too many attempts from one source; the client should retry later."""
+
+    http_status = 429

@@ -39,6 +39,15 @@ class TokenBuckets:
             self._buckets.popitem(last=False)
         return allowed
 
+    def exhausted(self, key: Hashable, cost: float = 1.0) -> bool:
+        """True when ``key``'s bucket holds fewer than ``cost`` tokens now; takes nothing (for a
+        check before work whose cost is only charged when it fails)."""
+        got = self._buckets.get(key)
+        if got is None:
+            return False
+        tokens, at = got
+        return min(self.burst, tokens + (self.clock() - at) * self.rate) < cost
+
     def __len__(self) -> int:
         return len(self._buckets)
 

@@ -21,6 +21,7 @@ from .control.loginpage import login_page_route
 from .control.mapper import Mapper
 from .control.service import ControlService
 from .http.frontdoor import FrontDoor
+from .http.limits import ConnectionGate
 from .http.server import HTTPServer
 from .keys import load_or_create_private_key
 from derp.stun import StunStats
@@ -132,6 +133,10 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             await nursery.start(api.run)  # API keys and settings stored through the API
             # Certificates before listeners: a cached one is served from the first connection.
             public = await start_tls(cfg, certs, nursery, front.handle)
+            # Caps before TLS: a refused connection costs no handshake.
+            gate = ConnectionGate(cfg.limits.max_connections, cfg.limits.max_connections_per_source,
+                                  exempt=cfg.trusted_proxies)
+            public = gate.wrap(public)
             host, port = split_host_port(cfg.listen_addr)
             listeners = await trio.open_tcp_listeners(port, host=host or None)
             ports = sorted({ln.socket.getsockname()[1] for ln in listeners})

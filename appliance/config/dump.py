@@ -84,6 +84,10 @@ def config_to_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
         "tls_key_path": _opt_path(cfg.tls.key_path),
         "log": {"level": cfg.log.level, "format": cfg.log.format},
         "policy": {"mode": cfg.policy.mode, "path": _opt_path(cfg.policy.path)},
+        "limits": {
+            "max_connections": cfg.limits.max_connections,
+            "max_connections_per_source": cfg.limits.max_connections_per_source,
+        },
         "dns": {
             "magic_dns": cfg.dns.magic_dns,
             "base_domain": cfg.dns.base_domain,

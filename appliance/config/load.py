@@ -24,6 +24,7 @@ from .model import (
     DatabaseConfig,
     DERPSettings,
     DNSSettings,
+    LimitsSettings,
     LogSettings,
     NodeConfig,
     PolicySettings,
@@ -288,6 +289,7 @@ def _build(r: _Reader, file: Path | None) -> Config:
         log=_log(r),
         tls=_tls(r, data_dir, listen_addr),
         trusted_proxies=_trusted_proxies(r),
+        limits=_limits(r),
         extras=_extras(r),
     )
 
@@ -621,6 +623,14 @@ def _update_frequency(value: object, key: str) -> timedelta:
 def _policy(r: _Reader) -> PolicySettings:
     mode = r.get("policy.mode", lambda x, k: v.parse_choice(x, k, ("file", "database")), "file")
     return PolicySettings(mode=mode, path=r.path("policy.path", None))
+
+
+def _limits(r: _Reader) -> LimitsSettings:
+    default = LimitsSettings()
+    total = r.get("limits.max_connections", lambda x, k: v.parse_int(x, k, minimum=1), default.max_connections)
+    per_source = r.get("limits.max_connections_per_source", lambda x, k: v.parse_int(x, k, minimum=1),
+                       default.max_connections_per_source)
+    return LimitsSettings(max_connections=total, max_connections_per_source=per_source)
 
 
 def _log(r: _Reader) -> LogSettings:

@@ -123,6 +123,17 @@ class PolicySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsSettings:
+    """ours: caps on the connections open on the public listener (listen_addr)."""
+
+    # A node keeps about two long-lived connections (control and DERP): room for 15k nodes
+    # (a 10k-node tailnet and its reconnects); the systemd unit allows 65536 descriptors.
+    max_connections: int = 30_000
+    # Nodes behind one NAT (an office, CGNAT) share an address: about a thousand of them.
+    max_connections_per_source: int = 2_048
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str  # one of LOG_LEVELS, lower case
     format: Literal["text", "json"]
@@ -179,6 +190,7 @@ class Config:
     log: LogSettings
     tls: TLSSettings
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    limits: LimitsSettings = LimitsSettings()
     # Headscale keys we accept but do not act on (yet), by dotted key:
     # "grpc_listen_addr", "oidc.issuer", "taildrop.enabled", ... Holds the
     # value from the file, or Headscale's default where it has one.

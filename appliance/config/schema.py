@@ -86,6 +86,8 @@ MAIN_KEYS: frozenset[str] = frozenset(
         "acme_url",
         "acme_email",
         "acme_ca_bundle",  # ours, not Headscale's
+        "limits.max_connections",  # ours, not Headscale's
+        "limits.max_connections_per_source",  # ours, not Headscale's
     }
 )
 

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-from ..errors import AuthFailed, NotFound
+from ..errors import AuthFailed, NotFound, RateLimited
 from ..http.h2server import H2Server, Request, Response
 from ..logthrottle import LogThrottle
 from ..storage.records import NodeRecord
@@ -96,6 +96,9 @@ class ControlService:
             "/machine/set-device-attr": Route(("PATCH", "POST"), self.set_device_attr),
             "/machine/audit-log": Route(("POST",), self.audit_log),
         }
+        # Set by the front door: the per-source limit on registrations without a valid key
+        # (http.limits.RegisterGate); None means no limit.
+        self.register_gate = None
 
     async def handle(self, req: Request, resp: Response, conn: H2Server) -> None:
         """One request inside Noise. A body that does not parse (WireError, naming the field)
@@ -115,6 +118,9 @@ class ControlService:
             self.throttle.warning(path, "%s: bad %s request: %s", conn.name, path, e)
             if not resp.headers_sent:
                 await resp.simple(400, f"bad request: {e}\n".encode())
+        except RateLimited as e:
+            if not resp.headers_sent:
+                await resp.simple(429, f"{e}\n".encode(), headers=[("retry-after", "5")])
 
     def _own_node(self, node_key: str, peer: NoisePeer) -> NodeRecord | None:
         """The node with this key, if it belongs to the machine on this Noise connection."""
@@ -168,6 +174,7 @@ class ControlService:
             return RegisterResponse(node_key_expired=True)
 
         if rr.auth_key:
+            self._check_register_rate(peer, name)
             try:
                 key = self.tailnet.check_preauth_key(rr.auth_key)
                 requested = () if key.tags else self._requested_tags(hostinfo, key.user_id)
@@ -176,6 +183,8 @@ class ControlService:
                     hostinfo=hostinfo, ephemeral_request=rr.ephemeral, requested_tags=requested,
                 )
             except AuthFailed as e:
+                if self.register_gate is not None:
+                    self.register_gate.failed(peer.remote)
                 log.info("%s: registration refused: %s", name, e)
                 return RegisterResponse(error=str(e))
             log.info("%s: node %d (%s) registered with a pre-auth key", name, node.id, node.given_name)
@@ -193,7 +202,15 @@ class ControlService:
                 log.info("%s: node %d rotated its node key", name, node.id)
                 return self._authorized(node)
 
+        if not rr.followup:
+            self._check_register_rate(peer, name)
+            if self.register_gate is not None:
+                self.register_gate.failed(peer.remote)  # a new interactive login has no key
         return await self._interactive(rr, peer, hostinfo or Hostinfo())
+
+    def _check_register_rate(self, peer: NoisePeer, name: str) -> None:
+        if self.register_gate is not None and self.register_gate.blocked(peer.remote):
+            raise RateLimited("too many registrations without a valid key from this address; retry later")
 
     def _requested_tags(self, hostinfo: Hostinfo | None, user_id: int | None) -> tuple[str, ...]:
         """`tailscale up --advertise-tags`: every requested tag must be the user's to give by

@@ -23,7 +23,8 @@ from ..noise.handshake import respond
 from ..noise.stream import NoiseStream
 from ..noise.transport import NoiseTransport
 from .h2server import H2Server
-from .server import HEAD_TIMEOUT, Answer, HTTPServer, header, peer_name, text
+from .limits import RegisterGate, SourceRates
+from .server import HEAD_TIMEOUT, Answer, HTTPServer, header, peer_name, text, throttled
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +40,14 @@ class FrontDoor(HTTPServer):
         self.noise_public = public_key(noise_private)
         self.control = control
         self.noise_connections = 0
+        self.rates = SourceRates()
+        control.register_gate = RegisterGate(self.rates.unkeyed_register)
 
-    async def answer(self, req: h11.Request, path: str, body: bytes) -> Answer:
+    async def answer(self, req: h11.Request, path: str, body: bytes, source: str) -> Answer:
         if path == "/key":
+            if not self.rates.key.allow(source):
+                throttled.warning("rate-key", "%s: too many /key requests, answering 429", source)
+                return too_many()
             doc = {
                 "legacyPublicKey": encode_key("mkey", bytes(32)),
                 "publicKey": encode_key("mkey", self.noise_public),
@@ -49,15 +55,20 @@ class FrontDoor(HTTPServer):
             return 200, [("content-type", "application/json")], json.dumps(doc).encode()
         if path == "/health":
             return 200, [("content-type", "application/json")], b'{"status":"pass"}'
-        got = await super().answer(req, path, body)
+        got = await super().answer(req, path, body, source)
         if got[0] == 404 and path == "/":
             return text(200, "trioscale: a Tailscale control server. Point clients here with "
                              "`tailscale up --login-server`.\n")
         return got
 
-    async def upgrade(self, stream: trio.abc.Stream, conn: h11.Connection, req: h11.Request, path: str, name: str) -> bool:
+    async def upgrade(self, stream: trio.abc.Stream, conn: h11.Connection, req: h11.Request, path: str,
+                      name: str, source: str) -> bool:
         if path != "/ts2021":
             return False
+        if not self.rates.noise_handshake.allow(source):
+            throttled.warning("rate-noise", "%s: too many Noise handshakes from %s, answering 429", name, source)
+            await self.send_simple(stream, conn, *too_many())
+            return True
         with trio.fail_after(HEAD_TIMEOUT):
             end = await self.read_event(stream, conn)
         if not isinstance(end, h11.EndOfMessage):
@@ -122,7 +133,7 @@ class FrontDoor(HTTPServer):
             initiation = base64.b64decode(b64 or "", validate=True)
             return respond(self.noise_private, initiation)
         except (binascii.Error, ValueError, NoiseError) as e:
-            log.warning("%s: bad Noise handshake: %s", name, e)
+            throttled.warning("bad-noise-handshake", "%s: bad Noise handshake: %s", name, e)
             await self.send_simple(stream, conn, *text(400, "bad handshake\n"))
             return None
 
@@ -135,6 +146,10 @@ class FrontDoor(HTTPServer):
             await H2Server(noise, self.control.handle, cname, peer).serve()
         finally:
             self.noise_connections -= 1
+
+
+def too_many() -> Answer:
+    return 429, [("content-type", "text/plain; charset=utf-8"), ("retry-after", "1")], b"too many requests\n"
 
 
 def _early_payload() -> bytes:

@@ -1,7 +1,11 @@
 """A small HTTP/1.1 server (h11) for trio streams: plain routes and upgrade hand-offs.
 
 Every connection is one task; a fault ends that connection only, with one log line naming the
-peer and the reason. Used by the public front door and the admin socket.
+peer and the reason (rate-limited per reason, so a flood cannot fill the disk). Used by the
+public front door and the admin socket.
+
+Each phase has a deadline for the whole phase, not per read, so a peer that trickles one byte
+at a time still runs out of time: the request head, the body, the gap between requests.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ import trio
 from derp.errors import DerpError
 from derp.transport import peer_address
 
+from ..logthrottle import LogThrottle
 from ..noise.errors import NoiseError
+from .limits import source_of_stream
 
 log = logging.getLogger(__name__)
+throttled = LogThrottle(log)
 
-HEAD_TIMEOUT = 10.0  # a client gets this long to send a request head (and a small body)
+HEAD_TIMEOUT = 10.0  # a client gets this long to send a whole request head
+BODY_TIMEOUT = 30.0  # and this long for the whole body (1 MiB at 35 KiB/s)
 KEEPALIVE_IDLE = 30.0  # between requests on a kept-alive connection
 MAX_HEAD = 16 * 1024  # request line and headers; a larger head is refused
 MAX_BODY = 1 << 20
@@ -63,21 +71,22 @@ class HTTPServer:
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         """Serve one accepted connection; closes it. Never raises (but Cancelled)."""
-        name = f"{self.label}-{next(_ids)}[{peer_name(stream)}]"
+        peer = peer_name(stream)
+        name = f"{self.label}-{next(_ids)}[{peer}]"
         addr = peer_address(stream)
         peer_host.set(addr[0] if addr else "local")
         # except*: an upgraded connection (Noise + HTTP/2) runs in a nursery, so its faults
         # arrive wrapped in an exception group; a bare exception is matched the same way.
         try:
-            await self._serve(stream, name)
+            await self._serve(stream, name, source_of_stream(stream))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError) as g:
             log.debug("%s: connection ended: %r", name, g.exceptions[0])
         except* h11.ProtocolError as g:
-            log.warning("%s: malformed HTTP: %s", name, g.exceptions[0])
+            throttled.warning("malformed-http", "%s: malformed HTTP: %s", name, g.exceptions[0])
         except* NoiseError as g:
-            log.warning("%s: Noise protocol error: %s", name, g.exceptions[0])
+            throttled.warning("noise-error", "%s: Noise protocol error: %s", name, g.exceptions[0])
         except* DerpError as g:  # WebSocket framing errors (the codec is shared with DERP)
-            log.warning("%s: WebSocket protocol error: %s", name, g.exceptions[0])
+            throttled.warning("websocket-error", "%s: WebSocket protocol error: %s", name, g.exceptions[0])
         except* OSError as g:  # TLS failures and resets surface as OSError subclasses
             log.debug("%s: connection error: %r", name, g.exceptions[0])
         except* Exception as g:
@@ -86,11 +95,13 @@ class HTTPServer:
             with trio.move_on_after(1, shield=True):
                 await stream.aclose()
 
-    async def upgrade(self, stream: trio.abc.Stream, conn: h11.Connection, req: h11.Request, path: str, name: str) -> bool:
+    async def upgrade(self, stream: trio.abc.Stream, conn: h11.Connection, req: h11.Request, path: str,
+                      name: str, source: str) -> bool:
         """Hook for subclasses: take over the connection for ``req``; True if taken."""
         return False
 
-    async def answer(self, req: h11.Request, path: str, body: bytes) -> Answer:
+    async def answer(self, req: h11.Request, path: str, body: bytes, source: str) -> Answer:
+        """The answer to a plain request; ``source`` is the peer's rate-limiting source."""
         for route in self.plain_routes:
             got = await route(req, body)
             if got is not None:
@@ -104,7 +115,7 @@ class HTTPServer:
                 return ev
             conn.receive_data(await stream.receive_some(65536))
 
-    async def _serve(self, stream: trio.abc.Stream, name: str) -> None:
+    async def _serve(self, stream: trio.abc.Stream, name: str, source: str) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         first = True
         while True:
@@ -115,6 +126,14 @@ class HTTPServer:
                 return
             if not isinstance(ev, h11.Request):
                 return
+            if header(ev, b"transfer-encoding") is not None and header(ev, b"content-length") is not None:
+                # RFC 9112 6.3: a request with both may be a smuggling attempt through a proxy
+                # that reads the other one; refuse it and close, since its end is unknowable.
+                throttled.warning("cl-and-te", "%s: request with both Content-Length and "
+                                  "Transfer-Encoding refused", name)
+                await self.send_simple(stream, conn, 400, [],
+                                       b"Content-Length and Transfer-Encoding together are not allowed\n")
+                return
             path = ev.target.decode("latin-1").split("?", 1)[0]
             if header(ev, b"upgrade") is not None and path in self.upgrade_routes:
                 with trio.fail_after(HEAD_TIMEOUT):
@@ -124,22 +143,28 @@ class HTTPServer:
                     return
                 await self.upgrade_routes[path](stream, ev, conn.trailing_data[0])
                 return
-            if await self.upgrade(stream, conn, ev, path, name):
+            if await self.upgrade(stream, conn, ev, path, name, source):
                 return
             body = bytearray()
-            while True:
-                with trio.fail_after(HEAD_TIMEOUT):
+            with trio.move_on_after(BODY_TIMEOUT) as body_deadline:
+                while True:
                     part = await self.read_event(stream, conn)
-                if isinstance(part, h11.Data):
-                    body += part.data
-                    if len(body) > MAX_BODY:
-                        await self.send_simple(stream, conn, *text(413, "request too large\n"))
+                    if isinstance(part, h11.Data):
+                        body += part.data
+                        if len(body) > MAX_BODY:
+                            await self.send_simple(stream, conn, *text(413, "request too large\n"))
+                            return
+                    elif isinstance(part, h11.EndOfMessage):
+                        break
+                    else:
                         return
-                elif isinstance(part, h11.EndOfMessage):
-                    break
-                else:
-                    return
-            await self.send_simple(stream, conn, *await self.answer(ev, path, bytes(body)))
+            if body_deadline.cancelled_caught:
+                throttled.warning("slow-body", "%s: request body not complete after %ds, closing",
+                                  name, BODY_TIMEOUT)
+                with trio.move_on_after(1):
+                    await self.send_simple(stream, conn, *text(408, "request body too slow\n"))
+                return
+            await self.send_simple(stream, conn, *await self.answer(ev, path, bytes(body), source))
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -152,6 +177,10 @@ class HTTPServer:
         headers: list[tuple[str, str]], body: bytes,
     ) -> None:
         hdrs = list(headers)
+        if conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+            # The request is not read to its end: the next bytes would be taken for a new
+            # request, so this answer must end the connection.
+            hdrs.append(("connection", "close"))
         if not any(k.lower() == "content-type" for k, _ in hdrs):
             hdrs.append(("content-type", "text/plain; charset=utf-8"))
         hdrs.append(("content-length", str(len(body))))
