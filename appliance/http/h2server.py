@@ -259,6 +259,7 @@ class H2Server:
             if timer.cancelled_caught:
                 self._on_deadline(why)
                 if why == "request not complete":
+                    await self._flush()  # the resets
                     continue
                 return
             if not data:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+from http import HTTPStatus
 import logging
 from typing import Awaitable, Callable
 
@@ -119,8 +120,15 @@ class HTTPServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         first = True
         while True:
-            with trio.fail_after(HEAD_TIMEOUT if first else KEEPALIVE_IDLE):
-                ev = await self.read_event(stream, conn)
+            try:
+                with trio.fail_after(HEAD_TIMEOUT if first else KEEPALIVE_IDLE):
+                    ev = await self.read_event(stream, conn)
+            except h11.RemoteProtocolError as e:
+                throttled.warning("malformed-http", "%s: malformed HTTP: %s", name, e)
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    status = e.error_status_hint  # 400, 431 for a huge head, 501 for a coding
+                    await self.send_simple(stream, conn, *text(status, HTTPStatus(status).phrase.lower() + "\n"))
+                return
             first = False
             if isinstance(ev, h11.ConnectionClosed):
                 return
