@@ -23,7 +23,7 @@ from ..noise.handshake import respond
 from ..noise.stream import NoiseStream
 from ..noise.transport import NoiseTransport
 from .h2server import H2Server
-from .limits import RegisterGate, SourceRates
+from .limits import BodyBudget, RegisterGate, SourceRates
 from .server import HEAD_TIMEOUT, Answer, HTTPServer, header, peer_name, text, throttled
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,10 @@ _ids = itertools.count(1)
 
 
 class FrontDoor(HTTPServer):
+    max_body = 1 << 20  # anyone can send these: the admin socket's 4 MiB is for local admins
+
     def __init__(self, noise_private: bytes, control: ControlService) -> None:
-        super().__init__("http")
+        super().__init__("http", BodyBudget())
         self.noise_private = noise_private
         self.noise_public = public_key(noise_private)
         self.control = control
@@ -143,7 +145,7 @@ class FrontDoor(HTTPServer):
         peer = NoisePeer(machine_key=machine, version=hs.version, remote=peer_name(raw))
         self.noise_connections += 1
         try:
-            await H2Server(noise, self.control.handle, cname, peer).serve()
+            await H2Server(noise, self.control.handle, cname, peer, body_budget=self.body_budget).serve()
         finally:
             self.noise_connections -= 1
 

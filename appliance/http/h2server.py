@@ -31,6 +31,7 @@ import trio
 
 from ..logthrottle import LogThrottle
 from ..ratelimit import TokenBuckets
+from .limits import BodyBudget
 
 log = logging.getLogger(__name__)
 throttled = LogThrottle(log)
@@ -110,8 +111,10 @@ Handler = Callable[[Request, Response, "H2Server"], Awaitable[None]]
 
 
 class H2Server:
-    def __init__(self, stream: trio.abc.Stream, handler: Handler, name: str, context: object = None) -> None:
+    def __init__(self, stream: trio.abc.Stream, handler: Handler, name: str, context: object = None,
+                 *, body_budget: BodyBudget | None = None) -> None:
         self.stream = stream
+        self.body_budget = body_budget  # shared with the other connections of the listener
         self.handler = handler
         self.name = name
         self.context = context  # per-connection data for handlers (e.g. the machine key)
@@ -237,6 +240,8 @@ class H2Server:
         except* StreamGone:
             pass
         finally:
+            for sid in list(self._requests):
+                self._forget_request(sid)
             self._closed = True
             self._wake_windows(0)
 
@@ -317,6 +322,8 @@ class H2Server:
         req = self._requests.pop(stream_id, None)
         if req is not None:
             self._pending_body -= len(req.body)
+            if self.body_budget is not None:
+                self.body_budget.give(len(req.body))
 
     def _on_event(self, ev: h2.events.Event, nursery: trio.Nursery) -> bool:
         """Act on one h2 event; False when the connection is over."""
@@ -335,15 +342,17 @@ class H2Server:
             req = self._requests.get(ev.stream_id)
             if req is None:
                 return True
-            req.body += ev.data
-            self._pending_body += len(ev.data)
-            if len(req.body) > MAX_REQUEST_BODY or self._pending_body > MAX_PENDING_BODY:
+            n = len(ev.data)
+            if (len(req.body) + n > MAX_REQUEST_BODY or self._pending_body + n > MAX_PENDING_BODY
+                    or (self.body_budget is not None and not self.body_budget.take(n))):
                 throttled.warning("h2-body-too-large", "%s: request body over %d bytes on stream %d "
                                   "(%d buffered on the connection)", self.name, MAX_REQUEST_BODY,
-                                  ev.stream_id, self._pending_body)
+                                  ev.stream_id, self._pending_body + n)
                 self._forget_request(ev.stream_id)
                 self._reset(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return True
+            req.body += ev.data
+            self._pending_body += n
             if ev.stream_ended:
                 self._dispatch(ev.stream_id, nursery)
         elif isinstance(ev, h2.events.StreamEnded):

@@ -34,6 +34,11 @@ UNKEYED_REGISTER_RATE = (2.0, 60)
 # Per-source buckets kept; past this the least recently seen source starts afresh.
 MAX_TRACKED_SOURCES = 65_536
 
+# Request bytes buffered on the public listener before their requests are complete, over all
+# connections (HTTP/1.1 bodies and HTTP/2 streams): what slow or half-open requests from many
+# sources can hold at most. Complete requests no longer count.
+BODY_BUDGET = 64 << 20
+
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -115,6 +120,26 @@ class ConnectionGate:
                 self.leave(source)
 
         return gated
+
+
+class BodyBudget:
+    """Bytes of incomplete request bodies held over all connections, with a cap."""
+
+    def __init__(self, limit: int = BODY_BUDGET) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        """Reserve ``n`` bytes; False (reserving nothing) when that would pass the cap."""
+        if self.used + n > self.limit:
+            _throttled.warning("body-budget", "%d bytes of incomplete requests are buffered: "
+                               "refusing more", self.used)
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
 
 
 class SourceRates:

@@ -24,7 +24,7 @@ from derp.transport import peer_address
 
 from ..logthrottle import LogThrottle
 from ..noise.errors import NoiseError
-from .limits import source_of_stream
+from .limits import BodyBudget, source_of_stream
 
 log = logging.getLogger(__name__)
 throttled = LogThrottle(log)
@@ -33,7 +33,9 @@ HEAD_TIMEOUT = 10.0  # a client gets this long to send a whole request head
 BODY_TIMEOUT = 30.0  # and this long for the whole body (1 MiB at 35 KiB/s)
 KEEPALIVE_IDLE = 30.0  # between requests on a kept-alive connection
 MAX_HEAD = 16 * 1024  # request line and headers; a larger head is refused
-MAX_BODY = 1 << 20
+# The admin socket's limit: room for the largest policy (MAX_POLICY_BYTES) as a JSON string.
+# The public front door takes less (FrontDoor.max_body).
+MAX_BODY = 4 << 20
 
 _ids = itertools.count(1)
 
@@ -65,8 +67,11 @@ def text(status: int, body: str) -> Answer:
 
 
 class HTTPServer:
-    def __init__(self, label: str = "http") -> None:
+    max_body = MAX_BODY
+
+    def __init__(self, label: str = "http", body_budget: BodyBudget | None = None) -> None:
         self.label = label
+        self.body_budget = body_budget  # shared by every connection; None: only max_body
         self.plain_routes: list[PlainRoute] = []  # tried in order; the first answer wins
         self.upgrade_routes: dict[str, UpgradeRoute] = {}  # path → takes the stream
 
@@ -153,19 +158,30 @@ class HTTPServer:
                 return
             if await self.upgrade(stream, conn, ev, path, name, source):
                 return
+            declared = header(ev, b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+                await self.send_simple(stream, conn, *text(413, "request too large\n"))
+                return
             body = bytearray()
-            with trio.move_on_after(BODY_TIMEOUT) as body_deadline:
-                while True:
-                    part = await self.read_event(stream, conn)
-                    if isinstance(part, h11.Data):
-                        body += part.data
-                        if len(body) > MAX_BODY:
-                            await self.send_simple(stream, conn, *text(413, "request too large\n"))
+            try:
+                with trio.move_on_after(BODY_TIMEOUT) as body_deadline:
+                    while True:
+                        part = await self.read_event(stream, conn)
+                        if isinstance(part, h11.Data):
+                            if len(body) + len(part.data) > self.max_body:
+                                await self.send_simple(stream, conn, *text(413, "request too large\n"))
+                                return
+                            if self.body_budget is not None and not self.body_budget.take(len(part.data)):
+                                await self.send_simple(stream, conn, *text(503, "server busy, retry later\n"))
+                                return
+                            body += part.data
+                        elif isinstance(part, h11.EndOfMessage):
+                            break
+                        else:
                             return
-                    elif isinstance(part, h11.EndOfMessage):
-                        break
-                    else:
-                        return
+            finally:
+                if self.body_budget is not None:
+                    self.body_budget.give(len(body))
             if body_deadline.cancelled_caught:
                 throttled.warning("slow-body", "%s: request body not complete after %ds, closing",
                                   name, BODY_TIMEOUT)

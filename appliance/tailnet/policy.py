@@ -10,6 +10,7 @@ told: by a per-peer delta where only their peer set moved, by a fresh netmap oth
 from __future__ import annotations
 
 import logging
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ import trio
 
 from ..errors import Forbidden, Invalid
 from ..policy import PolicyEngine, PolicyError
+from ..policy.hujson import MAX_POLICY_BYTES
 from ..policy.model import Node as PolicyNode
 from ..policy.model import User as PolicyUser
 from ..storage.records import NodeRecord, UserRecord
@@ -168,12 +170,21 @@ class PolicyManager:
                 raise PolicyError(f"{where}: {e}") from None
 
     def _read_file(self) -> tuple[str, float]:
+        """The policy file's text and modification time. Raises PolicyError when it cannot be
+        read, is larger than the policy limit (read no further than that) or is not UTF-8."""
         assert self.path is not None
         try:
-            st = self.path.stat()
-            return self.path.read_text(encoding="utf-8"), st.st_mtime
+            with self.path.open("rb") as f:
+                mtime = os.fstat(f.fileno()).st_mtime
+                data = f.read(MAX_POLICY_BYTES + 1)
         except OSError as e:
             raise PolicyError(f"policy.path: cannot read {self.path}: {e.strerror or e}") from None
+        if len(data) > MAX_POLICY_BYTES:
+            raise PolicyError(f"the file is larger than {MAX_POLICY_BYTES} bytes, the most a policy may be")
+        try:
+            return data.decode("utf-8"), mtime
+        except UnicodeDecodeError as e:
+            raise PolicyError(f"the file is not UTF-8 text (byte {e.start}: {e.reason})") from None
 
     async def _build(self, text: str) -> tuple[PolicyEngine, dict[int, PolicyNode], dict[int, PolicyUser]]:
         """Compile ``text`` against a snapshot of the tailnet, in a worker thread.
@@ -253,6 +264,10 @@ class PolicyManager:
         if self.mode != "file" or self.path is None:
             return False
         try:
+            self._mtime = self.path.stat().st_mtime  # a refused file is not retried until it changes
+        except OSError:
+            pass
+        try:
             text, self._mtime = self._read_file()
             if text == self.text:
                 return False
@@ -265,6 +280,10 @@ class PolicyManager:
             await self._install(text)
         except PolicyError as e:
             log.error("policy file %s was not applied, the previous policy stays: %s", self.path, e)
+            return False
+        except Exception:  # our fault, not the file's: still never the end of the server
+            log.exception("policy file %s was not applied (internal error), the previous policy stays",
+                          self.path)
             return False
         log.info("policy reloaded from %s", self.path)
         return True

@@ -14,7 +14,7 @@ import trio.testing
 
 from appliance.http import server as http_server
 from appliance.http.frontdoor import FrontDoor
-from appliance.http.limits import ConnectionGate, RegisterGate, SourceRates, source_of
+from appliance.http.limits import BodyBudget, ConnectionGate, RegisterGate, SourceRates, source_of
 from appliance.http.server import HTTPServer, text
 from appliance.keys import generate_private_key
 from appliance.ratelimit import TokenBuckets
@@ -126,6 +126,31 @@ async def test_oversized_body_is_413_and_closed(http):
     reply = await read_all(client)
     assert reply.startswith(b"HTTP/1.1 413 ")
     await done.wait()
+
+
+async def test_incomplete_bodies_share_one_budget(nursery):
+    srv = HTTPServer("budget", BodyBudget(130_000))
+    srv.plain_routes.append(echo_route)
+    clients = []
+    for _ in range(3):
+        a, b = trio.testing.memory_stream_pair()
+        nursery.start_soon(srv.handle, b)
+        await a.send_all(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 60000\r\n\r\n" + b"q" * 45000)
+        clients.append(a)
+        await trio.testing.wait_all_tasks_blocked()
+    assert srv.body_budget.used == 90_000
+    # The third body did not fit: 503 and closed; the first two are still being received.
+    assert (await read_all(clients[2])).startswith(b"HTTP/1.1 503 ")
+    for a in clients[:2]:
+        await a.send_all(b"q" * 15000)
+        got = await read_all_or_reply(a)
+        assert got.startswith(b"HTTP/1.1 200 "), got
+    assert srv.body_budget.used == 0
+
+
+async def read_all_or_reply(stream: trio.abc.Stream) -> bytes:
+    with trio.fail_after(5):
+        return await stream.receive_some(65536)
 
 
 async def test_edge_log_lines_are_rate_limited_per_reason(http, caplog):
