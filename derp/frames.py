@@ -635,6 +635,10 @@ def _open_json(priv: bytes, pub: bytes, nonce: bytes, sealed: bytes) -> dict[str
         box = nacl.public.Box(nacl.public.PrivateKey(priv), nacl.public.PublicKey(pub))
         plain = box.decrypt(sealed, nonce)
         obj = json.loads(plain)
+    except RecursionError:
+        # JSON nested deeper than the interpreter's stack fits in a box of MAX_CLIENT_INFO_LEN
+        # and is sent before any authentication.
+        raise HandshakeError("handshake JSON is nested too deeply") from None
     except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:
         raise HandshakeError("cannot open handshake box: %s" % exc.__class__.__name__) from None
     if not isinstance(obj, dict):

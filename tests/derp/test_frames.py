@@ -258,3 +258,20 @@ def test_take_frames_are_owned_copies_and_errors_come_after_good_frames():
     assert [bytes(f) for _, f in dec.take_frames(10)] == [good]
     with pytest.raises(ProtocolError):
         dec.take_frames(10)
+
+
+def _seal_raw(client_priv: bytes, server_pub: bytes, body: bytes) -> fr.ClientInfo:
+    import nacl.public
+
+    box = nacl.public.Box(nacl.public.PrivateKey(client_priv), nacl.public.PublicKey(server_pub))
+    nonce = b"\x01" * fr.NONCE_LEN
+    return fr.ClientInfo(fr.public_key(client_priv), nonce, box.encrypt(body, nonce).ciphertext)
+
+
+def test_client_info_nested_past_the_stack_is_a_handshake_error():
+    # Fits in the 256 KiB ClientInfo limit, sent before any authentication (issue 10).
+    body = b"[" * 120_000 + b"]" * 120_000
+    msg = _seal_raw(CLIENT_PRIV, SERVER_PUB, body)
+    assert len(fr.encode(msg)) <= fr.MAX_CLIENT_INFO_LEN + fr.HEADER_LEN
+    with pytest.raises(HandshakeError):
+        fr.open_client_info(SERVER_PRIV, msg)

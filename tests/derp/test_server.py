@@ -1,6 +1,7 @@
 """DerpServer driver tests over loopback TCP and memory streams, with our codec as the client."""
 
 
+import logging
 import pytest
 import trio
 import trio.testing
@@ -283,3 +284,31 @@ async def test_fast_start_leftover_via_handle_upgrade():
                 got += dec.events()
         assert isinstance(got[0], fr.ServerKey) and isinstance(got[1], fr.ServerInfo)
         await client_stream.aclose()
+
+
+async def test_nested_client_info_is_refused_without_a_traceback(nursery, caplog):
+    server, port = await start_server(nursery)
+    priv = fr.generate_private_key()
+    import nacl.public
+
+    with trio.fail_after(10):
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        await s.send_all(b"GET /derp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: DERP\r\n\r\n")
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            buf += await s.receive_some(4096)
+        dec = fr.client_decoder()
+        dec.receive_data(buf.partition(b"\r\n\r\n")[2])
+        while (sk := dec.next_event()) is fr.NEED_DATA:
+            dec.receive_data(await s.receive_some(4096))
+        box = nacl.public.Box(nacl.public.PrivateKey(priv), nacl.public.PublicKey(sk.key))
+        nonce = b"\x02" * fr.NONCE_LEN
+        body = b"[" * 120_000 + b"]" * 120_000
+        await s.send_all(fr.encode(fr.ClientInfo(fr.public_key(priv), nonce, box.encrypt(body, nonce).ciphertext)))
+        while await s.receive_some(4096):
+            pass  # the server closes the connection
+    other = await dial(port)
+    await other.send(fr.Ping(b"22222222"))
+    assert await recv_type(other, fr.Pong) == fr.Pong(b"22222222")
+    assert "nested too deeply" in caplog.text and "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
