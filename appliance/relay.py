@@ -25,6 +25,7 @@ from derp.server import DerpServer
 from derp.stun import StunStats, serve_stun
 
 from .config import Config, ConfigError, split_host_port
+from .config.yamlfile import BoundedComposer
 from .http.server import Answer
 from .keys import load_or_create_private_key
 from .tailnet.model import Tailnet
@@ -100,21 +101,37 @@ def embedded_region(cfg: Config) -> dict:
     }
 
 
+# A DERP map larger than this is not one (Tailscale's default map is about 20 KiB).
+MAX_DERP_MAP_BYTES = 4 << 20
+FETCH_TIMEOUT = 15.0
+
+
+class _MapLoader(BoundedComposer, yaml.SafeLoader):
+    """YAML 1.1 as before, with the config reader's bounds on depth and alias expansion."""
+
+
 def load_derp_file(path: Path) -> dict:
     """A DERP map file (JSON or YAML, Tailscale's DERPMap shape, or Headscale's lower-case
     ``regions`` layout). Raises ConfigError naming the file."""
     try:
-        text = Path(path).read_text()
+        with Path(path).open("rb") as f:
+            data = f.read(MAX_DERP_MAP_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"derp.paths: cannot read {path}: {e}") from None
-    return parse_derp_map(text, f"derp.paths: {path}")
+    if len(data) > MAX_DERP_MAP_BYTES:
+        raise ConfigError(f"derp.paths: {path}: more than {MAX_DERP_MAP_BYTES} bytes")
+    return parse_derp_map(data, f"derp.paths: {path}")
 
 
 def parse_derp_map(text: str | bytes, where: str) -> dict:
-    """The regions of a DERP map document, by decimal region ID. Raises ConfigError."""
+    """The regions of a DERP map document, by decimal region ID. Raises ConfigError when the
+    document is not one, or a field has a type the client would refuse (a map the client
+    cannot read would break every node's netmap)."""
     try:
-        data = yaml.safe_load(text)  # YAML is a superset of JSON
-    except yaml.YAMLError as e:
+        data = yaml.load(text, Loader=_MapLoader)  # noqa: S506 - SafeLoader subclass; YAML is a superset of JSON
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:  # also text that is not UTF-8
         raise ConfigError(f"{where}: not JSON or YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: not a DERP map")
@@ -125,16 +142,47 @@ def parse_derp_map(text: str | bytes, where: str) -> dict:
     for rid, region in regions.items():
         if not isinstance(region, dict):
             raise ConfigError(f"{where}: region {rid} is not a mapping")
-        try:
-            out[str(int(rid))] = _normalise(region)
-        except ValueError:
-            raise ConfigError(f"{where}: region ID {rid!r} is not a number") from None
+        if isinstance(rid, bool) or not isinstance(rid, (int, str)) or not str(rid).strip().isdigit():
+            raise ConfigError(f"{where}: region ID {rid!r} is not a number")
+        region = _normalise(region)
+        problem = _check_region(region)
+        if problem:
+            raise ConfigError(f"{where}: region {rid}: {problem}")
+        out[str(int(rid))] = region
     return out
 
 
-# A DERP map larger than this is not one (Tailscale's default map is about 20 KiB).
-MAX_DERP_MAP_BYTES = 4 << 20
-FETCH_TIMEOUT = 15.0
+# The DERPMap fields' Go types (tailcfg.DERPRegion, DERPNode), as the client decodes them.
+_REGION_TYPES = {"RegionID": int, "RegionCode": str, "RegionName": str, "Avoid": bool,
+                 "NoMeasureNoHome": bool, "Latitude": float, "Longitude": float, "Nodes": list}
+_NODE_TYPES = {"Name": str, "RegionID": int, "HostName": str, "CertName": str, "IPv4": str, "IPv6": str,
+               "STUNPort": int, "STUNOnly": bool, "DERPPort": int, "InsecureForTests": bool,
+               "STUNTestIP": str, "CanPort80": bool}
+
+
+def _type_problem(obj: dict, types: dict, what: str) -> str | None:
+    for key, want in types.items():
+        if key not in obj or obj[key] is None:
+            continue
+        value = obj[key]
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if want is float
+              else isinstance(value, want) and (want is bool or not isinstance(value, bool)))
+        if not ok:
+            return f"{what}{key} is {type(value).__name__}, not {want.__name__}"
+    return None
+
+
+def _check_region(region: dict) -> str | None:
+    problem = _type_problem(region, _REGION_TYPES, "")
+    if problem:
+        return problem
+    for i, node in enumerate(region.get("Nodes") or ()):
+        if not isinstance(node, dict):
+            return f"Nodes[{i}] is not a mapping"
+        problem = _type_problem(node, _NODE_TYPES, f"Nodes[{i}].")
+        if problem:
+            return problem
+    return None
 
 
 def fetch_derp_map(url: str, ssl_context: ssl.SSLContext | None = None) -> dict:

@@ -36,7 +36,53 @@ _DROPPED_TAGS = {
 }
 
 
-class _Loader(yaml.SafeLoader):
+# A config file is a few KiB. The bounds stop a file that would take the process down: one
+# nested past the interpreter's stack, or a "billion laughs" of aliases whose expansion (by
+# the constructor, or by any code that walks the result) never ends.
+MAX_DEPTH = 100
+MAX_NODES = 1_000_000  # nodes of the document with every alias expanded
+
+
+class BoundedComposer:
+    """Mixin for a PyYAML loader: refuses documents deeper than MAX_DEPTH, larger than
+    MAX_NODES once aliases are expanded, or with an alias inside its own anchor (a cycle that
+    every walk of the result would follow forever)."""
+
+    def compose_document(self):
+        self._depth = 0
+        self._weights: dict[int, int] = {}
+        try:
+            return super().compose_document()
+        finally:
+            self._weights = {}
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise ConfigError(f"line {self.peek_event().start_mark.line + 1}: nested more than "
+                              f"{MAX_DEPTH} levels deep")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if id(node) not in self._weights:
+            if isinstance(node, yaml.ScalarNode):
+                weight = 1
+            else:
+                items = node.value if isinstance(node, yaml.SequenceNode) else [x for kv in node.value for x in kv]
+                try:
+                    weight = 1 + sum(self._weights[id(child)] for child in items)
+                except KeyError:
+                    raise ConfigError(f"line {node.start_mark.line + 1}: an alias refers to the "
+                                      "anchor it is inside of") from None
+            if weight > MAX_NODES:
+                raise ConfigError(f"line {node.start_mark.line + 1}: more than {MAX_NODES} values "
+                                  "once its aliases are expanded")
+            self._weights[id(node)] = weight
+        return node
+
+
+class _Loader(BoundedComposer, yaml.SafeLoader):
     pass
 
 
@@ -100,7 +146,8 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 
 
 def parse_yaml(text: str, source: object = None) -> object:
-    """Parse one YAML (or JSON) document; raise ConfigError on bad syntax."""
+    """Parse one YAML (or JSON) document; raise ConfigError on bad syntax and past the bounds
+    (MAX_DEPTH, MAX_NODES)."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except ConfigError as exc:
