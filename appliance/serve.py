@@ -22,6 +22,7 @@ from .control.mapper import Mapper
 from .control.service import ControlService
 from .http.frontdoor import FrontDoor
 from .http.limits import ConnectionGate
+from .http.listeners import BatchListener
 from .http.server import HTTPServer
 from .keys import load_or_create_private_key
 from derp.stun import StunStats
@@ -140,7 +141,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             host, port = split_host_port(cfg.listen_addr)
             listeners = await trio.open_tcp_listeners(port, host=host or None)
             ports = sorted({ln.socket.getsockname()[1] for ln in listeners})
-            nursery.start_soon(trio.serve_listeners, public, listeners)
+            nursery.start_soon(trio.serve_listeners, public, [BatchListener(ln) for ln in listeners])
             unix = await open_unix_listener(cfg.unix_socket, cfg.unix_socket_permission)
             bound_socket = True
             nursery.start_soon(trio.serve_listeners, admin.handle, [unix])

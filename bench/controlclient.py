@@ -213,14 +213,16 @@ class _Replay(trio.abc.Stream):
 async def dial_noise(
     host: str, port: int, server_public: bytes, machine_private: bytes,
     version: int = CAPABILITY_VERSION, initiation_from: ClientHandshake | None = None,
+    local_address: str | None = None,
 ) -> tuple[trio.abc.Stream, NoiseChannel]:
-    """Connect, upgrade and finish the handshake; skip the early payload.
+    """Connect (from ``local_address`` if given), upgrade and finish the handshake; skip the
+    early payload.
 
     Returns (a plaintext stream positioned at the server's first HTTP/2 byte, the channel).
     The caller closes the returned stream (it owns the TCP connection).
     """
     hs = initiation_from or ClientHandshake(server_public, machine_private, version)
-    raw = await trio.open_tcp_stream(host, port)
+    raw = await trio.open_tcp_stream(host, port, local_address=local_address)
     try:
         response, leftover = await upgrade_ts2021(raw, f"{host}:{port}", hs.initiation)
         tx, rx = hs.finish(response)

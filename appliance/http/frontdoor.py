@@ -23,7 +23,7 @@ from ..noise.handshake import respond
 from ..noise.stream import NoiseStream
 from ..noise.transport import NoiseTransport
 from .h2server import H2Server
-from .limits import BodyBudget, RegisterGate, SourceRates
+from .limits import HEAVY_STEPS, BodyBudget, RegisterGate, SourceRates
 from .server import HEAD_TIMEOUT, Answer, HTTPServer, header, peer_name, text, throttled
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class FrontDoor(HTTPServer):
         self.control = control
         self.noise_connections = 0
         self.rates = SourceRates()
+        self.heavy = trio.CapacityLimiter(HEAVY_STEPS)
         control.register_gate = RegisterGate(self.rates.unkeyed_register)
 
     async def answer(self, req: h11.Request, path: str, body: bytes, source: str) -> Answer:
@@ -133,7 +134,8 @@ class FrontDoor(HTTPServer):
     async def _handshake(self, stream: trio.abc.Stream, conn: h11.Connection, b64: str | None, name: str):
         try:
             initiation = base64.b64decode(b64 or "", validate=True)
-            return respond(self.noise_private, initiation)
+            async with self.heavy:
+                return respond(self.noise_private, initiation)
         except (binascii.Error, ValueError, NoiseError) as e:
             throttled.warning("bad-noise-handshake", "%s: bad Noise handshake: %s", name, e)
             await self.send_simple(stream, conn, *text(400, "bad handshake\n"))
@@ -145,7 +147,8 @@ class FrontDoor(HTTPServer):
         peer = NoisePeer(machine_key=machine, version=hs.version, remote=peer_name(raw))
         self.noise_connections += 1
         try:
-            await H2Server(noise, self.control.handle, cname, peer, body_budget=self.body_budget).serve()
+            await H2Server(noise, self.control.handle, cname, peer, body_budget=self.body_budget,
+                           cpu=self.heavy).serve()
         finally:
             self.noise_connections -= 1
 

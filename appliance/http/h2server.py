@@ -41,7 +41,9 @@ MAX_REQUEST_BODY = 1 << 20
 # All requests of one connection that are not complete yet, together: without it, 64 streams
 # of almost 1 MiB each would hold 64 MiB for one anonymous peer.
 MAX_PENDING_BODY = 2 << 20
-MAX_CONCURRENT_STREAMS = 64
+# A client keeps a map poll and a few short requests open at once. Each stream's headers cost
+# about 0.15 ms of CPU in h2, so a connection's first burst is bounded by this too.
+MAX_CONCURRENT_STREAMS = 32
 MAX_HEADER_LIST_SIZE = 65536
 # Handlers still running (a reset stream's handler may take a moment to wind down): more than
 # this and new streams are refused, so resets cannot pile up tasks.
@@ -58,6 +60,9 @@ WRITE_TIMEOUT = 60.0
 # Stream resets a client may send: a burst, then this many per second. Clients cancel the odd
 # request; a flood of resets is the rapid-reset attack and gets a GOAWAY.
 RESET_RATE = (10.0, 200)
+# New streams per connection, likewise: a client sends a few requests a minute, and a peer that
+# opens hundreds a second only costs us CPU.
+STREAM_RATE = (20.0, 200)
 READ_SIZE = 65536
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -112,9 +117,12 @@ Handler = Callable[[Request, Response, "H2Server"], Awaitable[None]]
 
 class H2Server:
     def __init__(self, stream: trio.abc.Stream, handler: Handler, name: str, context: object = None,
-                 *, body_budget: BodyBudget | None = None) -> None:
+                 *, body_budget: BodyBudget | None = None, cpu: trio.CapacityLimiter | None = None) -> None:
         self.stream = stream
         self.body_budget = body_budget  # shared with the other connections of the listener
+        # Parsing a chunk of frames is a few ms of CPU in h2; sharing a limiter between
+        # connections keeps a burst of them from delaying everything else (see limits.HEAVY_STEPS).
+        self.cpu = cpu or trio.CapacityLimiter(1)
         self.handler = handler
         self.name = name
         self.context = context  # per-connection data for handlers (e.g. the machine key)
@@ -126,6 +134,7 @@ class H2Server:
         self._gone: set[int] = set()  # streams with a running handler that the client reset
         self._window: dict[int, trio.Event] = {}
         self._resets = TokenBuckets(*RESET_RATE, max_keys=1, clock=trio.current_time)
+        self._streams = TokenBuckets(*STREAM_RATE, max_keys=1, clock=trio.current_time)
         self._served_one = False
         self._ending = False  # no new frames: the reader stopped (GOAWAY, EOF, error)
         self._closed = False  # the transport is gone
@@ -273,14 +282,15 @@ class H2Server:
                     throttled.warning("h2-truncated", "%s: connection closed with truncated HTTP/2 (%s)",
                                       self.name, cut)
                 return
-            try:
-                events = self._h2.receive_data(data)
-            except h2.exceptions.ProtocolError as e:
-                throttled.warning("h2-protocol", "%s: HTTP/2 protocol error: %s", self.name, e)
-                return  # h2 queued a GOAWAY; serve() flushes it
-            for ev in events:
-                if not self._on_event(ev, nursery):
-                    return
+            async with self.cpu:
+                try:
+                    events = self._h2.receive_data(data)
+                except h2.exceptions.ProtocolError as e:
+                    throttled.warning("h2-protocol", "%s: HTTP/2 protocol error: %s", self.name, e)
+                    return  # h2 queued a GOAWAY; serve() flushes it
+                for ev in events:
+                    if not self._on_event(ev, nursery):
+                        return
             await self._flush()
 
     def _on_deadline(self, why: str) -> None:
@@ -328,6 +338,11 @@ class H2Server:
     def _on_event(self, ev: h2.events.Event, nursery: trio.Nursery) -> bool:
         """Act on one h2 event; False when the connection is over."""
         if isinstance(ev, h2.events.RequestReceived):
+            if not self._streams.allow("streams"):
+                throttled.warning("h2-stream-flood", "%s: too many new streams, closing the connection",
+                                  self.name)
+                self._h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                return False
             hdrs = list(ev.headers)
             pseudo = dict((k, v) for k, v in hdrs if k.startswith(":"))
             self._requests[ev.stream_id] = Request(

@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 _throttled = LogThrottle(log)
 
 # Per-source token buckets: (tokens per second, burst). A burst lets every node behind one
-# NAT reconnect at once after a restart; the rate caps what one host costs us afterwards
-# (a Noise handshake is four X25519 operations, ~0.3 ms of CPU: 50/s is ~2 % of a core).
+# NAT reconnect at once after a restart; the rate caps what one host costs us afterwards.
+# A /key answer is a few µs of work; a Noise connection is four X25519 operations and then up
+# to HTTP/2's limits of streams (h2server), about 10 ms of CPU at worst: 20/s is 20 % of a core.
 KEY_RATE = (50.0, 1000)
-NOISE_HANDSHAKE_RATE = (50.0, 1000)
+NOISE_HANDSHAKE_RATE = (20.0, 1000)
 # Registrations with a wrong pre-auth key or none (interactive logins): a person types these,
 # so a few per second from one address is already generous.
 UNKEYED_REGISTER_RATE = (2.0, 60)
@@ -37,7 +38,13 @@ MAX_TRACKED_SOURCES = 65_536
 # Request bytes buffered on the public listener before their requests are complete, over all
 # connections (HTTP/1.1 bodies and HTTP/2 streams): what slow or half-open requests from many
 # sources can hold at most. Complete requests no longer count.
-BODY_BUDGET = 64 << 20
+BODY_BUDGET = 32 << 20
+
+# Steps of a few milliseconds of CPU each (a Noise handshake, parsing a chunk of HTTP/2 frames)
+# that may run per scheduling round. Trio runs every ready task once per round, so 200 new
+# connections arriving together would otherwise put ~1 s of such work ahead of every other
+# task, a new client's /key included; behind this limiter the rest wait their turn instead.
+HEAVY_STEPS = 4
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -131,12 +138,18 @@ class BodyBudget:
 
     def take(self, n: int) -> bool:
         """Reserve ``n`` bytes; False (reserving nothing) when that would pass the cap."""
-        if self.used + n > self.limit:
-            _throttled.warning("body-budget", "%d bytes of incomplete requests are buffered: "
-                               "refusing more", self.used)
+        if not self.fits(n):
             return False
         self.used += n
         return True
+
+    def fits(self, n: int) -> bool:
+        """Whether ``n`` more bytes would fit now (reserves nothing; logs when not)."""
+        if self.used + n <= self.limit:
+            return True
+        _throttled.warning("body-budget", "%d bytes of incomplete requests are buffered: "
+                           "refusing more", self.used)
+        return False
 
     def give(self, n: int) -> None:
         self.used -= n

@@ -159,9 +159,15 @@ class HTTPServer:
             if await self.upgrade(stream, conn, ev, path, name, source):
                 return
             declared = header(ev, b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-                await self.send_simple(stream, conn, *text(413, "request too large\n"))
-                return
+            if declared is not None and declared.isdigit():
+                if int(declared) > self.max_body:
+                    await self.send_simple(stream, conn, *text(413, "request too large\n"))
+                    return
+                if self.body_budget is not None and not self.body_budget.fits(int(declared)):
+                    # Refused before reading a byte of it: a flood of large bodies then costs
+                    # the kernel, not our CPU.
+                    await self.send_simple(stream, conn, *text(503, "server busy, retry later\n"))
+                    return
             body = bytearray()
             try:
                 with trio.move_on_after(BODY_TIMEOUT) as body_deadline:

@@ -171,9 +171,9 @@ async def test_half_open_streams_are_reset_after_the_request_deadline(conn, auto
 
 async def test_buffered_request_bodies_are_bounded_per_connection(conn):
     server, client, done = conn
-    ids = [client.request(None, end=False) for _ in range(40)]
+    ids = [client.request(None, end=False) for _ in range(h2server.MAX_CONCURRENT_STREAMS - 1)]
     sent = 0
-    # 40 streams that never end their bodies, each under MAX_REQUEST_BODY, together far more
+    # Streams that never end their bodies, each under MAX_REQUEST_BODY, together far more
     # than MAX_PENDING_BODY: sent as fast as flow control lets them.
     while sent < 2 * h2server.MAX_PENDING_BODY and not client.closed:
         for sid in ids:
