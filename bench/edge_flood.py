@@ -4,8 +4,8 @@ latency a new client sees measured (issue 10's bar).
 ``python -m bench.edge_flood [--seconds 30] [--slow-heads 2000] [--slow-bodies 400]
 [--half-open 200] [--noise-workers 4] [--api-workers 4] [--sources 8] [--json]``
 
-The server runs as a child process on 127.0.0.1 with its defaults (plain HTTP, DERP off), in a
-temporary directory. The floods come from ``--sources`` loopback addresses (127.0.1.1, ...),
+The server runs as a child process on 127.0.0.1 (bench.control_load.ServerProcess: plain HTTP,
+DERP off, log level warning) in a temporary directory. The floods come from ``--sources`` loopback addresses (127.0.1.1, ...),
 as an attacker with several addresses would; the probe, a new client, from 127.0.0.2:
 
 - slow heads: connections that send a request head one byte a second (the server cuts each
@@ -28,13 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import resource
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -44,12 +39,12 @@ from pathlib import Path
 import h2.config
 import h2.connection
 import trio
-import yaml
 
+from bench.control_load import ServerProcess
 from bench.controlclient import ControlClientError, dial_noise, new_private_key
 
-REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
+MB = 1 << 20
 PROBE_SOURCE = "127.0.0.2"
 PROBE_INTERVAL = 0.1
 PROBE_TIMEOUT = 5.0
@@ -92,79 +87,6 @@ class Result:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "rss_growth_mb": round(self.rss_growth_mb, 1)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-class ServerProcess:
-    """``trioscale serve`` in a child process with a throwaway data directory."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        cfg = {
-            "server_url": f"http://{HOST}:{self.port}",
-            "listen_addr": f"{HOST}:{self.port}",
-            "data_dir": str(workdir / "data"),
-            "unix_socket": str(workdir / "data" / "trioscale.sock"),
-            "derp": {"server": {"enabled": False}},
-            "dns": {"base_domain": "ts.test", "override_local_dns": False},
-            "log": {"level": "info"},
-        }
-        self.config = workdir / "config.yaml"
-        self.config.write_text(yaml.safe_dump(cfg))
-        self.log_path = workdir / "serve.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        # The floods hold thousands of sockets; the child inherits the raised limit.
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            os.environ.get("EDGE_FLOOD_SERVER", f"{sys.executable} -m appliance serve -c").split() + [str(self.config)], cwd=REPO,
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        log.close()
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError("trioscale serve exited:\n" + self.log_path.read_text()[-3000:])
-            try:
-                with socket.create_connection((HOST, self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("trioscale serve did not start listening")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 async def get_key(port: int, source: str) -> float:
@@ -331,16 +253,16 @@ async def flood(server: ServerProcess, plan: Plan) -> Result:
     public = await server_key(port)
     for _ in range(20):  # warm up: the first answers allocate what every later one reuses
         await get_key(port, PROBE_SOURCE)
-    result.rss_before_mb = rss_mb(server.proc.pid)
+    result.rss_before_mb = server.rss() / MB
     counts: Counter = Counter()
     until = time.monotonic() + plan.seconds
     peak = result.rss_before_mb
-    cpu_before, started = cpu_seconds(server.proc.pid), time.monotonic()
+    cpu_before, started = server.cpu_seconds(), time.monotonic()
 
     async def sample_rss():
         nonlocal peak
         while time.monotonic() < until + 1:
-            peak = max(peak, rss_mb(server.proc.pid))
+            peak = max(peak, server.rss() / MB)
             await trio.sleep(0.25)
 
     recv, send = multiprocessing.get_context("spawn").Pipe(duplex=False)
@@ -366,9 +288,9 @@ async def flood(server: ServerProcess, plan: Plan) -> Result:
     counts["probe_failed"] = sum(1 for _, x in timed if x < 0)
     latencies = [abs(x) for _, x in timed]
     result.key_worst = [(round(t, 1), round(abs(x) * 1000)) for t, x in sorted(timed, key=lambda p: -abs(p[1]))[:3]]
-    result.server_cpu_percent = 100 * (cpu_seconds(server.proc.pid) - cpu_before) / (time.monotonic() - started)
+    result.server_cpu_percent = 100 * (server.cpu_seconds() - cpu_before) / (time.monotonic() - started)
     await trio.sleep(1)
-    result.rss_after_mb = rss_mb(server.proc.pid)
+    result.rss_after_mb = server.rss() / MB
     latencies.sort()
     result.key_probes = len(latencies)
     result.key_failures = counts.pop("probe_failed", 0)
@@ -380,18 +302,22 @@ async def flood(server: ServerProcess, plan: Plan) -> Result:
     return result
 
 
-def run(plan: Plan, workdir: Path | None = None) -> tuple[Result, str]:
-    """Start a server, flood it, stop it; (the result, the server's log)."""
+def run(plan: Plan, profile: str | None = None) -> tuple[Result, str]:
+    """Start a server (under cProfile into ``profile`` if given), flood it, stop it; (the
+    result, the server's log)."""
+    # The floods hold thousands of sockets; the server inherits the raised limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     with tempfile.TemporaryDirectory(prefix="edge-flood-") as tmp:
-        server = ServerProcess(Path(workdir or tmp))
+        server = ServerProcess(Path(tmp), profile)
         server.start()
         try:
             result = trio.run(flood, server, plan)
             if server.proc.poll() is not None:
-                raise RuntimeError("the server died during the flood:\n" + server.log_text()[-3000:])
+                raise RuntimeError("the server died during the flood:\n" + server.log.read_text()[-3000:])
         finally:
             server.stop()
-        return result, server.log_text()
+        return result, server.log.read_text(errors="replace")
 
 
 def main() -> None:
@@ -399,9 +325,10 @@ def main() -> None:
     for name, default in asdict(Plan()).items():
         ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--profile", help="run the server under cProfile, writing this file")
     args = ap.parse_args()
     plan = Plan(**{k: getattr(args, k) for k in asdict(Plan())})
-    result, log = run(plan)
+    result, log = run(plan, args.profile)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return

@@ -358,11 +358,14 @@ class H2Server:
             if req is None:
                 return True
             n = len(ev.data)
-            if (len(req.body) + n > MAX_REQUEST_BODY or self._pending_body + n > MAX_PENDING_BODY
-                    or (self.body_budget is not None and not self.body_budget.take(n))):
+            if len(req.body) + n > MAX_REQUEST_BODY or self._pending_body + n > MAX_PENDING_BODY:
                 throttled.warning("h2-body-too-large", "%s: request body over %d bytes on stream %d "
                                   "(%d buffered on the connection)", self.name, MAX_REQUEST_BODY,
                                   ev.stream_id, self._pending_body + n)
+                self._forget_request(ev.stream_id)
+                self._reset(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return True
+            if self.body_budget is not None and not self.body_budget.take(n):  # it logs why
                 self._forget_request(ev.stream_id)
                 self._reset(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                 return True

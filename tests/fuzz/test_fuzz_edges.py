@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import socket
 
 import h2.config
 import h2.connection
@@ -28,6 +27,7 @@ from appliance.control.service import NoisePeer
 from appliance.http.h2server import H2Server
 from appliance.noise.handshake import ClientHandshake
 from appliance.serve import serve
+from bench.control_load import free_port
 from derp import frames as fr
 from derp.server import DerpServer
 
@@ -35,12 +35,6 @@ from .mutate import chunks, mutated
 from .profile import fuzz, scaled
 
 HANDSHAKE = b"@@HANDSHAKE@@"  # replaced by a valid initiation for the server under test
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -57,6 +51,16 @@ async def running(nursery, tmp_path):
     running = await nursery.start(serve, cfg)
     yield running
     running.cancel_scope.cancel()
+
+
+async def send_then_close(client: trio.abc.HalfCloseableStream, data: bytes, cuts: list[int]) -> None:
+    """``data`` in pieces, then end of input; the server may hang up first."""
+    try:
+        for chunk in chunks(data, cuts):
+            await client.send_all(chunk)
+        await client.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
 
 
 def errors(caplog) -> list[str]:
@@ -113,12 +117,7 @@ async def test_http1_heads_into_the_front_door(running, caplog, request, cuts, p
     reply = bytearray()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(front.handle, server_end)
-        try:
-            for chunk in chunks(data, cuts):
-                await client.send_all(chunk)
-            await client.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        await send_then_close(client, data, cuts)
         with trio.fail_after(20):
             while part := await client.receive_some(65536):
                 reply += part
@@ -273,12 +272,7 @@ async def test_derp_server_sessions(caplog, data, cuts, fast_start):
         headers.append((b"derp-fast-start", b"1"))
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.handle_upgrade, server_end, "GET", "/derp", headers, b"")
-        try:
-            for chunk in chunks(data, cuts):
-                await client.send_all(chunk)
-            await client.send_eof()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        await send_then_close(client, data, cuts)
         with trio.fail_after(20):
             while await client.receive_some(65536):
                 pass

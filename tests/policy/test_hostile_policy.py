@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from appliance.config import config_from_dict
 from appliance.policy import ParseError, parse_policy
 from appliance.policy.hujson import MAX_DEPTH, MAX_POLICY_BYTES, loads
 from appliance.serve import serve
+from bench.control_load import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:22"]}]}\n'
@@ -63,12 +63,6 @@ def test_positions_are_still_exact_in_a_large_file():
     assert (ei.value.line, ei.value.column) == (5_002, 11)
     _, positions = loads(big.replace("x\n", "1\n"))
     assert positions[("k4999", 1)] == (5_001, 16)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_config(tmp_path: Path, **extra) -> dict:
