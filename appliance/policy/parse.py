@@ -106,6 +106,15 @@ def parse_policy(text: str | bytes | dict) -> Policy:
         raw, positions = hujson.loads(text)
     ctx = _Ctx(positions)
     ctx.fields(raw, TOP_FIELDS, (), "policy")
+    # The sections' own shapes, before anything iterates them (Go's decoder refuses these too).
+    for key in ("acls", "grants", "ssh", "nodeAttrs", "tests", "sshTests"):
+        if raw.get(key) is not None and not isinstance(raw[key], list):
+            raise ctx.error(f"{key}: expected a list", (key,), cls=ParseError)
+    for key in ("hosts", "tagOwners", "groups", "autoApprovers", "postures", "ipsets"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise ctx.error(f"{key}: expected an object", (key,), cls=ParseError)
+    if not isinstance(raw.get("randomizeClientPort", False), bool):
+        raise ctx.error("randomizeClientPort: expected true or false", ("randomizeClientPort",), cls=ParseError)
 
     hosts = _parse_hosts(ctx, raw.get("hosts"))
     tag_owners = _parse_tag_owners(ctx, raw.get("tagOwners"))

@@ -173,6 +173,10 @@ def _policy_shapes():
     st.text(max_size=400).map(str.encode),
 ))
 @example(GOOD_POLICY)
+# Found by the long run: a section of the wrong type was iterated before it was checked.
+@example(b'{"tests": true}')
+@example(b'{"acls": 1, "ssh": true}')
+@example(b'{"hosts": [], "groups": "x"}')
 def test_policy_parse_and_compile(data):
     try:
         policy = parse_policy(data)
