@@ -4,7 +4,6 @@ per-source rates."""
 
 from __future__ import annotations
 
-import logging
 import types
 
 import h11
