@@ -8,7 +8,9 @@ with the receive time in another.
 
 Trio is used only to dial and do the handshakes; the sockets are then detached and driven by
 one plain epoll loop, so that a packet costs the generator a few microseconds instead of a
-Trio task switch on each side.
+Trio task switch on each side. Over TLS the handshake's ``ssl.SSLObject`` and memory BIOs go
+with the socket: a batch is encrypted with one call, and each read is decrypted record by
+record before its frame headers are walked.
 
 The echo streams carry byte-for-byte the SendPacket frames the relay clients send, so one
 receiver serves both: it walks only the 5-byte frame headers to count packets and reads the
@@ -30,6 +32,7 @@ import os
 import random
 import select
 import socket
+import ssl
 import struct
 import time
 
@@ -37,8 +40,13 @@ import trio
 
 from derp import frames as fr
 from derp.client import connect
+from derp.tls import TLSStream
 
 RECV = 256 << 10
+# One receive buffer for the whole process (the loop is synchronous): a fresh 256 KiB per recv
+# would be an mmap, page faults and an munmap every time.
+_SCRATCH = bytearray(RECV)
+_VIEW = memoryview(_SCRATCH)
 _HDR = struct.Struct(">BI")
 _TS = struct.Struct("d")
 # A paced packet's payload starts with b"T" and an 8-byte send time; in a RecvPacket/SendPacket
@@ -50,11 +58,16 @@ _NEED = _TS_AT + 8
 class _Peer:
     """One client connection as the epoll loop sees it."""
 
-    __slots__ = ("sock", "key", "batches", "i", "pending", "skip", "carry")
+    __slots__ = ("sock", "key", "batches", "i", "pending", "skip", "carry", "tls", "bio_in",
+                 "bio_out")
 
-    def __init__(self, sock: socket.socket, key: bytes) -> None:
+    def __init__(self, sock: socket.socket, key: bytes, tls: TLSStream | None = None) -> None:
         self.sock = sock
         self.key = key
+        # TLS state taken over from the handshake's stream (None: plain TCP)
+        self.tls = tls.ssl_object if tls is not None else None
+        self.bio_in = tls.incoming if tls is not None else None
+        self.bio_out = tls.outgoing if tls is not None else None
         self.batches: list[bytes] = []
         self.i = 0
         self.pending: memoryview | None = None  # rest of a frame write cut short
@@ -76,15 +89,32 @@ class _Count:
 
 
 def _receive(p: _Peer, ctr: _Count) -> bool:
-    """Read what is there and walk the frame headers; False on EOF."""
+    """Read what is there (decrypting it over TLS) and walk the frame headers; False on EOF."""
     try:
-        d = p.sock.recv(RECV)
+        got = p.sock.recv_into(_SCRATCH)
     except BlockingIOError:
         return True
-    if not d:
+    if not got:
         return False
     now = time.perf_counter()
     ctr.last_rx = now
+    if p.tls is None:
+        _walk(p, ctr, _VIEW[:got], now)
+        return True
+    p.bio_in.write(_VIEW[:got])  # type: ignore[union-attr]
+    while True:
+        try:
+            d = p.tls.read(16384)  # one TLS record at most
+        except ssl.SSLWantReadError:
+            return True
+        if not d:  # close_notify
+            return False
+        _walk(p, ctr, d, now)
+
+
+def _walk(p: _Peer, ctr: _Count, d: bytes | memoryview, now: float) -> None:
+    """Count the frames of plaintext ``d`` and take the timestamps of paced packets (``d`` may
+    be a view of the scratch buffer: nothing of it is kept without a copy)."""
     if ctr.flood_on:
         ctr.bytes += len(d)
     if p.carry:
@@ -97,7 +127,7 @@ def _receive(p: _Peer, ctr: _Count) -> bool:
     while pos < n:
         if n - pos < _NEED:
             # Header or timestamp cut by the chunk edge: keep the tail for the next read.
-            p.carry = d[pos:]
+            p.carry = bytes(d[pos:])
             pos = n
             break
         t, ln = unpack(d, pos)
@@ -108,11 +138,19 @@ def _receive(p: _Peer, ctr: _Count) -> bool:
     p.skip = pos - n
     if ctr.flood_on:
         ctr.packets += frames
-    return True
 
 
-def _write(p: _Peer, data: bytes | memoryview) -> bool:
-    """Write without blocking; keep any rest in ``p.pending``. True if all of it went."""
+def _write(p: _Peer, data: bytes) -> bool:
+    """Write frames ``data`` (encrypted first over TLS) without blocking; keep any rest in
+    ``p.pending``. True if all of it went."""
+    if p.tls is not None:
+        p.tls.write(data)
+        data = p.bio_out.read()  # type: ignore[union-attr]
+    return _send(p, data)
+
+
+def _send(p: _Peer, data: bytes | memoryview) -> bool:
+    """Write bytes as they go on the wire; the rest goes to ``p.pending``. True if all went."""
     try:
         n = p.sock.send(data)
     except BlockingIOError:
@@ -138,13 +176,16 @@ def _batches(me: bytes, peers: list[bytes], size: int, batch: int, echo: bool) -
 
 def _poll(ep: select.epoll, by_fd: dict[int, _Peer], ctr: _Count, timeout: float,
           on_writable) -> None:  # type: ignore[no-untyped-def]
-    for fd, ev in ep.poll(timeout):
-        p = by_fd[fd]
+    events = ep.poll(timeout)
+    # Receive everything first, then send: a receiver that falls behind its senders makes the
+    # relay drop packets, and then the run measures this generator instead of the relay.
+    for fd, ev in events:
         if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
-            if not _receive(p, ctr):
+            if not _receive(by_fd[fd], ctr):
                 raise ConnectionError("server closed a connection")
+    for fd, ev in events:
         if ev & select.EPOLLOUT:
-            on_writable(p)
+            on_writable(by_fd[fd])
 
 
 def _until(t: float) -> None:
@@ -169,7 +210,7 @@ def _drive(pipe, spec: dict, peers_here: list[_Peer]) -> _Count:  # type: ignore
     flooding = [True]
 
     def flood_writable(p: _Peer) -> None:
-        if p.pending is not None and not _write(p, p.pending):
+        if p.pending is not None and not _send(p, p.pending):
             return
         while flooding[0]:
             b = p.batches[p.i & 3]
@@ -217,7 +258,7 @@ def _drive(pipe, spec: dict, peers_here: list[_Peer]) -> _Count:  # type: ignore
     others = [[k for k in everyone if k != p.key] or [p.key] for p in peers_here]
 
     def paced_writable(p: _Peer) -> None:
-        if p.pending is None or _write(p, p.pending):
+        if p.pending is None or _send(p, p.pending):
             ep.modify(p.sock.fileno(), select.EPOLLIN)
 
     _until(start)
@@ -246,6 +287,7 @@ def _drive(pipe, spec: dict, peers_here: list[_Peer]) -> _Count:  # type: ignore
 async def _dial_all(spec: dict) -> list[_Peer]:
     echo = spec["mode"] == "echo"
     port = spec["port"]
+    ctx = ssl.create_default_context(cafile=spec["ca"]) if spec.get("ca") else None
     out: list[_Peer] = []
     sem = trio.Semaphore(32)  # bounded concurrent handshakes
 
@@ -254,12 +296,19 @@ async def _dial_all(spec: dict) -> list[_Peer]:
             with trio.fail_after(60):
                 s = await trio.open_tcp_stream("127.0.0.1", port)
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                tls = None
+                stream: trio.abc.Stream = s
+                if ctx is not None:
+                    stream = tls = await TLSStream.connect(s, ctx, server_hostname="127.0.0.1")
                 if not echo:
-                    c = await connect(s, priv, host="127.0.0.1")
+                    c = await connect(stream, priv, host="127.0.0.1")
                     if c._decoder.buffered:  # nothing should follow ServerInfo yet
                         raise RuntimeError("unexpected frames after the handshake")
+                if tls is not None and (tls.pending or tls.ssl_object.pending()):
+                    raise RuntimeError("TLS bytes left over after the handshake")
                 # Hand the socket over to the epoll loop; Trio forgets it.
-                out.append(_Peer(socket.socket(fileno=s.socket.detach()), fr.public_key(priv)))
+                out.append(_Peer(socket.socket(fileno=s.socket.detach()), fr.public_key(priv),
+                                 tls))
 
     async with trio.open_nursery() as nursery:
         for p in spec["privs"]:

@@ -16,11 +16,13 @@ import h11
 import trio
 
 from .server import DerpServer
+from .tls import TLSStream, relay_context
 from .transport import RECV_SIZE
 
 log = logging.getLogger(__name__)
 
-# Deadline for the client to send a complete request head (slowloris stops here).
+# Deadline for the client to send a complete request head (slowloris stops here), and for the
+# TLS handshake before it.
 HEAD_TIMEOUT = 10.0
 # Plain requests served on one keep-alive connection before we close it.
 MAX_REQUESTS_PER_CONN = 100
@@ -137,11 +139,26 @@ async def serve_http(
     ``listeners[0].socket.getsockname()``). Connections run in a nursery owned here.
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
-    wrapped: list = listeners
+    handler = partial(handle_connection, server)
     if ssl_context is not None:
-        wrapped = [trio.SSLListener(l, ssl_context, https_compatible=True) for l in listeners]
+        handler = partial(handle_tls_connection, server, relay_context(ssl_context))
     for l in listeners:
         log.info("derp: listening on %s%s", l.socket.getsockname(),
                  " (TLS)" if ssl_context else " (plain HTTP)")
     task_status.started(listeners)
-    await trio.serve_listeners(partial(handle_connection, server), wrapped)
+    await trio.serve_listeners(handler, listeners)
+
+
+async def handle_tls_connection(server: DerpServer, context: ssl.SSLContext,
+                                tcp: trio.SocketStream, prefix: bytes = b"") -> None:
+    """Serve one accepted TCP connection over TLS (:class:`~derp.tls.TLSStream`, the relay's
+    batched TLS). ``prefix``: bytes already read from ``tcp``. Owns and closes ``tcp``."""
+    try:
+        with trio.fail_after(HEAD_TIMEOUT):
+            stream = await TLSStream.accept(tcp, context, prefix=prefix)
+    except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+        log.debug("http: TLS handshake failed: %r", exc)
+        with trio.move_on_after(1, shield=True):
+            await trio.aclose_forcefully(tcp)
+        return
+    await handle_connection(server, stream)

@@ -18,10 +18,8 @@ import ipaddress
 import itertools
 import logging
 import math
-import os
 import random
 import re
-import socket
 import ssl
 from collections import deque
 from typing import Awaitable, Callable, Iterable
@@ -31,8 +29,10 @@ import trio
 
 from . import frames as fr
 from .errors import ClientRefused, ConnectionClosed, DerpError, HandshakeError, ProtocolError
+from .tls import TLSStream
 from .transport import RECV_SIZE, WebSocketStream, peer_address, read_frame
 from .websocket import accept_key
+from .wire import Wire, wire_for
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,8 @@ MESH_QUEUE_SIZE = 4096
 # Upper bound on one batched write: large enough to amortise the syscall, small enough that a
 # write finishes well within the write timeout on a slow link.
 WRITE_BATCH_BYTES = 256 << 10
-# Packets per write; a write is split into sendmsg calls of at most _IOV_MAX buffers.
+# Packets per write; a write is split into sendmsg calls of at most IOV_MAX buffers.
 WRITE_BATCH_PACKETS = 512
-# The kernel refuses sendmsg with more buffers than IOV_MAX (1024 on Linux).
-_IOV_MAX = 1024
 HANDSHAKE_TIMEOUT = 10.0
 VERIFY_TIMEOUT = 5.0
 WRITE_TIMEOUT = 2.0
@@ -112,7 +110,7 @@ class _Outbox:
     """
 
     __slots__ = (
-        "packets", "control", "packet_limit", "control_limit", "lot", "stats", "kind", "direct",
+        "packets", "control", "packet_limit", "control_limit", "lot", "stats", "kind", "wire",
     )
 
     def __init__(self, stats: _Stats, packet_limit: int, control_limit: int, kind: str) -> None:
@@ -123,9 +121,9 @@ class _Outbox:
         self.lot = trio.lowlevel.ParkingLot()
         self.stats = stats
         self.kind = kind
-        # Set by the writer on plain TCP: the same connection as a stdlib socket (own fd), for
-        # synchronous sends while the writer is parked.
-        self.direct: socket.socket | None = None
+        # Set by the writer while it runs: where its frames go (for synchronous sends while the
+        # writer is parked).
+        self.wire: Wire | None = None
 
     def put_packet(self, frame: bytes | bytearray, light: bool = False) -> None:
         """Queue ``frame``, dropping the oldest packet when full.
@@ -135,22 +133,16 @@ class _Outbox:
         then sends many frames per system call and the receiver reads them in one go.
         """
         q = self.packets
-        if light and self.direct is not None and self.lot and not q and not self.control:
+        wire = self.wire
+        if light and wire is not None and self.lot and not q and not self.control:
             # The writer is parked with nothing queued, so no write of ours is in flight and a
             # non-blocking send right here cannot interleave with one. This saves waking the
             # writer task for a lone packet, which costs more than the send itself.
-            try:
-                n = self.direct.send(frame)
-            except OSError:  # would block, or broken: the writer deals with it
-                n = 0
-            if n == len(frame):
+            if wire.send_nowait(frame):
                 self.stats.frames_written += 1
-                self.stats.bytes_written += n
-                return
-            if n:
-                # The rest of this frame must go out before anything else.
-                self.control.append(memoryview(frame)[n:])
-                self.lot.unpark()
+                self.stats.bytes_written += len(frame)
+                if wire.pending:  # the rest must go out before anything else
+                    self.lot.unpark()
                 return
         if len(q) >= self.packet_limit:
             q.popleft()  # drop the oldest: fresher packets are worth more to WireGuard
@@ -511,6 +503,9 @@ class DerpServer:
 
     async def _reader(self, conn: _Conn, decoder: fr.FrameDecoder) -> None:
         stream = conn.stream
+        # TLS: everything one socket read brought, decrypted record by record, goes to the
+        # decoder without being joined first.
+        chunks = stream.receive_chunks if type(stream) is TLSStream else None
         scope = trio.CancelScope()
         timeout = self._read_timeout if conn.can_ack_pings else None
         # Frames handled per scheduling step. Writers only run when the readers yield, so a
@@ -524,15 +519,22 @@ class DerpServer:
             while True:
                 while self._handle_frames(conn, decoder, burst):
                     await trio.lowlevel.checkpoint()
-                data = await stream.receive_some(RECV_SIZE)
-                if not data:
+                if chunks is not None:
+                    got = await chunks()
+                    for data in got:
+                        decoder.receive_data(data)
+                    eof = not got
+                else:
+                    data = await stream.receive_some(RECV_SIZE)
+                    decoder.receive_data(data)  # b"" tells the decoder about EOF
+                    eof = not data
+                if eof:
                     decoder.receive_data(b"")
                     while self._handle_frames(conn, decoder, burst):  # raises if cut short
                         pass
                     return
                 if timeout is not None:
                     scope.deadline = trio.current_time() + timeout
-                decoder.receive_data(data)
         if scope.cancelled_caught:
             log.info("%s: no frames for %.0f s, closing", conn, timeout)
 
@@ -648,42 +650,32 @@ class DerpServer:
 
     async def _writer(self, conn: _Conn) -> None:
         outbox = conn.outbox
-        stream = conn.stream
         timeout = MESH_WRITE_TIMEOUT if conn.can_mesh else self._write_timeout
-        # Plain TCP: hand the queued frames to the kernel as they are (sendmsg with a list of
-        # buffers) instead of joining them into one more copy first.
-        sock = stream.socket if type(stream) is trio.SocketStream else None
-        if sock is not None:
-            outbox.direct = socket.socket(fileno=os.dup(sock.fileno()))
-            outbox.direct.setblocking(False)
+        # Plain TCP hands the queued frames to the kernel as they are (sendmsg with a list of
+        # buffers); TLS encrypts a whole batch into full records; see wire.py.
+        wire = outbox.wire = wire_for(conn.stream)
         try:
-            await self._write_loop(conn, outbox, stream, sock, timeout)
+            await self._write_loop(conn, outbox, wire, timeout)
         finally:
-            if outbox.direct is not None:
-                outbox.direct.close()
-                outbox.direct = None
+            outbox.wire = None
+            wire.close()
 
-    async def _write_loop(
-        self, conn: _Conn, outbox: _Outbox, stream: trio.abc.Stream,
-        sock: trio.socket.SocketType | None, timeout: float,
-    ) -> None:
+    async def _write_loop(self, conn: _Conn, outbox: _Outbox, wire: Wire, timeout: float) -> None:
         stats = self._stats
+        pending = wire.pending
         # One scope for every write of this connection: its deadline is armed around each
         # write and lifted after, cheaper than a new fail_after per batch.
         deadline = trio.CancelScope()
         with deadline:
             while True:
-                if not outbox:
+                if not outbox and not pending:
                     conn.idle_since = trio.current_time()
                     await outbox.lot.park()
                 if conn.watching and len(outbox.control) >= outbox.control_limit:
                     raise ProtocolError("mesh watcher fell behind")
                 parts, size = outbox.take_parts()
                 deadline.deadline = trio.current_time() + timeout
-                if sock is not None:
-                    await _sendmsg_all(sock, parts)
-                else:
-                    await stream.send_all(b"".join(parts))
+                await wire.send_parts(parts)
                 deadline.deadline = math.inf
                 stats.frames_written += 1
                 stats.bytes_written += size
@@ -909,21 +901,6 @@ def _peer_present(c: _Conn) -> bytes:
             pass
     flags = fr.PeerPresentFlags.PROBER if c.is_prober else fr.PeerPresentFlags.REGULAR
     return fr.encode(fr.PeerPresent(c.key, ip, port, flags))
-
-
-async def _sendmsg_all(sock: trio.socket.SocketType, parts: list[bytes | bytearray]) -> None:
-    """Write every buffer of ``parts`` in order, resuming after short writes."""
-    while parts:
-        sent = await sock.sendmsg(parts[:_IOV_MAX])
-        i = 0
-        while i < len(parts) and sent >= len(parts[i]):
-            sent -= len(parts[i])
-            i += 1
-        if i == len(parts):
-            return
-        parts = parts[i:]
-        if sent:
-            parts[0] = memoryview(parts[0])[sent:]
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

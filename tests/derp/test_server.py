@@ -147,7 +147,8 @@ async def test_ping_pong_note_preferred_health_restarting(nursery):
 async def test_keepalive_and_server_ping(nursery):
     server, port = await start_server(nursery, keepalive_interval=0.05)
     a = await dial(port)
-    await recv_type(a, fr.KeepAlive)
+    # The first keepalive comes after the interval plus up to KEEPALIVE_JITTER (5 s).
+    await recv_type(a, fr.KeepAlive, timeout=10)
     ping = await recv_type(a, fr.Ping)
     await a.send(fr.Pong(ping.data))
 
