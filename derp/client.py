@@ -191,14 +191,18 @@ async def connect_url(
     ssl_context: ssl.SSLContext | None = None,
     **kwargs: Any,
 ) -> DerpClient:
-    """Dial ``http://host[:port]`` or ``https://host[:port]`` and :func:`connect` over it.
+    """Dial ``http://host[:port]``, ``https://host[:port]`` or ``unix:/path`` (plain HTTP over
+    a unix socket: the workers of one relay) and :func:`connect` over it.
 
     For https, ``ssl_context`` defaults to the system trust store. Other keyword arguments go to
     :func:`connect`. The caller sets the deadline.
     """
     u = urlsplit(url)
+    if u.scheme == "unix" and u.path:
+        kwargs.setdefault("host", "localhost")
+        return await connect(await trio.open_unix_socket(u.path), private_key, **kwargs)
     if u.scheme not in ("http", "https") or not u.hostname:
-        raise ValueError("DERP URL must be http(s)://host[:port], got %r" % url)
+        raise ValueError("DERP URL must be http(s)://host[:port] or unix:/path, got %r" % url)
     port = u.port or (443 if u.scheme == "https" else 80)
     stream: trio.abc.Stream = await trio.open_tcp_stream(u.hostname, port)
     if u.scheme == "https":

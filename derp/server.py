@@ -21,6 +21,7 @@ import math
 import random
 import re
 import ssl
+import struct
 from collections import deque
 from typing import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
@@ -53,6 +54,20 @@ MESH_QUEUE_SIZE = 4096
 WRITE_BATCH_BYTES = 256 << 10
 # Packets per write; a write is split into sendmsg calls of at most IOV_MAX buffers.
 WRITE_BATCH_PACKETS = 512
+# A mesh connection (to another server, or between the workers of one relay) carries the
+# traffic of many clients, but its reader and writer get one turn each, like any client's,
+# while every client's reader takes its turn to feed it. So a mesh connection moves more per
+# turn: it reads this much at once, handles this many frames per step, and writes this much.
+MESH_RECV_SIZE = 1 << 20
+MESH_BURST = 1024
+MESH_WRITE_BATCH_BYTES = 2 << 20
+# A link to a sibling worker is this relay's own bus, not a slow peer: a reader that would
+# queue past this many packets to it waits for the link to drain (up to SIBLING_WAIT, then the
+# packet goes anyway) instead of making it drop. Without this, the link moves one socket buffer
+# per scheduling round while every client's reader feeds it, and most cross packets are lost.
+SIBLING_HIGH_WATER = 1024
+SIBLING_WAIT = 0.1
+SIBLING_WRITE_TIMEOUT = 5.0
 HANDSHAKE_TIMEOUT = 10.0
 VERIFY_TIMEOUT = 5.0
 WRITE_TIMEOUT = 2.0
@@ -63,10 +78,17 @@ KEEPALIVE_JITTER = 5.0
 NOT_HERE_PER_SECOND = 3
 MESH_RETRY_MIN = 0.5
 MESH_RETRY_MAX = 15.0
+# A sibling (another worker of this relay) is a local process: redial it soon after it went.
+SIBLING_RETRY_MIN = 0.05
+SIBLING_RETRY_MAX = 1.0
 
 _KEEPALIVE = fr.encode(fr.KeepAlive())
 # Header and destination key of a SendPacket: the smallest valid one (empty packet).
 _SEND_MIN = fr.HEADER_LEN + fr.KEY_LEN
+# Header, source and destination keys of a ForwardPacket.
+_FORWARD_MIN = fr.HEADER_LEN + 2 * fr.KEY_LEN
+# Frame header: type (1) ‖ payload length (4, big-endian).
+_FRAME_HEADER = struct.Struct(">BI")
 _UPGRADE_BODY = b"DERP requires connection upgrade"
 _CHALLENGE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
@@ -80,8 +102,8 @@ def _short(key: bytes) -> str:
 class _Stats:
     __slots__ = (
         "accepted", "refused", "packets_received", "bytes_received", "packets_relayed",
-        "bytes_relayed", "packets_forwarded_out", "packets_forwarded_in", "drops",
-        "frames_written", "bytes_written", "home_clients",
+        "bytes_relayed", "packets_forwarded_out", "packets_forwarded_in", "packets_to_siblings",
+        "packets_from_siblings", "drops", "frames_written", "bytes_written", "home_clients",
     )
 
     def __init__(self) -> None:
@@ -93,6 +115,8 @@ class _Stats:
         self.bytes_relayed = 0
         self.packets_forwarded_out = 0
         self.packets_forwarded_in = 0
+        self.packets_to_siblings = 0
+        self.packets_from_siblings = 0
         self.drops: dict[str, int] = {}
         self.frames_written = 0
         self.bytes_written = 0
@@ -111,6 +135,7 @@ class _Outbox:
 
     __slots__ = (
         "packets", "control", "packet_limit", "control_limit", "lot", "stats", "kind", "wire",
+        "space",
     )
 
     def __init__(self, stats: _Stats, packet_limit: int, control_limit: int, kind: str) -> None:
@@ -124,6 +149,8 @@ class _Outbox:
         # Set by the writer while it runs: where its frames go (for synchronous sends while the
         # writer is parked).
         self.wire: Wire | None = None
+        # Readers waiting for room (sibling links only; see SIBLING_HIGH_WATER).
+        self.space = trio.lowlevel.ParkingLot()
 
     def put_packet(self, frame: bytes | bytearray, light: bool = False) -> None:
         """Queue ``frame``, dropping the oldest packet when full.
@@ -160,22 +187,24 @@ class _Outbox:
             self.lot.unpark()
         return True
 
-    def take_parts(self) -> tuple[list[bytes | bytearray], int]:
-        """The next write: all control frames, then packets up to WRITE_BATCH_BYTES."""
+    def take_parts(self, max_bytes: int = WRITE_BATCH_BYTES,
+                   max_packets: int = WRITE_BATCH_PACKETS) -> tuple[list[bytes | bytearray], int]:
+        """The next write: all control frames, then packets up to ``max_bytes``."""
         parts: list[bytes | bytearray] = list(self.control)
         self.control.clear()
         size = 0
         for f in parts:
             size += len(f)
         q = self.packets
-        while q and size < WRITE_BATCH_BYTES and len(parts) < WRITE_BATCH_PACKETS:
+        while q and size < max_bytes and len(parts) < max_packets:
             f = q.popleft()
             size += len(f)
             parts.append(f)
         return parts, size
 
     def take_batch(self) -> bytes:
-        return b"".join(self.take_parts()[0])
+        """All that is queued (up to MESH_WRITE_BATCH_BYTES), joined: a mesh link's write."""
+        return b"".join(self.take_parts(MESH_WRITE_BATCH_BYTES, MESH_QUEUE_SIZE)[0])
 
     def __bool__(self) -> bool:
         return bool(self.packets or self.control)
@@ -185,14 +214,14 @@ class _Conn:
     """One admitted client session (regular client or inbound mesh peer)."""
 
     __slots__ = (
-        "id", "key", "stream", "outbox", "scope", "can_mesh", "can_ack_pings", "is_prober",
-        "preferred", "senders", "remote", "watching", "not_here_window", "not_here_count",
-        "idle_since",
+        "id", "key", "stream", "outbox", "scope", "can_mesh", "sibling", "can_ack_pings",
+        "is_prober", "preferred", "senders", "remote", "watching", "not_here_window",
+        "not_here_count", "idle_since", "waiting",
     )
 
     def __init__(
         self, cid: str, key: bytes, stream: trio.abc.Stream, outbox: _Outbox,
-        info: dict, can_mesh: bool, remote: tuple[str, int] | None,
+        info: dict, can_mesh: bool, remote: tuple[str, int] | None, sibling: bool = False,
     ) -> None:
         self.id = cid
         self.key = key
@@ -200,6 +229,8 @@ class _Conn:
         self.outbox = outbox
         self.scope = trio.CancelScope()
         self.can_mesh = can_mesh
+        # A mesh peer that is another worker of this same relay (see DerpServer's siblings).
+        self.sibling = sibling
         self.can_ack_pings = bool(info.get("CanAckPings"))
         self.is_prober = bool(info.get("IsProber"))
         self.preferred = False
@@ -210,19 +241,25 @@ class _Conn:
         self.not_here_window = -1.0
         self.not_here_count = 0
         self.idle_since = trio.current_time()
+        # Where the reader stopped: a congested sibling link's outbox (None: a checkpoint).
+        self.waiting: _Outbox | None = None
 
     def __str__(self) -> str:
         return self.id
 
 
 class _MeshLink:
-    """Our outbound connection to one other server of the region (we are its mesh client)."""
+    """Our outbound connection to one other server of the region (we are its mesh client), or
+    to a sibling worker of this relay."""
 
-    def __init__(self, server: "DerpServer", url: str) -> None:
+    def __init__(self, server: "DerpServer", url: str, sibling: bool = False) -> None:
         self.server = server
         self.url = url
+        self.sibling = sibling
         self.outbox = _Outbox(server._stats, MESH_QUEUE_SIZE, CONTROL_QUEUE_SIZE, "mesh")
         self.keys: set[bytes] = set()
+        # A sibling's clients as it announced them (PeerPresent frames), for region peers.
+        self.presence: dict[bytes, bytes] = {}
         self.connected = False
         self.peer_public: bytes | None = None
 
@@ -250,6 +287,13 @@ class DerpServer:
         keepalive_interval: idle time before a KeepAlive frame (plus up to 5 s jitter).
         read_timeout: a client that declared ``CanAckPings`` and sends nothing (not even the Pong
             for our keepalive Ping) for this long is disconnected. None disables it.
+        sibling_key, siblings: when this server is one worker of a relay that runs as several
+            processes (derp.workers): the key the workers mesh with among themselves, and the
+            URLs (``unix:/path``) of the other workers. A sibling is a mesh peer with two
+            differences: it shares our server key, and a region peer (``mesh_key``) connected
+            to any one worker sees the clients of all of them: that worker announces its
+            siblings' clients too and passes on packets for them (one more hop, inside the
+            relay; a packet from a sibling is never passed on).
     """
 
     def __init__(
@@ -264,6 +308,8 @@ class DerpServer:
         write_timeout: float = WRITE_TIMEOUT,
         keepalive_interval: float = KEEPALIVE_INTERVAL,
         read_timeout: float | None = 3 * KEEPALIVE_INTERVAL + KEEPALIVE_JITTER,
+        sibling_key: bytes | str | None = None,
+        siblings: Iterable[str] = (),
     ) -> None:
         if len(private_key) != fr.KEY_LEN:
             raise ValueError("private key must be 32 bytes")
@@ -272,16 +318,14 @@ class DerpServer:
         self._private = bytes(private_key)
         self.public_key: bytes = fr.public_key(self._private)
         self._verify = verify_client
-        self._mesh_key_hex: str | None = None
-        if mesh_key is not None:
-            mk = mesh_key if isinstance(mesh_key, str) else mesh_key.hex()
-            mk = mk.strip().lower()
-            if not re.fullmatch(r"[0-9a-f]{64}", mk):
-                raise ValueError("mesh key must be 32 bytes (64 hex characters)")
-            self._mesh_key_hex = mk
+        self._mesh_key_hex = _mesh_key_hex(mesh_key)
+        self._sibling_key_hex = _mesh_key_hex(sibling_key)
         self._mesh_urls = list(mesh_with)
         if self._mesh_urls and self._mesh_key_hex is None:
             raise ValueError("mesh_with needs mesh_key")
+        sibling_urls = list(siblings)
+        if sibling_urls and self._sibling_key_hex is None:
+            raise ValueError("siblings need sibling_key")
         self._mesh_ssl = mesh_ssl_context
         self._queue_size = queue_size
         self._write_timeout = write_timeout
@@ -298,6 +342,7 @@ class DerpServer:
         # remote key -> our local clients that sent to it (PeerGone when it leaves)
         self._remote_senders: dict[bytes, set[bytes]] = {}
         self._links = [_MeshLink(self, u) for u in self._mesh_urls]
+        self._links += [_MeshLink(self, u, sibling=True) for u in sibling_urls]
         self._health = ""
         self._all: set[_Conn] = set()
 
@@ -308,8 +353,9 @@ class DerpServer:
     def public_key_hex(self) -> str:
         return self.public_key.hex()
 
+    @staticmethod
     def handle_plain_http(
-        self, method: str, target: str, headers: list[tuple[bytes, bytes]]
+        method: str, target: str, headers: list[tuple[bytes, bytes]]
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
         """Answer the side endpoints of a DERP server, or None if ``target`` is not one.
 
@@ -467,13 +513,10 @@ class DerpServer:
             info = fr.open_client_info(self._private, msg)
             key = msg.key
             mk = info.get("meshKey")
-            can_mesh = False
+            can_mesh = sibling = False
             if mk:
-                if (
-                    self._mesh_key_hex is None
-                    or not isinstance(mk, str)
-                    or not hmac.compare_digest(mk.lower().encode(), self._mesh_key_hex.encode())
-                ):
+                sibling = _same_key(mk, self._sibling_key_hex)
+                if not sibling and not _same_key(mk, self._mesh_key_hex):
                     self._stats.refused += 1
                     raise ClientRefused("wrong mesh key from %s" % _short(key))
                 can_mesh = True
@@ -491,12 +534,12 @@ class DerpServer:
                     raise ClientRefused("client %s not allowed" % _short(key))
             reply: dict = {"version": fr.PROTOCOL_VERSION}
             await stream.send_all(fr.encode(fr.seal_server_info(self._private, key, reply)))
-        kind = "mesh_peer" if can_mesh else "client"
+        kind = "sibling" if sibling else "mesh_peer" if can_mesh else "client"
         outbox = _Outbox(
             self._stats, self._queue_size,
             WATCHER_QUEUE_SIZE if can_mesh else CONTROL_QUEUE_SIZE, kind,
         )
-        conn = _Conn(cid, key, stream, outbox, info, can_mesh, remote)
+        conn = _Conn(cid, key, stream, outbox, info, can_mesh, remote, sibling)
         self._stats.accepted += 1
         log.info("%s: %s %s connected from %s", cid, kind, _short(key), remote)
         return conn
@@ -511,42 +554,67 @@ class DerpServer:
         # Frames handled per scheduling step. Writers only run when the readers yield, so a
         # reader that relays a whole 64 KiB read at once (50+ full-size packets) overflows the
         # destination's queue and drops packets it has just paid to parse; half a queue per
-        # step keeps every queue within bounds while its writer gets a turn.
-        burst = max(1, self._queue_size // 2)
+        # step keeps every queue within bounds while its writer gets a turn. (A mesh
+        # connection's frames go to many destinations: it takes bigger steps, see MESH_BURST.)
+        burst = MESH_BURST if conn.can_mesh else max(1, self._queue_size // 2)
+        size = MESH_RECV_SIZE if conn.can_mesh else RECV_SIZE
         with scope:
             if timeout is not None:
                 scope.deadline = trio.current_time() + timeout
             while True:
-                while self._handle_frames(conn, decoder, burst):
-                    await trio.lowlevel.checkpoint()
+                await self._handle_buffered(conn, decoder, burst)
                 if chunks is not None:
-                    got = await chunks()
+                    got = await chunks(size)
                     for data in got:
                         decoder.receive_data(data)
                     eof = not got
                 else:
-                    data = await stream.receive_some(RECV_SIZE)
+                    data = await stream.receive_some(size)
                     decoder.receive_data(data)  # b"" tells the decoder about EOF
                     eof = not data
                 if eof:
                     decoder.receive_data(b"")
-                    while self._handle_frames(conn, decoder, burst):  # raises if cut short
-                        pass
+                    await self._handle_buffered(conn, decoder, burst)  # raises if cut short
                     return
                 if timeout is not None:
                     scope.deadline = trio.current_time() + timeout
         if scope.cancelled_caught:
             log.info("%s: no frames for %.0f s, closing", conn, timeout)
 
-    def _handle_frames(self, conn: _Conn, decoder: fr.FrameDecoder, limit: int) -> bool:
-        """Act on up to ``limit`` buffered frames; True if there may be more."""
-        frames = decoder.take_frames(limit)
-        if not frames:
-            return False
+    async def _handle_buffered(self, conn: _Conn, decoder: fr.FrameDecoder, burst: int) -> None:
+        """Act on every whole frame the decoder holds, ``burst`` per scheduling step."""
+        backlog: list[tuple[int, bytearray]] = []
+        patient = True
+        while True:
+            frames = backlog or decoder.take_frames(burst)
+            if not frames:
+                return
+            done = self._handle_frames(conn, frames, patient)
+            backlog = frames[done:]
+            patient = not backlog
+            if backlog and conn.waiting is not None:
+                with trio.move_on_after(SIBLING_WAIT):
+                    await conn.waiting.space.park()
+            elif backlog or len(frames) == burst:
+                await trio.lowlevel.checkpoint()
+            else:
+                return
+
+    def _handle_frames(self, conn: _Conn, frames: list[tuple[int, bytearray]],
+                       patient: bool) -> int:
+        """Act on ``frames`` in order; returns how many were handled.
+
+        Stops early, with ``conn.waiting`` set, at a packet for a congested sibling link; and
+        (mesh readers, which take big steps) at one for a client whose queue is half full
+        because its writer has not had its turn yet. Not ``patient``: the first frame is
+        handled whatever (a retry after the wait always makes progress).
+        """
         src = conn.key
         clients = self._clients
         light = len(frames) == 1
         received = received_bytes = relayed = relayed_bytes = 0
+        done = 0
+        conn.waiting = None
         try:
             for ftype, f in frames:
                 if ftype == 0x04:  # SendPacket, the hot path: no message object, no extra copy
@@ -565,33 +633,92 @@ class DerpServer:
                         target.senders.add(src)
                         relayed += 1
                         relayed_bytes += n
-                    else:
-                        self._relay_elsewhere(conn, dst, memoryview(f)[_SEND_MIN:])
+                    elif not self._relay_elsewhere(conn, dst, f, patient):
+                        received -= 1
+                        received_bytes -= n
+                        break
+                elif ftype == 0x0A and conn.can_mesh and len(f) >= _FORWARD_MIN:
+                    # Between the workers of one relay this is as hot as SendPacket.
+                    if not self._forwarded(conn, f, patient):
+                        break
                 else:
                     self._handle_other(conn, fr.parse_payload(ftype, bytes(f[5:])))
+                done += 1
+                patient = True
         finally:
             stats = self._stats
             stats.packets_received += received
             stats.bytes_received += received_bytes
             stats.packets_relayed += relayed
             stats.bytes_relayed += relayed_bytes
-        return len(frames) == limit
+        return done
 
-    def _relay_elsewhere(self, conn: _Conn, dst: bytes, packet: memoryview) -> None:
-        """A SendPacket for a key not connected here: mesh-forward it or answer not-here."""
+    def _forwarded(self, conn: _Conn, f: bytearray, patient: bool) -> bool:
+        """A ForwardPacket frame ``f`` from mesh peer ``conn``: deliver it here, or (from a
+        region peer, for a sibling's client) pass it on to that sibling. False: not now (see
+        _handle_frames)."""
+        dst = bytes(f[37:_FORWARD_MIN])
+        stats = self._stats
+        target = self._clients.get(dst)
+        if target is None or target.can_mesh:
+            link = None if conn.sibling else self._remote.get(dst)
+            if link is not None and link.sibling:
+                if patient and len(link.outbox.packets) >= SIBLING_HIGH_WATER:
+                    conn.waiting = link.outbox
+                    return False
+                link.outbox.put_packet(f)  # the same frame, as it came
+                stats.packets_forwarded_in += 1
+                stats.packets_to_siblings += 1
+                return True
+            # Never re-forward otherwise: a mesh is one hop, so forwarding on could loop.
+            if conn.sibling:
+                stats.packets_from_siblings += 1
+            else:
+                stats.packets_forwarded_in += 1
+            stats.drop("forward_unknown_dest")
+            return True
+        out = target.outbox
+        if patient and len(out.packets) * 2 >= out.packet_limit and not (
+                out.wire is not None and out.wire.blocked):
+            return False  # its writer only needs a turn: let it have one before we go on
+        if conn.sibling:
+            stats.packets_from_siblings += 1
+        else:
+            stats.packets_forwarded_in += 1
+        src = bytes(f[5:37])
+        # ForwardPacket(src, dst, pkt) becomes RecvPacket(src, pkt) in place: drop dst.
+        del f[37:_FORWARD_MIN]
+        _FRAME_HEADER.pack_into(f, 0, 0x05, len(f) - fr.HEADER_LEN)
+        out.put_packet(f)
+        target.senders.add(src)
+        stats.packets_relayed += 1
+        stats.bytes_relayed += len(f) - _SEND_MIN
+        return True
+
+    def _relay_elsewhere(self, conn: _Conn, dst: bytes, f: bytearray, patient: bool) -> bool:
+        """A SendPacket frame ``f`` for a key not connected here: mesh-forward it or answer
+        not-here. False: not now, the sibling link it needs is congested."""
         stats = self._stats
         link = self._remote.get(dst)
         if link is not None:
+            if patient and link.sibling and len(link.outbox.packets) >= SIBLING_HIGH_WATER:
+                conn.waiting = link.outbox
+                return False
+            packet = memoryview(f)[_SEND_MIN:]
             link.outbox.put_packet(fr.encode_forward_packet(conn.key, dst, packet))
             s = self._remote_senders.get(dst)
             if s is None:
                 s = self._remote_senders[dst] = set()
             s.add(conn.key)
-            stats.packets_forwarded_out += 1
-            stats.bytes_relayed += len(packet)
-            return
+            if link.sibling:  # (which counts it as relayed when it delivers)
+                stats.packets_to_siblings += 1
+            else:
+                stats.packets_forwarded_out += 1
+                stats.bytes_relayed += len(packet)
+            return True
         stats.drop("unknown_dest")
         self._note_not_here(conn, dst)
+        return True
 
     def _note_not_here(self, conn: _Conn, dst: bytes) -> None:
         now = trio.current_time()
@@ -613,17 +740,8 @@ class DerpServer:
                 self._stats.home_clients += 1 if ev.preferred else -1
                 conn.preferred = ev.preferred
         elif isinstance(ev, fr.ForwardPacket):
-            self._require_mesh(conn, "ForwardPacket")
-            target = self._clients.get(ev.dst)
-            self._stats.packets_forwarded_in += 1
-            if target is None:
-                # Never re-forward: a mesh is one hop, so forwarding on could loop.
-                self._stats.drop("forward_unknown_dest")
-                return
-            target.outbox.put_packet(fr.encode_recv_packet(ev.src, ev.packet))
-            target.senders.add(ev.src)
-            self._stats.packets_relayed += 1
-            self._stats.bytes_relayed += len(ev.packet)
+            self._require_mesh(conn, "ForwardPacket")  # mesh peers' take the fast path
+            self._forwarded(conn, bytearray(fr.encode(ev)))
         elif isinstance(ev, fr.WatchConns):
             self._require_mesh(conn, "WatchConns")
             if not conn.watching:
@@ -632,6 +750,11 @@ class DerpServer:
                 for c in list(self._clients.values()):
                     if not c.can_mesh:
                         conn.outbox.put_control(_peer_present(c))
+                if not conn.sibling:
+                    # A region peer sees this whole relay: the siblings' clients too.
+                    for k, link in list(self._remote.items()):
+                        if link.sibling and k not in self._clients:
+                            conn.outbox.put_control(link.presence[k])
         elif isinstance(ev, fr.ClosePeer):
             self._require_mesh(conn, "ClosePeer")
             for c in list(self._by_key.get(ev.key, ())):
@@ -700,7 +823,7 @@ class DerpServer:
     def _register(self, conn: _Conn) -> None:
         self._all.add(conn)
         lst = self._by_key.setdefault(conn.key, [])
-        if lst:
+        if lst and not conn.can_mesh:  # (siblings all share our key)
             log.info("%s: duplicate connection for %s; newest wins", conn, _short(conn.key))
         lst.append(conn)
         self._clients[conn.key] = conn
@@ -730,10 +853,24 @@ class DerpServer:
             del self._clients[conn.key]
         gone = fr.encode(fr.PeerGone(conn.key, fr.PeerGoneReason.DISCONNECTED))
         if not conn.can_mesh:
+            # A region peer watches the whole relay: the key may live on at a sibling.
+            link = self._remote.get(conn.key)
+            elsewhere = link is not None and link.sibling
             for w in self._watchers:
-                w.outbox.put_control(gone)
+                if w.sibling or not elsewhere:
+                    w.outbox.put_control(gone)
         self._notify_senders(conn.senders, gone)
         log.info("%s: %s disconnected", conn, _short(conn.key))
+
+    def _tell_region_peers(self, key: bytes, frame: bytes) -> None:
+        """Pass a sibling's PeerPresent/PeerGone on to the region peers watching us (unless the
+        key is also connected here, which they know from us directly)."""
+        local = self._clients.get(key)
+        if local is not None and not local.can_mesh:
+            return
+        for w in self._watchers:
+            if not w.sibling:
+                w.outbox.put_control(frame)
 
     def _notify_senders(self, senders: Iterable[bytes], frame: bytes) -> None:
         for k in senders:
@@ -769,10 +906,13 @@ class DerpServer:
         return {
             "clients": sum(1 for c in self._all if not c.can_mesh),
             "unique_client_keys": sum(1 for k, c in self._clients.items() if not c.can_mesh),
-            "mesh_peers_inbound": sum(1 for c in self._all if c.can_mesh),
-            "mesh_links_connected": sum(1 for l in self._links if l.connected),
-            "mesh_links": len(self._links),
-            "remote_keys": len(self._remote),
+            "mesh_peers_inbound": sum(1 for c in self._all if c.can_mesh and not c.sibling),
+            "mesh_links_connected": sum(1 for l in self._links if l.connected and not l.sibling),
+            "mesh_links": sum(1 for l in self._links if not l.sibling),
+            "remote_keys": sum(1 for l in self._remote.values() if not l.sibling),
+            "sibling_links_connected": sum(1 for l in self._links if l.connected and l.sibling),
+            "sibling_links": sum(1 for l in self._links if l.sibling),
+            "sibling_keys": sum(1 for l in self._remote.values() if l.sibling),
             "watchers": len(self._watchers),
             "home_clients": s.home_clients,
             "accepted_total": s.accepted,
@@ -783,6 +923,8 @@ class DerpServer:
             "bytes_relayed": s.bytes_relayed,
             "packets_forwarded_out": s.packets_forwarded_out,
             "packets_forwarded_in": s.packets_forwarded_in,
+            "packets_to_siblings": s.packets_to_siblings,
+            "packets_from_siblings": s.packets_from_siblings,
             "writes": s.frames_written,
             "bytes_written": s.bytes_written,
             "drops": dict(s.drops),
@@ -807,24 +949,28 @@ class DerpServer:
     async def _mesh_loop(self, link: _MeshLink) -> None:
         from .client import connect_url  # client imports frames only; avoid a cycle at import
 
-        delay = MESH_RETRY_MIN
+        first, most = ((SIBLING_RETRY_MIN, SIBLING_RETRY_MAX) if link.sibling
+                       else (MESH_RETRY_MIN, MESH_RETRY_MAX))
+        delay = first
         while True:
             try:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
                     client = await connect_url(
-                        link.url, self._private, mesh_key=self._mesh_key_hex,
-                        ssl_context=self._mesh_ssl,
+                        link.url, self._private, ssl_context=self._mesh_ssl,
+                        mesh_key=self._sibling_key_hex if link.sibling else self._mesh_key_hex,
                     )
             except (OSError, DerpError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-                log.info("%s: dial failed: %r; retry in %.1f s", link, exc, delay)
+                # (Siblings start together; the first dials often come before the listen.)
+                log.log(logging.DEBUG if link.sibling else logging.INFO,
+                        "%s: dial failed: %r; retry in %.2f s", link, exc, delay)
                 await trio.sleep(delay)
-                delay = min(delay * 2, MESH_RETRY_MAX)
+                delay = min(delay * 2, most)
                 continue
-            if client.server_public == self.public_key:
+            if client.server_public == self.public_key and not link.sibling:
                 log.info("%s: that is this server; not meshing with myself", link)
                 await client.aclose()
                 return
-            delay = MESH_RETRY_MIN
+            delay = first
             link.connected = True
             link.peer_public = client.server_public
             log.info("%s: connected (peer %s)", link, _short(client.server_public))
@@ -845,11 +991,13 @@ class DerpServer:
 
     async def _mesh_writer(self, link: _MeshLink, client: "object") -> None:
         outbox = link.outbox
+        timeout = SIBLING_WRITE_TIMEOUT if link.sibling else MESH_WRITE_TIMEOUT
         while True:
             if not outbox:
                 await outbox.lot.park()
             data = outbox.take_batch()
-            with trio.fail_after(MESH_WRITE_TIMEOUT):
+            outbox.space.unpark_all()
+            with trio.fail_after(timeout):
                 await client.send_raw(data)  # type: ignore[attr-defined]
 
     async def _mesh_reader(self, link: _MeshLink, client: "object") -> None:
@@ -858,16 +1006,23 @@ class DerpServer:
             if isinstance(ev, fr.PeerPresent):
                 link.keys.add(ev.key)
                 self._remote[ev.key] = link
+                if link.sibling:
+                    link.presence[ev.key] = frame = fr.encode(ev)
+                    self._tell_region_peers(ev.key, frame)
             elif isinstance(ev, fr.PeerGone):
                 link.keys.discard(ev.key)
+                link.presence.pop(ev.key, None)
                 if self._remote.get(ev.key) is link:
                     del self._remote[ev.key]
-                    senders = self._remote_senders.pop(ev.key, ())
-                    self._notify_senders(
-                        senders, fr.encode(fr.PeerGone(ev.key, fr.PeerGoneReason.DISCONNECTED))
-                    )
+                    self._remote_gone(link, ev.key)
             elif isinstance(ev, fr.Ping):
                 await client.send(fr.Pong(ev.data))  # type: ignore[attr-defined]
+
+    def _remote_gone(self, link: _MeshLink, key: bytes) -> None:
+        frame = fr.encode(fr.PeerGone(key, fr.PeerGoneReason.DISCONNECTED))
+        self._notify_senders(self._remote_senders.pop(key, ()), frame)
+        if link.sibling:
+            self._tell_region_peers(key, frame)
 
     def _forget_link_keys(self, link: _MeshLink) -> None:
         gone = 0
@@ -875,17 +1030,30 @@ class DerpServer:
             if self._remote.get(k) is link:
                 del self._remote[k]
                 gone += 1
-                senders = self._remote_senders.pop(k, ())
-                self._notify_senders(
-                    senders, fr.encode(fr.PeerGone(k, fr.PeerGoneReason.DISCONNECTED))
-                )
+                self._remote_gone(link, k)
         link.keys.clear()
+        link.presence.clear()
         dropped = len(link.outbox.packets)
         link.outbox.packets.clear()
         link.outbox.control.clear()
+        link.outbox.space.unpark_all()
         if dropped:
             self._stats.drop("mesh_link_down", dropped)
         log.debug("%s: forgot %d remote keys", link, gone)
+
+
+def _mesh_key_hex(key: bytes | str | None) -> str | None:
+    if key is None:
+        return None
+    k = (key if isinstance(key, str) else key.hex()).strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", k):
+        raise ValueError("mesh key must be 32 bytes (64 hex characters)")
+    return k
+
+
+def _same_key(given: object, ours: str | None) -> bool:
+    return (ours is not None and isinstance(given, str)
+            and hmac.compare_digest(given.lower().encode(), ours.encode()))
 
 
 def _peer_present(c: _Conn) -> bytes:

@@ -24,6 +24,7 @@ made.
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import ssl
@@ -42,6 +43,15 @@ _READ_SIZE = 1 << 14
 IOV_MAX = 1024
 
 
+def server_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server context for the certificate chain and key files: TLS 1.2 and up, ALPN
+    http/1.1, fit for :class:`TLSStream`. Raises OSError or ssl.SSLError for bad files."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return relay_context(ctx)
+
+
 def relay_context(context: ssl.SSLContext) -> ssl.SSLContext:
     """``context`` made fit for :class:`TLSStream`: renegotiation refused (TLS 1.2).
 
@@ -51,6 +61,32 @@ def relay_context(context: ssl.SSLContext) -> ssl.SSLContext:
     """
     context.options |= ssl.OP_NO_RENEGOTIATION
     return context
+
+
+async def write_queue(direct: socket.socket, q: deque, owner: object) -> None:
+    """Send the buffers of ``q`` in order until it is empty, through ``direct`` (a
+    non-blocking socket): synchronously while the kernel takes them, else waiting for room,
+    with ``owner.blocked`` True meanwhile. Raises OSError. A checkpoint either way."""
+    waited = False
+    while q:
+        try:
+            n = direct.send(q[0]) if len(q) == 1 else direct.sendmsg(
+                list(itertools.islice(q, IOV_MAX)))
+        except BlockingIOError:
+            n = 0
+        while q and n >= len(q[0]):
+            n -= len(q.popleft())
+        if n:
+            q[0] = memoryview(q[0])[n:]
+        if q:
+            owner.blocked = True  # type: ignore[attr-defined]
+            try:
+                await trio.lowlevel.wait_writable(direct)
+            finally:
+                owner.blocked = False  # type: ignore[attr-defined]
+            waited = True
+    if not waited:
+        await trio.lowlevel.checkpoint()
 
 
 class TLSStream(trio.abc.Stream):
@@ -68,6 +104,8 @@ class TLSStream(trio.abc.Stream):
         self._sock = transport.socket
         # Ciphertext made but not yet on the wire, in order.
         self.pending: deque[bytes | memoryview] = deque()
+        # True while a send waits for the socket to take more (the peer reads slowly).
+        self.blocked = False
         self._send_lock = trio.StrictFIFOLock()
         self._recv_busy = False
         self._plain = b""  # decrypted bytes beyond what a receive_some caller asked for
@@ -175,9 +213,10 @@ class TLSStream(trio.abc.Stream):
             return chunks, True
         return chunks, False
 
-    async def receive_chunks(self) -> list[bytes]:
-        """The plaintext of the next socket read, as it came out of the TLS records (no
-        join); ``[]`` at EOF. For readers that feed a decoder chunk by chunk."""
+    async def receive_chunks(self, recv_size: int = RECV_SIZE) -> list[bytes]:
+        """The plaintext of the next socket read (of up to ``recv_size`` bytes of ciphertext),
+        as it came out of the TLS records (no join); ``[]`` at EOF. For readers that feed a
+        decoder chunk by chunk."""
         if self._plain:
             out, self._plain = [self._plain], b""
             await trio.lowlevel.checkpoint()
@@ -203,7 +242,7 @@ class TLSStream(trio.abc.Stream):
                         await trio.lowlevel.checkpoint()
                     return chunks
                 try:
-                    data = await self._sock.recv(RECV_SIZE)
+                    data = await self._sock.recv(recv_size)
                 except OSError as exc:
                     self._broken = True
                     raise trio.BrokenResourceError(exc) from exc
@@ -240,18 +279,8 @@ class TLSStream(trio.abc.Stream):
 
     async def _flush(self) -> None:
         """Send ``pending`` until it is empty. Caller holds the send lock (or is the handshake)."""
-        q = self.pending
-        sock = self._sock
         try:
-            while q:
-                if len(q) == 1:
-                    n = await sock.send(q[0])
-                else:
-                    n = await sock.sendmsg(list(q)[:IOV_MAX])
-                while q and n >= len(q[0]):
-                    n -= len(q.popleft())
-                if n:
-                    q[0] = memoryview(q[0])[n:]
+            await write_queue(self._direct_socket(), self.pending, self)
         except OSError as exc:
             self._broken = True
             raise trio.BrokenResourceError(exc) from exc

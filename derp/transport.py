@@ -1,4 +1,5 @@
-"""Small Trio stream helpers: DERP over WebSocket as a plain byte stream, peer addresses."""
+"""Small Trio stream helpers: DERP over WebSocket as a plain byte stream, connections handed
+between processes, peer addresses."""
 
 from __future__ import annotations
 
@@ -78,11 +79,39 @@ async def read_frame(stream: trio.abc.Stream, decoder: fr.FrameDecoder) -> fr.Fr
             raise ConnectionClosed("EOF during handshake")
 
 
+class HandedStream(trio.abc.HalfCloseableStream):
+    """A connection handed over by another process of the relay (a unix socket carrying it),
+    with the address of the real peer, which the socket itself cannot tell."""
+
+    def __init__(self, inner: trio.SocketStream, remote_address: tuple[str, int] | None) -> None:
+        self.inner = inner
+        self.remote_address = remote_address
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 def peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
-    """The (ip, port) of the remote end of a SocketStream, possibly under SSL/WebSocket."""
+    """The (ip, port) of the remote end of a SocketStream, possibly under SSL/WebSocket, or of
+    a HandedStream's real peer."""
     seen = 0
     while stream is not None and seen < 5:
         seen += 1
+        handed = getattr(stream, "remote_address", None)
+        if isinstance(handed, tuple):
+            return handed
         sock = getattr(stream, "socket", None)
         if sock is not None:
             try:

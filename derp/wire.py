@@ -1,13 +1,15 @@
 """How a relay connection's writer puts frames on the wire, per kind of stream.
 
-A wire has three members the relay uses:
+A wire has four members the relay uses:
 
 * ``await send_parts(parts)``: write the buffers in order (and anything ``pending`` first);
 * ``send_nowait(frame) -> bool``: write one frame now, synchronously, from another task, only
   called while the connection's writer is parked with nothing queued. False: nothing was done
   (queue it). True: the frame is the wire's; if ``pending`` is then non-empty, the writer must
   be woken to finish it;
-* ``pending``: bytes already committed to the wire that must go out before anything else.
+* ``pending``: bytes already committed to the wire that must go out before anything else;
+* ``blocked``: True while a send waits for the socket (the peer reads slowly), as opposed to
+  a writer that merely waits for its turn to run.
 
 Plain TCP writes the queued frames with one ``sendmsg`` (no join); :class:`~derp.tls.TLSStream`
 is itself a wire (it encrypts a batch into full records); any other stream (WebSocket, a
@@ -23,11 +25,12 @@ from typing import Protocol
 
 import trio
 
-from .tls import IOV_MAX, TLSStream
+from .tls import TLSStream, write_queue
 
 
 class Wire(Protocol):
     pending: deque
+    blocked: bool
 
     def send_nowait(self, frame: bytes | bytearray) -> bool: ...
 
@@ -39,14 +42,14 @@ class Wire(Protocol):
 class PlainWire:
     """A plain TCP connection: buffers go to the kernel as they are."""
 
-    __slots__ = ("sock", "direct", "pending")
+    __slots__ = ("direct", "pending", "blocked")
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        self.sock = stream.socket
         # The same connection as a stdlib socket (own fd), for synchronous sends.
-        self.direct = socket.socket(fileno=os.dup(self.sock.fileno()))
+        self.direct = socket.socket(fileno=os.dup(stream.socket.fileno()))
         self.direct.setblocking(False)
-        self.pending: deque[memoryview] = deque()
+        self.pending: deque = deque()
+        self.blocked = False
 
     def send_nowait(self, frame: bytes | bytearray) -> bool:
         if self.pending:
@@ -62,10 +65,8 @@ class PlainWire:
         return True
 
     async def send_parts(self, parts: list) -> None:
-        if self.pending:
-            parts = [*self.pending, *parts]
-            self.pending.clear()
-        await sendmsg_all(self.sock, parts)
+        self.pending.extend(parts)
+        await write_queue(self.direct, self.pending, self)
 
     def close(self) -> None:
         self.direct.close()
@@ -74,17 +75,24 @@ class PlainWire:
 class StreamWire:
     """Any other stream: one joined write per batch, no synchronous sends."""
 
-    __slots__ = ("stream", "pending")
+    __slots__ = ("stream", "pending", "blocked")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.pending: deque = deque()
+        self.blocked = False
 
     def send_nowait(self, frame: bytes | bytearray) -> bool:
         return False
 
     async def send_parts(self, parts: list) -> None:
-        await self.stream.send_all(parts[0] if len(parts) == 1 else b"".join(parts))
+        # Whether the stream waits for its peer or just for its turn is not known: call it
+        # blocked, so that nobody waits on it.
+        self.blocked = True
+        try:
+            await self.stream.send_all(parts[0] if len(parts) == 1 else b"".join(parts))
+        finally:
+            self.blocked = False
 
     def close(self) -> None:
         pass
@@ -101,6 +109,10 @@ class _TLSWire:
         self.send_nowait = stream.send_nowait
         self.send_parts = stream.send_parts
 
+    @property
+    def blocked(self) -> bool:
+        return self.stream.blocked
+
     def close(self) -> None:
         pass
 
@@ -113,17 +125,3 @@ def wire_for(stream: trio.abc.Stream) -> Wire:
         return _TLSWire(stream)
     return StreamWire(stream)
 
-
-async def sendmsg_all(sock: trio.socket.SocketType, parts: list) -> None:
-    """Write every buffer of ``parts`` in order, resuming after short writes."""
-    while parts:
-        sent = await sock.sendmsg(parts[:IOV_MAX])
-        i = 0
-        while i < len(parts) and sent >= len(parts[i]):
-            sent -= len(parts[i])
-            i += 1
-        if i == len(parts):
-            return
-        parts = parts[i:]
-        if sent:
-            parts[0] = memoryview(parts[0])[sent:]
