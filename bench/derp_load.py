@@ -272,8 +272,7 @@ def _start(target: Target, tmp: str, cert: str, key: str, profile: str) -> None:
         cmd = [sys.executable, *prof, "-m", "derp", "-a", "127.0.0.1:%d" % target.port,
                "--no-stun", "--key-file", os.path.join(tmp, "k"), "--log-level", "WARNING"]
         cmd += ["--cert", cert, "--key", key] if target.tls else ["--plain-http"]
-        if target.workers != 1:
-            cmd += ["--workers", str(target.workers)]
+        cmd += ["--workers", str(target.workers)]
     target.proc = subprocess.Popen(cmd)
 
 
@@ -373,8 +372,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--clients", type=_list, default=[2, 100, 1000])
     p.add_argument("--transports", type=lambda s: s.split(","), default=["plain", "tls"],
                    help="plain, tls or both (comma-separated)")
-    p.add_argument("--workers", type=_list, default=[1],
-                   help="relay worker processes, one relay per value (comma-separated)")
+    p.add_argument("--workers", type=_list, default=sorted({1, 2, os.cpu_count() or 1}),
+                   help="relay worker processes, one relay per value (comma-separated; "
+                        "default 1, 2 and one per core)")
     p.add_argument("--size", type=int, default=1200, help="packet payload bytes")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--interval", type=float, default=0.1,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from functools import partial
 import os
 import re
 import ssl
@@ -20,6 +21,8 @@ from .httpd import serve_http
 from .keys import load_or_create_private_key
 from .server import DerpServer
 from .stun import StunStats, serve_stun
+from .tls import server_context
+from .workers import MAX_DEFAULT_WORKERS, WorkerPool, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,9 @@ def build_parser(prog: str = "python -m derp") -> argparse.ArgumentParser:
     p.add_argument("--mesh-with", default="",
                    help="comma-separated URLs of the other DERP servers of the region")
     p.add_argument("--mesh-ca", default="", help="CA bundle to verify mesh peers' certificates")
+    p.add_argument("--workers", type=int, default=0,
+                   help="relay worker processes (default 0: one per core, at most %d; 1: "
+                        "all in this process)" % MAX_DEFAULT_WORKERS)
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -58,7 +64,8 @@ def _split_addr(addr: str) -> tuple[str | None, int]:
     return host, int(m.group("port"))
 
 
-def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+def _tls_files(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(certificate chain, key) files, checked by loading them; None for plain HTTP."""
     if args.plain_http:
         return None
     cert, key = args.cert, args.key
@@ -69,10 +76,11 @@ def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
         key = os.path.join(args.certdir, args.hostname + ".key")
     if not cert or not key:
         raise DerpError("TLS needs --cert/--key or --certdir/--hostname (or --plain-http)")
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
+    try:
+        server_context(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise DerpError("cannot use %s with %s: %s" % (cert, key, exc)) from None
+    return cert, key
 
 
 def _mesh_key(args: argparse.Namespace) -> str | None:
@@ -90,28 +98,50 @@ async def serve_standalone(
     """Run the standalone server described by ``argv`` until cancelled.
 
     ``task_status.started(info)`` once everything is bound; ``info`` has ``server`` (the
-    DerpServer), ``http_port``, ``stun_port`` (or None) and ``stun_stats``.
-    Raises DerpError for bad flags or key files.
+    DerpServer, or with several workers the WorkerPool), ``http_port``, ``stun_port`` (or
+    None) and ``stun_stats``. Raises DerpError for bad flags or key files.
     """
     args = build_parser().parse_args(list(argv))
     host, port = _split_addr(args.addr)
-    ctx = _tls_context(args)
+    tls = _tls_files(args)
     priv = load_or_create_private_key(args.key_file)
     mesh_with = [u.strip() for u in args.mesh_with.split(",") if u.strip()]
-    mesh_ssl = None
-    if args.mesh_ca:
-        mesh_ssl = ssl.create_default_context(cafile=args.mesh_ca)
-    server = DerpServer(priv, mesh_key=_mesh_key(args), mesh_with=mesh_with,
-                        mesh_ssl_context=mesh_ssl)
+    if args.workers < 0:
+        raise DerpError("--workers must be 0 (one per core) or more")
+    workers = args.workers or default_workers()
+    server: DerpServer | WorkerPool
+    try:
+        if workers > 1:
+            server = WorkerPool(priv, workers=workers, mesh_key=_mesh_key(args),
+                                mesh_with=mesh_with, mesh_ca=args.mesh_ca or None,
+                                certificate=tls, log_level=args.log_level)
+        else:
+            mesh_ssl = ssl.create_default_context(cafile=args.mesh_ca) if args.mesh_ca else None
+            server = DerpServer(priv, mesh_key=_mesh_key(args), mesh_with=mesh_with,
+                                mesh_ssl_context=mesh_ssl)
+    except ValueError as exc:
+        raise DerpError(str(exc)) from None
     stats = StunStats()
     async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(partial_serve(server, host, port, ctx))
+        if isinstance(server, WorkerPool):
+            # Workers before the listener: the first connections are handed over at once.
+            await nursery.start(server.run)
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            nursery.start_soon(trio.serve_listeners,
+                               partial(server.hand_raw, tls=tls is not None), listeners)
+            log.info("derp: listening on %s (%s), %d workers",
+                     [l.socket.getsockname() for l in listeners],
+                     "TLS" if tls else "plain HTTP", workers)
+        else:
+            ctx = server_context(*tls) if tls else None
+            listeners = await nursery.start(partial_serve(server, host, port, ctx))
         stun_port = None
         if not args.no_stun:
             _, stun_port = await nursery.start(
                 lambda task_status: serve_stun(host or "::", args.stun_port, stats=stats,
                                                task_status=task_status))
-        await nursery.start(server.run)
+        if isinstance(server, DerpServer):
+            await nursery.start(server.run)
         http_port = listeners[0].socket.getsockname()[1]
         log.info("derp: public key %s, http port %d, stun port %s",
                  server.public_key_hex, http_port, stun_port)

@@ -35,10 +35,11 @@ def test_key_file_created_0600_and_reloaded(tmp_path):
         parse_private_key("nodekey:" + "00" * 32)
 
 
-async def test_standalone_plain_http(nursery, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_standalone_plain_http(nursery, tmp_path, workers):
     info = await nursery.start(serve_standalone, [
         "-a", "127.0.0.1:0", "--plain-http", "--stun-port", "0",
-        "--key-file", str(tmp_path / "k"),
+        "--key-file", str(tmp_path / "k"), "--workers", workers,
     ])
     port = info["http_port"]
     a = await connect_url("http://127.0.0.1:%d" % port, fr.generate_private_key())
@@ -57,14 +58,15 @@ async def test_standalone_plain_http(nursery, tmp_path):
         assert stun.parse_binding_response(data)[2] == sock.getsockname()[1]
 
 
-async def test_standalone_tls(nursery, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_standalone_tls(nursery, tmp_path, workers):
     ca = trustme.CA()
     cert = ca.issue_cert("derp.test", "127.0.0.1")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "derp.test.crt"))
     cert.private_key_pem.write_to_path(str(tmp_path / "derp.test.key"))
     info = await nursery.start(serve_standalone, [
         "-a", "127.0.0.1:0", "--certdir", str(tmp_path), "--hostname", "derp.test",
-        "--no-stun", "--key-file", str(tmp_path / "k"),
+        "--no-stun", "--key-file", str(tmp_path / "k"), "--workers", workers,
     ])
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
@@ -77,9 +79,13 @@ async def test_standalone_tls(nursery, tmp_path):
     assert (await recv_type(a, fr.RecvPacket)).packet == b"over tls+ws"
 
 
-async def test_tls_needs_cert():
-    with pytest.raises(DerpError):
+async def test_tls_needs_cert(tmp_path):
+    with pytest.raises(DerpError, match="TLS needs"):
         await serve_standalone(["-a", "127.0.0.1:0"])
+    (tmp_path / "c.pem").write_text("not a certificate")
+    with pytest.raises(DerpError, match="cannot use"):
+        await serve_standalone(["-a", "127.0.0.1:0", "--cert", str(tmp_path / "c.pem"),
+                                "--key", str(tmp_path / "c.pem")])
 
 
 def _free_port():
