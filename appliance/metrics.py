@@ -15,6 +15,7 @@ import trio
 
 from derp.server import DerpServer
 from derp.stun import StunStats
+from derp.workers import WorkerPool
 
 from .config import split_host_port
 from .http.server import Answer, HTTPServer, text
@@ -40,6 +41,13 @@ _RELAY = {
     "packets_forwarded_out": ("trioscale_derp_packets_forwarded_out_total", "counter", "packets sent to a mesh peer"),
     "packets_forwarded_in": ("trioscale_derp_packets_forwarded_in_total", "counter", "packets received from a mesh peer"),
 }
+# WorkerPool.metrics() key → ..., when the relay runs on worker processes
+_WORKERS = {
+    "workers": ("trioscale_derp_workers", "gauge", "relay worker processes up"),
+    "worker_restarts": ("trioscale_derp_worker_restarts_total", "counter", "relay workers started again after they died"),
+    "packets_to_siblings": ("trioscale_derp_packets_between_workers_total", "counter",
+                            "packets passed from one relay worker to another"),
+}
 
 
 @dataclass
@@ -49,7 +57,7 @@ class Sources:
     nodes: Callable[[], int]
     online_nodes: Callable[[], int]
     noise_connections: Callable[[], int]
-    relay: DerpServer | None = None
+    relay: DerpServer | WorkerPool | None = None
     stun: StunStats | None = None
 
 
@@ -76,6 +84,9 @@ def render(src: Sources) -> str:
         m = src.relay.metrics()
         for key, (name, kind, help_) in _RELAY.items():
             _metric(out, name, kind, help_, [("", int(m.get(key, 0)))])  # type: ignore[arg-type]
+        if isinstance(src.relay, WorkerPool):
+            for key, (name, kind, help_) in _WORKERS.items():
+                _metric(out, name, kind, help_, [("", int(m.get(key, 0)))])  # type: ignore[arg-type]
         drops = m.get("drops") or {}
         _metric(out, "trioscale_derp_dropped_total", "counter", "packets the relay dropped, by reason",
                 [(_label("reason", str(r)), n) for r, n in sorted(drops.items())])  # type: ignore[union-attr]
@@ -97,6 +108,8 @@ def metrics_server(src: Sources) -> HTTPServer:
             return None
         if req.method != b"GET":
             return text(405, "GET only\n")
+        if isinstance(src.relay, WorkerPool):  # ask the worker processes for fresh counters
+            await src.relay.refresh_metrics()
         return 200, [("content-type", CONTENT_TYPE)], render(src).encode()
 
     server.plain_routes.append(route)

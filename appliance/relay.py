@@ -1,7 +1,10 @@
 """The embedded DERP relay and STUN responder, and the DERP map clients are given.
 
 The relay shares the front door's listener (``/derp`` and its side endpoints); STUN gets its
-own UDP socket. The DERP map is, as in Headscale, the regions of the files in ``derp.paths``,
+own UDP socket. With ``derp.server.workers`` above 1 the relay runs in worker processes
+(derp.workers): a plain connection's ``/derp`` upgrade is handed to one by the front door, and
+with TLS every connection is (TLS is then done by the workers, which pass whatever is not DERP
+back to the front door here; acme-tls/1 validations never leave this process). The DERP map is, as in Headscale, the regions of the files in ``derp.paths``,
 then those of the maps at ``derp.urls`` (a later source wins for a region ID), then the
 embedded region (when on). With ``derp.auto_update_enabled`` the sources are read again every
 ``derp.update_frequency``; a changed map goes to every open map stream as a delta that carries
@@ -11,18 +14,25 @@ only the new DERPMap.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import ssl
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 import h11
 import trio
 import yaml
 
+import autocert
+from autocert.acceptor import ReplayStream
+from autocert.clienthello import ClientHelloReader
+from autocert.tlsconfig import ACME_TLS_ALPN, cert_info, split_pem_chain
 from derp.server import DerpServer
 from derp.stun import StunStats, serve_stun
+from derp.workers import WorkerPool, default_workers
 
 from .config import Config, ConfigError, split_host_port
 from .config.yamlfile import BoundedComposer
@@ -32,8 +42,23 @@ from .tailnet.model import Tailnet
 
 log = logging.getLogger(__name__)
 
+Relay = DerpServer | WorkerPool
+Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
-def make_relay(cfg: Config, tailnet: Tailnet) -> DerpServer:
+# A client gets this long to send its ClientHello before its connection is handed over.
+HELLO_TIMEOUT = 10.0
+# While the certificate files do not hold the served certificate, look again this often.
+FILES_RECHECK = 1.0
+
+
+def relay_workers(cfg: Config) -> int:
+    """Worker processes for the relay: ``derp.server.workers``, or one per core."""
+    return cfg.derp.workers or default_workers()
+
+
+def make_relay(cfg: Config, tailnet: Tailnet, front_door: Handler | None = None) -> Relay:
+    """The embedded relay: a DerpServer, or with several workers a WorkerPool whose workers
+    give back to ``front_door`` the connections that are not DERP. Raises ConfigError."""
     key = load_or_create_private_key(cfg.derp.private_key_path)
     if urlsplit(cfg.server_url).scheme != "https":
         # Clients dial DERP over TLS only (TS_DEBUG_USE_DERP_HTTP=1 aside).
@@ -50,7 +75,16 @@ def make_relay(cfg: Config, tailnet: Tailnet) -> DerpServer:
         n = tailnet.node_by_key("nodekey:" + node_public.hex())
         return n is not None and not tailnet.is_expired(n)
 
+    workers = relay_workers(cfg)
     try:
+        if workers > 1:
+            if front_door is None:
+                raise ValueError("a relay on workers needs the front door")
+            return WorkerPool(
+                key, workers=workers, verify_client=verify if cfg.derp.verify_clients else None,
+                mesh_key=mesh_key, mesh_with=cfg.derp.mesh_with, front="proxy",
+                on_proxy=front_door, log_level=cfg.log.level,
+            )
         return DerpServer(
             key, verify_client=verify if cfg.derp.verify_clients else None,
             mesh_key=mesh_key, mesh_with=cfg.derp.mesh_with,
@@ -59,7 +93,90 @@ def make_relay(cfg: Config, tailnet: Tailnet) -> DerpServer:
         raise ConfigError(f"derp.server.mesh_key_path: {e}", key="derp.server.mesh_key_path") from None
 
 
-def relay_routes(relay: DerpServer):
+async def start_relay(cfg: Config, relay: Relay, certs: object, public: Handler,
+                      nursery: trio.Nursery) -> Handler:
+    """Start ``relay`` in ``nursery`` and return the main listener's connection handler:
+    ``public`` (the front door, behind TLS when there is TLS), or for workers with TLS one that
+    hands every connection to them.
+
+    Call it after the certificates were loaded and before the listener opens. It does not wait
+    for the workers to be up (a connection waits for one instead): an ACME validation may come
+    as soon as the certificate manager runs, and the listener must be there to answer it.
+    """
+    nursery.start_soon(relay.run)
+    if isinstance(relay, DerpServer) or certs is None:
+        return public  # plain HTTP: the front door hands /derp upgrades over (relay_routes)
+    return _tls_to_workers(cfg, certs, relay, public)
+
+
+def _certificate_files(cfg: Config, certs: object) -> tuple[str, str]:
+    if isinstance(certs, autocert.StaticCertificate):
+        return certs.cert_path, certs.key_path
+    assert isinstance(certs, autocert.CertManager)
+    # The manager's cache layout (autocert/cache.py): <hostname>.crt and <hostname>.key.
+    base = os.path.join(cfg.tls.letsencrypt_cache_dir, certs.hostname)
+    return base + ".crt", base + ".key"
+
+
+def _file_serial(path: str) -> str | None:
+    """The serial (hex, as status() gives it) of the leaf in a chain file; None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return format(cert_info(split_pem_chain(f.read())[0]).serial, "x")
+    except (OSError, autocert.CertificateError):
+        return None
+
+
+def _tls_to_workers(cfg: Config, certs, relay: WorkerPool, public: Handler) -> Handler:
+    # The certificate context the workers were last given, and when the files were last found
+    # not to hold the served certificate.
+    given: list = [None, -math.inf]
+
+    async def hand_over(tcp: trio.abc.Stream) -> None:
+        # The ClientHello says whether this is an acme-tls/1 validation, which the certificate
+        # manager here answers; everything else is the workers' (TLS and all).
+        reader = ClientHelloReader()
+        hello = None
+        try:
+            with trio.fail_after(HELLO_TIMEOUT):
+                while hello is None:
+                    data = await tcp.receive_some(4096)
+                    if not data:
+                        raise autocert.ClientHelloError("closed before a ClientHello")
+                    hello = reader.receive_data(data)
+        except (autocert.ClientHelloError, trio.TooSlowError, trio.BrokenResourceError,
+                trio.ClosedResourceError, OSError) as e:
+            log.debug("tls: no usable ClientHello: %r", e)
+            await trio.aclose_forcefully(tcp)
+            return
+        if ACME_TLS_ALPN in hello.alpn_protocols and certs.challenge_context(hello.server_name):
+            await public(ReplayStream(reader.data, tcp))
+            return
+        ctx = certs.current_context()
+        if ctx is None:
+            log.warning("tls: no certificate yet for %s; closing", hello.server_name)
+            await trio.aclose_forcefully(tcp)
+            return
+        if ctx is not given[0] and trio.current_time() - given[1] > FILES_RECHECK:
+            # New (first, or renewed). The workers load it from the files, which the manager
+            # writes just after it starts serving a new one: only once they hold it.
+            files = _certificate_files(cfg, certs)
+            if await trio.to_thread.run_sync(_file_serial, files[0]) == certs.status()["serial"]:
+                given[0] = ctx
+                # Loaded before this connection reaches them: the same channel, in order.
+                await relay.set_certificate(*files)
+            else:
+                given[1] = trio.current_time()
+        if ctx is not given[0]:
+            # Meanwhile this process does TLS (what is not DERP is served; /derp fails once).
+            await public(ReplayStream(reader.data, tcp))
+            return
+        await relay.hand_raw(tcp, reader.data, tls=True)  # type: ignore[arg-type]
+
+    return hand_over
+
+
+def relay_routes(relay: Relay):
     """(plain route, upgrade route) for the front door."""
 
     async def plain(req: h11.Request, body: bytes) -> Answer | None:

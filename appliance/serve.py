@@ -28,7 +28,7 @@ from .keys import load_or_create_private_key
 from derp.stun import StunStats
 
 from .metrics import Sources, serve_metrics
-from .relay import DerpMapSource, make_relay, relay_routes, run_stun
+from .relay import DerpMapSource, make_relay, relay_routes, run_stun, start_relay
 from .storage import Store
 from .tailnet.haprobe import HAProber
 from .tailnet.housekeeping import run_housekeeping
@@ -116,7 +116,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         front.plain_routes.append(login_page_route(control))
         relay = None
         if cfg.derp.server_enabled:
-            relay = make_relay(cfg, tailnet)
+            relay = make_relay(cfg, tailnet, front.handle)
             derp_plain, derp_upgrade = relay_routes(relay)
             front.plain_routes.append(derp_plain)
             front.upgrade_routes["/derp"] = derp_upgrade
@@ -134,6 +134,8 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             await nursery.start(api.run)  # API keys and settings stored through the API
             # Certificates before listeners: a cached one is served from the first connection.
             public = await start_tls(cfg, certs, nursery, front.handle)
+            if relay is not None:  # and the relay's workers, which may take the connections
+                public = await start_relay(cfg, relay, certs, public, nursery)
             # Caps before TLS: a refused connection costs no handshake.
             gate = ConnectionGate(cfg.limits.max_connections, cfg.limits.max_connections_per_source,
                                   exempt=cfg.trusted_proxies)
@@ -153,7 +155,6 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             await nursery.start(dns.watch)
             dns_port = await nursery.start(zone.run) if zone is not None else None
             if relay is not None:
-                nursery.start_soon(relay.run)
                 if cfg.derp.stun_listen_addr:
                     await nursery.start(run_stun, cfg, stun_stats)
             metrics_port = None

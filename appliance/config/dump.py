@@ -49,6 +49,7 @@ def config_to_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
                 "ipv6": cfg.derp.ipv6 or "",
                 "mesh_key_path": str(cfg.derp.mesh_key_path) if cfg.derp.mesh_key_path else "",
                 "mesh_with": list(cfg.derp.mesh_with),
+                "workers": cfg.derp.workers,
             },
             "urls": list(cfg.derp.urls),
             "paths": [str(p) for p in cfg.derp.paths],

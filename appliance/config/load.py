@@ -610,7 +610,19 @@ def _derp(r: _Reader, data_dir: Path) -> DERPSettings:
         update_frequency=r.get("derp.update_frequency", _update_frequency, timedelta(hours=3)),
         mesh_key_path=mesh_key_path,
         mesh_with=mesh_with,
+        workers=r.get("derp.server.workers", _workers, 0),
     )
+
+
+# More relay workers than this is a typo, not a machine.
+MAX_WORKERS = 64
+
+
+def _workers(value: object, key: str) -> int:
+    n = v.parse_int(value, key, minimum=0)
+    if n > MAX_WORKERS:
+        raise ConfigError(f"{key}: at most {MAX_WORKERS} (0 means one per core)", key=key)
+    return n
 
 
 def _update_frequency(value: object, key: str) -> timedelta:

@@ -114,6 +114,8 @@ class DERPSettings:
     # key file (64 hex) and the URLs of the other DERP servers of the embedded region.
     mesh_key_path: Path | None = None
     mesh_with: tuple[str, ...] = ()
+    # trioscale's own: relay worker processes; 0 = one per core (at most 8), 1 = in process.
+    workers: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,7 @@ MAIN_KEYS: frozenset[str] = frozenset(
         "derp.server.automatically_add_embedded_derp_region",
         "derp.server.mesh_key_path",  # ours, not Headscale's
         "derp.server.mesh_with",  # ours, not Headscale's
+        "derp.server.workers",  # ours, not Headscale's
         "derp.urls",
         "derp.paths",
         "derp.auto_update_enabled",

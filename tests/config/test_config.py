@@ -575,6 +575,14 @@ def test_embedded_derp_without_auto_region_needs_paths():
     assert cfg.derp.paths == (Path("/etc/derp.yaml"),)
 
 
+def test_relay_workers_default_to_one_per_core_and_are_bounded():
+    assert build(None).derp.workers == 0  # resolved by appliance.relay.relay_workers
+    assert build({"derp": {"server": {"workers": 3}}}).derp.workers == 3
+    for bad in (-1, 65, "two", True):
+        with pytest.raises(ConfigError, match=r"^derp\.server\.workers: "):
+            build({"derp": {"server": {"workers": bad}}})
+
+
 def test_no_derp_at_all_warns(caplog):
     build({"derp": {"server": {"enabled": False}}})
     assert any("no DERP servers" in w for w in config_warnings(caplog))

@@ -1,7 +1,9 @@
 """Issue 3's bar, against the official tailscaled 1.96.4: with every node forced onto DERP
 (TS_DEBUG_ALWAYS_USE_DERP=1) and the server on https with a CA made at run time, the embedded
 relay carries the tailnet; STUN answers netcheck; unknown keys are refused; the DERP map follows
-its sources."""
+its sources. The relay runs on two worker processes (issue 14), so TLS, DERP and the control
+traffic they pass back all take the worker path; tests/unit/test_tls_relay.py covers the
+relay in one process."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 from .harness import REPO, Node, Server, make_certs, random_blob, serve_files, socks_fetch, wait_until
 
 PORT = 8443
+WORKERS = 2
 MAP_PORT = 8444  # the stand-in for a remote DERP map (derp.urls)
 REGION = {"id": 950, "code": "tsint", "name": "Trioscale Integration"}
 EXTRA_REGION = {  # from derp.urls; never measured nor chosen, so clients do not dial it
@@ -43,7 +46,7 @@ def tailnet(netns, client_binaries, tmp_path_factory):
             "server": {
                 "enabled": True, "stun_listen_addr": "127.0.0.1:3478", "verify_clients": True,
                 "region_id": REGION["id"], "region_code": REGION["code"], "region_name": REGION["name"],
-                "ipv4": "127.0.0.1",
+                "ipv4": "127.0.0.1", "workers": WORKERS,
             },
             "urls": [f"https://127.0.0.1:{MAP_PORT}/map.json"],
             "auto_update_enabled": True,
@@ -102,6 +105,7 @@ def test_ping_goes_through_the_embedded_relay_over_tls(tailnet):
     m = metrics(tailnet["nodes"]["alpha"].ns)
     assert m["trioscale_derp_clients"] == 2
     assert m["trioscale_derp_packets_relayed_total"] > 0
+    assert m["trioscale_derp_workers"] == WORKERS
     # The server really serves TLS: the clients reached it only through https.
     assert tailnet["server"].url.startswith("https://")
 

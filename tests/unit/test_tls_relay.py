@@ -21,7 +21,7 @@ from appliance.relay import DerpMapSource
 from appliance.serve import serve
 from appliance.tailnet.changes import ChangeBus, Pending
 from derp import frames as fr
-from derp.client import connect_url
+from derp.client import connect, connect_url
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,9 +84,12 @@ async def http_get(stream: trio.abc.Stream, path: str, host: str = "127.0.0.1") 
             return status, body
 
 
-async def test_control_and_derp_share_the_tls_listener(tmp_path, certs, ca):
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_control_and_derp_share_the_tls_listener(tmp_path, certs, ca, workers):
     cert, key = certs
-    cfg = make_cfg(tmp_path, tls_cert_path=str(cert), tls_key_path=str(key), metrics_listen_addr="127.0.0.1:0")
+    cfg = make_cfg(tmp_path, tls_cert_path=str(cert), tls_key_path=str(key), metrics_listen_addr="127.0.0.1:0",
+                   derp={"server": {"enabled": True, "stun_listen_addr": "127.0.0.1:0", "verify_clients": False,
+                                    "workers": workers}})
     async with trio.open_nursery() as nursery:
         with trio.fail_after(20):
             running = await nursery.start(serve, cfg)
@@ -138,6 +141,67 @@ async def test_control_and_derp_share_the_tls_listener(tmp_path, certs, ca):
                 assert "trioscale_nodes 0\n" in text
                 assert "# TYPE trioscale_derp_packets_relayed_total counter" in text
                 assert "trioscale_stun_requests_total 0\n" in text
+                assert ("trioscale_derp_workers 2\n" in text) == (workers == 2)
+        nursery.cancel_scope.cancel()
+
+
+async def test_with_workers_a_keep_alive_connection_can_go_from_control_to_derp(tmp_path, certs, ca):
+    """With workers, TLS is done in a worker; a first request that is not DERP goes back to
+    the front door here (which sees the client's own address), and a DERP upgrade later on the
+    same connection is handed to a worker again, under the first one's TLS."""
+    cert, key = certs
+    cfg = make_cfg(tmp_path, tls_cert_path=str(cert), tls_key_path=str(key), metrics_listen_addr="127.0.0.1:0",
+                   derp={"server": {"enabled": True, "stun_listen_addr": "127.0.0.1:0", "verify_clients": False,
+                                    "workers": 2}})
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(20):
+            running = await nursery.start(serve, cfg)
+            port = running.ports[0]
+            tcp = await trio.open_tcp_stream("127.0.0.1", port)
+            tls = trio.SSLStream(tcp, client_ctx(ca), server_hostname="127.0.0.1", https_compatible=True)
+            conn = h11.Connection(h11.CLIENT)
+            await tls.send_all(conn.send(h11.Request(method="GET", target="/key?v=130",
+                                                     headers=[("host", "127.0.0.1")]))
+                               + conn.send(h11.EndOfMessage()))
+            body = b""
+            while True:
+                ev = conn.next_event()
+                if ev is h11.NEED_DATA:
+                    conn.receive_data(await tls.receive_some(65536))
+                elif isinstance(ev, h11.Data):
+                    body += ev.data
+                elif isinstance(ev, h11.EndOfMessage):
+                    break
+            assert json.loads(body)["publicKey"].startswith("mkey:")
+            first = await connect(tls, fr.generate_private_key(), host="127.0.0.1")
+            second = await connect_url(f"https://127.0.0.1:{port}", fr.generate_private_key(),
+                                       ssl_context=client_ctx(ca))
+            await first.send_packet(second.public_key, b"after a control request")
+            while not isinstance(ev := await second.receive(), fr.RecvPacket):
+                pass
+            assert ev == fr.RecvPacket(first.public_key, b"after a control request")
+            mtcp = await trio.open_tcp_stream("127.0.0.1", running.metrics_port)
+            status, text = await http_get(mtcp, "/metrics")
+            assert b"trioscale_derp_clients 2\n" in text and b"trioscale_derp_workers 2\n" in text
+        nursery.cancel_scope.cancel()
+
+
+async def test_plain_http_derp_upgrades_are_handed_to_workers(tmp_path):
+    """Without TLS the front door reads the request and hands a /derp upgrade to a worker."""
+    cfg = make_cfg(tmp_path, server_url="http://127.0.0.1:0",
+                   derp={"server": {"enabled": True, "stun_listen_addr": "127.0.0.1:0", "verify_clients": False,
+                                    "workers": 2}})
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(20):
+            running = await nursery.start(serve, cfg)
+            url = f"http://127.0.0.1:{running.ports[0]}"
+            a = await connect_url(url, fr.generate_private_key())
+            b = await connect_url(url, fr.generate_private_key(), websocket=True)
+            assert a.server_public == b.server_public
+            await b.send_packet(a.public_key, b"plain, over websocket, across workers")
+            while not isinstance(ev := await a.receive(), fr.RecvPacket):
+                pass
+            assert ev.packet == b"plain, over websocket, across workers"
         nursery.cancel_scope.cancel()
 
 
