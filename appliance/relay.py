@@ -1,10 +1,12 @@
 """The embedded DERP relay and STUN responder, and the DERP map clients are given.
 
 The relay shares the front door's listener (``/derp`` and its side endpoints); STUN gets its
-own UDP socket. With ``derp.server.workers`` above 1 the relay runs in worker processes
-(derp.workers): a plain connection's ``/derp`` upgrade is handed to one by the front door, and
-with TLS every connection is (TLS is then done by the workers, which pass whatever is not DERP
-back to the front door here; acme-tls/1 validations never leave this process). The DERP map is, as in Headscale, the regions of the files in ``derp.paths``,
+own UDP socket. TLS on that listener is the relay's TLSStream (batched records, see
+derp/tls.py) when the relay is on. With ``derp.server.workers`` above 1 the relay runs in
+worker processes (derp.workers): a plain connection's ``/derp`` upgrade is handed to one by the
+front door, and with TLS every connection is (TLS is then done by the workers, which pass
+whatever is not DERP back to the front door here; acme-tls/1 validations never leave this
+process). The DERP map is, as in Headscale, the regions of the files in ``derp.paths``,
 then those of the maps at ``derp.urls`` (a later source wins for a region ID), then the
 embedded region (when on). With ``derp.auto_update_enabled`` the sources are read again every
 ``derp.update_frequency``; a changed map goes to every open map stream as a delta that carries
@@ -32,6 +34,7 @@ from autocert.clienthello import ClientHelloReader
 from autocert.tlsconfig import ACME_TLS_ALPN, cert_info, split_pem_chain
 from derp.server import DerpServer
 from derp.stun import StunStats, serve_stun
+from derp.tls import TLSStream, relay_context
 from derp.workers import WorkerPool, default_workers
 
 from .config import Config, ConfigError, split_host_port
@@ -94,19 +97,21 @@ def make_relay(cfg: Config, tailnet: Tailnet, front_door: Handler | None = None)
 
 
 async def start_relay(cfg: Config, relay: Relay, certs: object, public: Handler,
-                      nursery: trio.Nursery) -> Handler:
-    """Start ``relay`` in ``nursery`` and return the main listener's connection handler:
-    ``public`` (the front door, behind TLS when there is TLS), or for workers with TLS one that
-    hands every connection to them.
+                      front_door: Handler, nursery: trio.Nursery) -> Handler:
+    """Start ``relay`` in ``nursery`` and return the main listener's connection handler.
+
+    Without TLS that is ``public`` (the front door), which hands /derp upgrades over to the
+    relay (relay_routes). With TLS it is :func:`_tls_front`'s: TLS for the relay's own batched
+    TLSStream instead of trio.SSLStream, in a worker or here.
 
     Call it after the certificates were loaded and before the listener opens. It does not wait
     for the workers to be up (a connection waits for one instead): an ACME validation may come
     as soon as the certificate manager runs, and the listener must be there to answer it.
     """
     nursery.start_soon(relay.run)
-    if isinstance(relay, DerpServer) or certs is None:
-        return public  # plain HTTP: the front door hands /derp upgrades over (relay_routes)
-    return _tls_to_workers(cfg, certs, relay, public)
+    if certs is None:
+        return public
+    return _tls_front(cfg, certs, relay, public, front_door)
 
 
 def _certificate_files(cfg: Config, certs: object) -> tuple[str, str]:
@@ -127,18 +132,35 @@ def _file_serial(path: str) -> str | None:
         return None
 
 
-def _tls_to_workers(cfg: Config, certs, relay: WorkerPool, public: Handler) -> Handler:
+def _tls_front(cfg: Config, certs, relay: Relay, public: Handler, front_door: Handler) -> Handler:
+    """The main listener's handler with TLS: read the ClientHello; an acme-tls/1 validation
+    goes to ``public`` (the certificate manager answers it); any other connection goes to a
+    worker, TLS and all, or with the relay in this process is terminated here with a TLSStream
+    and served by ``front_door`` (DERP sessions then write batched TLS records, as in a worker).
+    """
     # The certificate context the workers were last given, and when the files were last found
     # not to hold the served certificate.
     given: list = [None, -math.inf]
 
-    async def hand_over(tcp: trio.abc.Stream) -> None:
-        # The ClientHello says whether this is an acme-tls/1 validation, which the certificate
-        # manager here answers; everything else is the workers' (TLS and all).
+    async def workers_hold(ctx: ssl.SSLContext) -> bool:
+        if ctx is not given[0] and trio.current_time() - given[1] > FILES_RECHECK:
+            # New (first, or renewed). The workers load it from the files, which the manager
+            # writes just after it starts serving a new one: only once they hold it.
+            files = _certificate_files(cfg, certs)
+            if await trio.to_thread.run_sync(_file_serial, files[0]) == certs.status()["serial"]:
+                given[0] = ctx
+                # Loaded before any connection handed after this: the same channel, in order.
+                await relay.set_certificate(*files)  # type: ignore[union-attr]
+            else:
+                given[1] = trio.current_time()
+        return ctx is given[0]
+
+    async def serve_tls(tcp: trio.abc.Stream) -> None:
         reader = ClientHelloReader()
         hello = None
+        deadline = trio.current_time() + HELLO_TIMEOUT  # for the ClientHello and the handshake
         try:
-            with trio.fail_after(HELLO_TIMEOUT):
+            with trio.fail_at(deadline):
                 while hello is None:
                     data = await tcp.receive_some(4096)
                     if not data:
@@ -157,23 +179,20 @@ def _tls_to_workers(cfg: Config, certs, relay: WorkerPool, public: Handler) -> H
             log.warning("tls: no certificate yet for %s; closing", hello.server_name)
             await trio.aclose_forcefully(tcp)
             return
-        if ctx is not given[0] and trio.current_time() - given[1] > FILES_RECHECK:
-            # New (first, or renewed). The workers load it from the files, which the manager
-            # writes just after it starts serving a new one: only once they hold it.
-            files = _certificate_files(cfg, certs)
-            if await trio.to_thread.run_sync(_file_serial, files[0]) == certs.status()["serial"]:
-                given[0] = ctx
-                # Loaded before this connection reaches them: the same channel, in order.
-                await relay.set_certificate(*files)
-            else:
-                given[1] = trio.current_time()
-        if ctx is not given[0]:
-            # Meanwhile this process does TLS (what is not DERP is served; /derp fails once).
-            await public(ReplayStream(reader.data, tcp))
+        if isinstance(relay, WorkerPool) and await workers_hold(ctx):
+            await relay.hand_raw(tcp, reader.data, tls=True)  # type: ignore[arg-type]
             return
-        await relay.hand_raw(tcp, reader.data, tls=True)  # type: ignore[arg-type]
+        # Here (meanwhile, with workers: what is not DERP is served, a /derp upgrade fails).
+        try:
+            with trio.fail_at(deadline):
+                stream = await TLSStream.accept(tcp, relay_context(ctx),  # type: ignore[arg-type]
+                                                prefix=reader.data)
+        except (trio.BrokenResourceError, trio.TooSlowError) as e:
+            log.debug("tls: handshake failed: %r", e)
+            return  # (accept closed tcp)
+        await front_door(stream)
 
-    return hand_over
+    return serve_tls
 
 
 def relay_routes(relay: Relay):

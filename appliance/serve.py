@@ -135,7 +135,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             # Certificates before listeners: a cached one is served from the first connection.
             public = await start_tls(cfg, certs, nursery, front.handle)
             if relay is not None:  # and the relay's workers, which may take the connections
-                public = await start_relay(cfg, relay, certs, public, nursery)
+                public = await start_relay(cfg, relay, certs, public, front.handle, nursery)
             # Caps before TLS: a refused connection costs no handshake.
             gate = ConnectionGate(cfg.limits.max_connections, cfg.limits.max_connections_per_source,
                                   exempt=cfg.trusted_proxies)
