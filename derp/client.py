@@ -16,6 +16,7 @@ import trio
 
 from . import frames as fr
 from .errors import ConnectionClosed, HandshakeError, ProtocolError
+from .tls import TLSStream
 from .transport import RECV_SIZE, WebSocketStream, read_frame
 from .websocket import accept_key
 
@@ -206,7 +207,8 @@ async def connect_url(
     port = u.port or (443 if u.scheme == "https" else 80)
     stream: trio.abc.Stream = await trio.open_tcp_stream(u.hostname, port)
     if u.scheme == "https":
+        # The relay's own TLS: a mesh link writes batches of many clients' packets.
         ctx = ssl_context or ssl.create_default_context()
-        stream = trio.SSLStream(stream, ctx, server_hostname=u.hostname, https_compatible=True)
+        stream = await TLSStream.connect(stream, ctx, server_hostname=u.hostname)
     kwargs.setdefault("host", u.hostname)
     return await connect(stream, private_key, **kwargs)

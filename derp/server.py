@@ -202,10 +202,6 @@ class _Outbox:
             parts.append(f)
         return parts, size
 
-    def take_batch(self) -> bytes:
-        """All that is queued (up to MESH_WRITE_BATCH_BYTES), joined: a mesh link's write."""
-        return b"".join(self.take_parts(MESH_WRITE_BATCH_BYTES, MESH_QUEUE_SIZE)[0])
-
     def __bool__(self) -> bool:
         return bool(self.packets or self.control)
 
@@ -477,11 +473,13 @@ class DerpServer:
             decoder.receive_data(leftover)
         conn: _Conn | None = None
         try:
-            conn = await self._handshake(cid, stream, decoder, remote)
-            if conn is None:
-                return
+            conn, server_info = await self._handshake(cid, stream, decoder, remote)
+            # Registered before the client hears it is in: from then on it is counted, and
+            # packets for it queue up (and follow the ServerInfo, since its writer starts after).
             self._register(conn)
             try:
+                with trio.fail_after(self._write_timeout):
+                    await stream.send_all(server_info)
                 with conn.scope:
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._writer, conn)
@@ -504,7 +502,8 @@ class DerpServer:
     async def _handshake(
         self, cid: str, stream: trio.abc.Stream, decoder: fr.FrameDecoder,
         remote: tuple[str, int] | None,
-    ) -> _Conn | None:
+    ) -> tuple[_Conn, bytes]:
+        """Up to the admission: the new connection, and the ServerInfo frame to send it."""
         with trio.fail_after(HANDSHAKE_TIMEOUT):
             await stream.send_all(fr.encode(fr.ServerKey(self.public_key)))
             msg = await read_frame(stream, decoder)
@@ -532,8 +531,8 @@ class DerpServer:
                 if not ok:
                     self._stats.refused += 1
                     raise ClientRefused("client %s not allowed" % _short(key))
-            reply: dict = {"version": fr.PROTOCOL_VERSION}
-            await stream.send_all(fr.encode(fr.seal_server_info(self._private, key, reply)))
+        reply: dict = {"version": fr.PROTOCOL_VERSION}
+        server_info = fr.encode(fr.seal_server_info(self._private, key, reply))
         kind = "sibling" if sibling else "mesh_peer" if can_mesh else "client"
         outbox = _Outbox(
             self._stats, self._queue_size,
@@ -542,7 +541,7 @@ class DerpServer:
         conn = _Conn(cid, key, stream, outbox, info, can_mesh, remote, sibling)
         self._stats.accepted += 1
         log.info("%s: %s %s connected from %s", cid, kind, _short(key), remote)
-        return conn
+        return conn, server_info
 
     async def _reader(self, conn: _Conn, decoder: fr.FrameDecoder) -> None:
         stream = conn.stream
@@ -990,15 +989,20 @@ class DerpServer:
             await trio.sleep(delay)
 
     async def _mesh_writer(self, link: _MeshLink, client: "object") -> None:
+        """The link's only writer once it runs (the reader's Pongs go through the outbox)."""
         outbox = link.outbox
         timeout = SIBLING_WRITE_TIMEOUT if link.sibling else MESH_WRITE_TIMEOUT
-        while True:
-            if not outbox:
-                await outbox.lot.park()
-            data = outbox.take_batch()
-            outbox.space.unpark_all()
-            with trio.fail_after(timeout):
-                await client.send_raw(data)  # type: ignore[attr-defined]
+        wire = wire_for(client.stream)  # type: ignore[attr-defined]
+        try:
+            while True:
+                if not outbox and not wire.pending:
+                    await outbox.lot.park()
+                parts, _ = outbox.take_parts(MESH_WRITE_BATCH_BYTES, MESH_QUEUE_SIZE)
+                outbox.space.unpark_all()
+                with trio.fail_after(timeout):
+                    await wire.send_parts(parts)
+        finally:
+            wire.close()
 
     async def _mesh_reader(self, link: _MeshLink, client: "object") -> None:
         while True:
@@ -1016,7 +1020,7 @@ class DerpServer:
                     del self._remote[ev.key]
                     self._remote_gone(link, ev.key)
             elif isinstance(ev, fr.Ping):
-                await client.send(fr.Pong(ev.data))  # type: ignore[attr-defined]
+                link.outbox.put_control(fr.encode(fr.Pong(ev.data)))
 
     def _remote_gone(self, link: _MeshLink, key: bytes) -> None:
         frame = fr.encode(fr.PeerGone(key, fr.PeerGoneReason.DISCONNECTED))

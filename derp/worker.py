@@ -85,29 +85,30 @@ class Worker:
             await self.chan.send(wp.Verify(rid, key.hex()))
             await slot[0].wait()  # DerpServer puts the deadline around this call
             return bool(slot[1])
+        except trio.BrokenResourceError:
+            return False  # the main process is gone; so is this worker, soon
         finally:
             del self._verdicts[rid]
 
     async def serve(self) -> None:
-        """Run until the control channel ends."""
+        """Run until the control channel ends (the main process stopped or died)."""
         listener = await _unix_listener(self.setup.listen)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.serve_listeners, partial(handle_connection, self.server),
-                               [listener])
-            await nursery.start(self.server.run)
-            nursery.start_soon(self._report_stats)
-            # Ready once linked to the siblings (they start at the same time and link within
-            # moments), so that the first clients handed over reach each other at once.
-            with trio.move_on_after(LINK_WAIT):
-                while self.server.metrics()["sibling_links_connected"] < len(self.setup.siblings):
-                    await trio.sleep(0.01)
-            await self.chan.send(wp.Ready(os.getpid()))
-            try:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, partial(handle_connection, self.server),
+                                   [listener])
+                await nursery.start(self.server.run)
+                nursery.start_soon(self._report_stats)
+                # Ready once linked to the siblings (they start at the same time and link
+                # within moments), so that the first clients handed over reach each other.
+                with trio.move_on_after(LINK_WAIT):
+                    while (self.server.metrics()["sibling_links_connected"]
+                           < len(self.setup.siblings)):
+                        await trio.sleep(0.01)
+                await self.chan.send(wp.Ready(os.getpid()))
                 await self._control_loop(nursery)
-            except ConnectionClosed:
-                log.info("%s: the main process is gone; stopping", self.name)
-            finally:
-                nursery.cancel_scope.cancel()
+        except* (ConnectionClosed, trio.BrokenResourceError):
+            log.info("%s: the main process is gone; stopping", self.name)
 
     async def _control_loop(self, nursery: trio.Nursery) -> None:
         server = self.server

@@ -33,6 +33,18 @@ async def recv_type(client: DerpClient, cls, timeout: float = 5.0):
                 return ev
 
 
+async def relayed(src, dst, packet: bytes) -> fr.RecvPacket:
+    """The packet as ``dst`` receives it. Sent again now and then, as a client's WireGuard
+    would: one worker learns of a client on another a moment after that client is in."""
+    with trio.fail_after(10):
+        while True:
+            await src.send_packet(dst.public_key, packet)
+            with trio.move_on_after(0.5):
+                while not isinstance(ev := await dst.receive(), fr.RecvPacket):
+                    pass
+                return ev
+
+
 async def wait_until(pred, timeout: float = 5.0) -> None:
     with trio.fail_after(timeout):
         while not pred():

@@ -18,7 +18,7 @@ from derp.errors import DerpError
 from derp.keys import load_or_create_private_key, parse_private_key
 from derp import stun
 
-from .helpers import recv_type, wait_until
+from .helpers import relayed, wait_until
 
 
 def test_key_file_created_0600_and_reloaded(tmp_path):
@@ -46,8 +46,7 @@ async def test_standalone_plain_http(nursery, tmp_path, workers):
     b = await connect_url("http://127.0.0.1:%d" % port, fr.generate_private_key())
     assert a.server_public == info["server"].public_key
     await wait_until(lambda: info["server"].metrics()["clients"] == 2)
-    await a.send_packet(b.public_key, b"hi")
-    assert (await recv_type(b, fr.RecvPacket)).packet == b"hi"
+    assert (await relayed(a, b, b"hi")).packet == b"hi"
     # STUN on the same host.
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with sock:
@@ -75,8 +74,7 @@ async def test_standalone_tls(nursery, tmp_path, workers):
         a = await connect_url(url, fr.generate_private_key(), ssl_context=ctx)
         b = await connect_url(url, fr.generate_private_key(), ssl_context=ctx, websocket=True)
     await wait_until(lambda: info["server"].metrics()["clients"] == 2)
-    await b.send_packet(a.public_key, b"over tls+ws")
-    assert (await recv_type(a, fr.RecvPacket)).packet == b"over tls+ws"
+    assert (await relayed(b, a, b"over tls+ws")).packet == b"over tls+ws"
 
 
 async def test_tls_needs_cert(tmp_path):

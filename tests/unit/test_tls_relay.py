@@ -22,6 +22,7 @@ from appliance.serve import serve
 from appliance.tailnet.changes import ChangeBus, Pending
 from derp import frames as fr
 from derp.client import connect, connect_url
+from tests.derp.helpers import relayed
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -176,13 +177,12 @@ async def test_with_workers_a_keep_alive_connection_can_go_from_control_to_derp(
             first = await connect(tls, fr.generate_private_key(), host="127.0.0.1")
             second = await connect_url(f"https://127.0.0.1:{port}", fr.generate_private_key(),
                                        ssl_context=client_ctx(ca))
-            await first.send_packet(second.public_key, b"after a control request")
-            while not isinstance(ev := await second.receive(), fr.RecvPacket):
-                pass
+            ev = await relayed(first, second, b"after a control request")
             assert ev == fr.RecvPacket(first.public_key, b"after a control request")
             mtcp = await trio.open_tcp_stream("127.0.0.1", running.metrics_port)
             status, text = await http_get(mtcp, "/metrics")
-            assert b"trioscale_derp_clients 2\n" in text and b"trioscale_derp_workers 2\n" in text
+            derp = [line for line in text.decode().splitlines() if line.startswith("trioscale_derp_")]
+            assert "trioscale_derp_clients 2" in derp and "trioscale_derp_workers 2" in derp, derp
         nursery.cancel_scope.cancel()
 
 
@@ -198,10 +198,8 @@ async def test_plain_http_derp_upgrades_are_handed_to_workers(tmp_path):
             a = await connect_url(url, fr.generate_private_key())
             b = await connect_url(url, fr.generate_private_key(), websocket=True)
             assert a.server_public == b.server_public
-            await b.send_packet(a.public_key, b"plain, over websocket, across workers")
-            while not isinstance(ev := await a.receive(), fr.RecvPacket):
-                pass
-            assert ev.packet == b"plain, over websocket, across workers"
+            ev = await relayed(b, a, b"plain, over websocket, across workers")
+            assert ev == fr.RecvPacket(b.public_key, b"plain, over websocket, across workers")
         nursery.cancel_scope.cancel()
 
 
