@@ -47,6 +47,8 @@ _WORKERS = {
     "worker_restarts": ("trioscale_derp_worker_restarts_total", "counter", "relay workers started again after they died"),
     "packets_to_siblings": ("trioscale_derp_packets_between_workers_total", "counter",
                             "packets passed from one relay worker to another"),
+    "handoffs_failed": ("trioscale_derp_handoffs_failed_total", "counter",
+                        "connections closed because no relay worker could take them"),
 }
 
 

@@ -213,10 +213,10 @@ class Worker:
                         continue
                     ended = isinstance(ev, h11.EndOfMessage)
                     break
-        except (h11.RemoteProtocolError, trio.TooSlowError):
-            req = None  # let the main process's front door answer what it makes of it
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return
+        except h11.RemoteProtocolError:
+            req = None  # the main process's front door answers it as it answers any
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return  # (a request head that takes this long is not coming)
         if req is not None and ended and _is_derp_upgrade(req):
             leftover = bytes(conn.trailing_data[0])
             await self.server.handle_upgrade(

@@ -186,6 +186,9 @@ def decode(data: bytes) -> Message:
     return cls(**args)
 
 
+_UnionType = type(int | None)
+
+
 def _fits(value: object, hint: object) -> bool:
     options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) \
         else (hint,)
@@ -199,9 +202,6 @@ def _fits(value: object, hint: object) -> bool:
         if t in (str, bool, list, dict) and isinstance(value, t):  # type: ignore[arg-type]
             return True
     return False
-
-
-_UnionType = type(int | None)
 
 
 class Channel:

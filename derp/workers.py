@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import itertools
 import logging
+import math
 import os
 import shutil
 import sys
@@ -53,6 +54,8 @@ STOP_TIMEOUT = 3.0
 # Messages queued towards one worker (health, certificate reloads...) before they are dropped.
 OUTBOX_SIZE = 64
 POLL_TIMEOUT = 1.0
+# At most one log line per this many seconds about connections that could not be handed over.
+NOTE_INTERVAL = 10.0
 
 # What each worker sees whole (the region peers' clients) is taken from the worker that sees
 # the most; everything else is summed over the workers.
@@ -154,6 +157,8 @@ class WorkerPool:
         self._polls: dict[int, list] = {}
         self._ids = itertools.count(1)
         self.restarts = 0
+        self.handoffs_failed = 0
+        self._noted = -math.inf
         self._health = ""
 
     @property
@@ -338,8 +343,9 @@ class WorkerPool:
         try:
             sock = _socket_of(stream)
             if sock is None:
-                log.error("derp: cannot hand a %s to a worker; closing it",
-                          type(stream).__name__)
+                # (The appliance does TLS itself while its workers lack the certificate.)
+                self._note("derp: cannot hand a %s to a worker; closing it"
+                           % type(stream).__name__)
                 return
             with trio.move_on_after(HANDOFF_WAIT):
                 while True:
@@ -359,11 +365,20 @@ class WorkerPool:
                         continue
                     w.handed += 1
                     return
-            log.warning("derp: no worker up for %.0f s; closing a connection", HANDOFF_WAIT)
+            self._note("derp: no worker up for %.0f s; closing a connection" % HANDOFF_WAIT)
         finally:
             # The worker has its own descriptor now; ours goes (no FIN: the file stays open).
             with trio.move_on_after(1, shield=True):
                 await trio.aclose_forcefully(stream)
+
+    def _note(self, what: str) -> None:
+        """A connection refused: counted, and logged at most once per NOTE_INTERVAL (a flood
+        of connections while the workers restart must not flood the log)."""
+        self.handoffs_failed += 1
+        now = trio.current_time()
+        if now - self._noted >= NOTE_INTERVAL:
+            self._noted = now
+            log.warning("%s (%d so far)", what, self.handoffs_failed)
 
     # -----------------------------------------------------------------------------------------
     # What DerpServer offers besides sessions
@@ -432,6 +447,7 @@ class WorkerPool:
         out["workers"] = sum(w.ready for w in self._workers.values())
         out["workers_configured"] = self.size
         out["worker_restarts"] = self.restarts
+        out["handoffs_failed"] = self.handoffs_failed
         return out
 
     def worker_pids(self) -> list[int]:

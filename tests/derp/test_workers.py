@@ -257,6 +257,48 @@ async def test_a_region_peer_reaches_clients_on_every_worker(nursery):
     await wait_until(lambda: peer.metrics()["remote_keys"] == 1, timeout=10)
 
 
+def _children(pid: int) -> list[int]:
+    # Per thread: Trio starts processes from a worker thread.
+    out = []
+    for task in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+            out += [int(p) for p in f.read().split()]
+    return out
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+async def test_workers_end_with_the_main_process_however_it_ends(tmp_path, how):
+    """One unit for systemd: when the main process stops, or is killed, its workers follow
+    (their control channel closes) instead of living on with the listener gone."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "derp", "-a", "127.0.0.1:0", "--plain-http", "--no-stun",
+         "--key-file", str(tmp_path / "k"), "--workers", "2", "--log-level", "WARNING"],
+        cwd=Path(__file__).resolve().parents[2])
+    try:
+        with trio.fail_after(20):
+            while len(workers := _children(proc.pid)) < 2:
+                await trio.sleep(0.05)
+        proc.send_signal(how)
+        with trio.fail_after(10):
+            while not all(_gone(p) for p in workers):
+                await trio.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # --- the control channel ------------------------------------------------------------------
 
 
