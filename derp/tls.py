@@ -63,10 +63,16 @@ def relay_context(context: ssl.SSLContext) -> ssl.SSLContext:
     return context
 
 
-async def write_queue(direct: socket.socket, q: deque, owner: object) -> None:
+async def write_queue(direct: socket.socket, q: deque, owner: object, *,
+                      stall: float | None = None, checkpoint: bool = True) -> None:
     """Send the buffers of ``q`` in order until it is empty, through ``direct`` (a
     non-blocking socket): synchronously while the kernel takes them, else waiting for room,
-    with ``owner.blocked`` True meanwhile. Raises OSError. A checkpoint either way."""
+    with ``owner.blocked`` True meanwhile.
+
+    Raises OSError, and trio.TooSlowError when one wait for room exceeds ``stall`` seconds (the
+    peer stopped reading). ``checkpoint``: yield even if no wait was needed, as a Trio send
+    should; a writer task that parks when done needs no extra yield.
+    """
     waited = False
     while q:
         try:
@@ -81,11 +87,15 @@ async def write_queue(direct: socket.socket, q: deque, owner: object) -> None:
         if q:
             owner.blocked = True  # type: ignore[attr-defined]
             try:
-                await trio.lowlevel.wait_writable(direct)
+                if stall is None:
+                    await trio.lowlevel.wait_writable(direct)
+                else:
+                    with trio.fail_after(stall):
+                        await trio.lowlevel.wait_writable(direct)
             finally:
                 owner.blocked = False  # type: ignore[attr-defined]
             waited = True
-    if not waited:
+    if checkpoint and not waited:
         await trio.lowlevel.checkpoint()
 
 
@@ -277,27 +287,32 @@ class TLSStream(trio.abc.Stream):
             raise trio.BrokenResourceError("TLS error: %s" % exc) from exc
         self.pending.append(self.outgoing.read())
 
-    async def _flush(self) -> None:
+    async def _flush(self, stall: float | None = None, checkpoint: bool = True) -> None:
         """Send ``pending`` until it is empty. Caller holds the send lock (or is the handshake)."""
         try:
-            await write_queue(self._direct_socket(), self.pending, self)
+            await write_queue(self._direct_socket(), self.pending, self, stall=stall,
+                              checkpoint=checkpoint)
         except OSError as exc:
             self._broken = True
             raise trio.BrokenResourceError(exc) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.send_parts([data])
+        async with self._send_lock:
+            self._encrypt(data)
+            await self._flush()
 
-    async def send_parts(self, parts: list) -> None:
-        """Encrypt ``parts`` in order as full records and send them after what was pending.
+    async def write(self, parts: list, stall: float | None) -> None:
+        """The relay's batch write (see derp/wire.py): encrypt ``parts`` in order as full
+        records and send them after what was pending; TooSlowError if the socket takes
+        nothing for ``stall`` seconds.
 
         Small parts are joined first: one record per part would cost a record header, a tag
-        and a call each. Sends are serialised (FIFO), so several tasks may send.
+        and a call each. Sends are serialised (FIFO) with send_all's.
         """
         async with self._send_lock:
             if parts:
                 self._encrypt(parts[0] if len(parts) == 1 else b"".join(parts))
-            await self._flush()
+            await self._flush(stall, checkpoint=False)
 
     def send_nowait(self, data: bytes | bytearray) -> bool:
         """Encrypt and send ``data`` now if no send is in flight and nothing is pending.

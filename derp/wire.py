@@ -2,7 +2,9 @@
 
 A wire has four members the relay uses:
 
-* ``await send_parts(parts)``: write the buffers in order (and anything ``pending`` first);
+* ``await write(parts, stall)``: write the buffers in order (and anything ``pending`` first);
+  trio.TooSlowError if the socket takes nothing for ``stall`` seconds. No checkpoint when
+  the kernel took it all at once (the writer parks next anyway);
 * ``send_nowait(frame) -> bool``: write one frame now, synchronously, from another task, only
   called while the connection's writer is parked with nothing queued. False: nothing was done
   (queue it). True: the frame is the wire's; if ``pending`` is then non-empty, the writer must
@@ -34,7 +36,7 @@ class Wire(Protocol):
 
     def send_nowait(self, frame: bytes | bytearray) -> bool: ...
 
-    async def send_parts(self, parts: list) -> None: ...
+    async def write(self, parts: list, stall: float) -> None: ...
 
     def close(self) -> None: ...
 
@@ -64,9 +66,9 @@ class PlainWire:
             self.pending.append(memoryview(frame)[n:])  # the rest must go out before anything
         return True
 
-    async def send_parts(self, parts: list) -> None:
+    async def write(self, parts: list, stall: float) -> None:
         self.pending.extend(parts)
-        await write_queue(self.direct, self.pending, self)
+        await write_queue(self.direct, self.pending, self, stall=stall, checkpoint=False)
 
     def close(self) -> None:
         self.direct.close()
@@ -85,12 +87,13 @@ class StreamWire:
     def send_nowait(self, frame: bytes | bytearray) -> bool:
         return False
 
-    async def send_parts(self, parts: list) -> None:
+    async def write(self, parts: list, stall: float) -> None:
         # Whether the stream waits for its peer or just for its turn is not known: call it
         # blocked, so that nobody waits on it.
         self.blocked = True
         try:
-            await self.stream.send_all(parts[0] if len(parts) == 1 else b"".join(parts))
+            with trio.fail_after(stall):
+                await self.stream.send_all(parts[0] if len(parts) == 1 else b"".join(parts))
         finally:
             self.blocked = False
 
@@ -101,13 +104,13 @@ class StreamWire:
 class _TLSWire:
     """A TLSStream is a wire already; the stream's own aclose releases what it holds."""
 
-    __slots__ = ("stream", "pending", "send_nowait", "send_parts")
+    __slots__ = ("stream", "pending", "send_nowait", "write")
 
     def __init__(self, stream: TLSStream) -> None:
         self.stream = stream
         self.pending = stream.pending
         self.send_nowait = stream.send_nowait
-        self.send_parts = stream.send_parts
+        self.write = stream.write
 
     @property
     def blocked(self) -> bool:

@@ -68,7 +68,7 @@ async def test_bytes_cross_both_ways_intact(contexts):
     with trio.fail_after(20):
         async with trio.open_nursery() as n:
             n.start_soon(c.send_all, blob)
-            n.start_soon(s.send_parts, [blob[:100], blob[100:70000], b"", blob[70000:]])
+            n.start_soon(s.write, [blob[:100], blob[100:70000], b"", blob[70000:]], None)
 
             async def take(name, stream):
                 got[name] = await read_exactly(stream, len(blob))
@@ -118,7 +118,7 @@ async def test_a_direct_send_cut_short_goes_out_first_with_the_next_send(context
     tail = b"after the cut"
     with trio.fail_after(20):
         async with trio.open_nursery() as n:
-            n.start_soon(s.send_parts, [tail])
+            n.start_soon(s.write, [tail], None)
             got = await read_exactly(c, total + len(tail))
     assert got == filler * (total // len(filler)) + tail
 
