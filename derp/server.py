@@ -702,8 +702,12 @@ class DerpServer:
             if patient and link.sibling and len(link.outbox.packets) >= SIBLING_HIGH_WATER:
                 conn.waiting = link.outbox
                 return False
-            packet = memoryview(f)[_SEND_MIN:]
-            link.outbox.put_packet(fr.encode_forward_packet(conn.key, dst, packet))
+            # SendPacket(dst, pkt) becomes ForwardPacket(src, dst, pkt) in place: the source key
+            # goes in front (one move of the packet; a new frame would be one more copy).
+            n = len(f) - _SEND_MIN
+            f[5:5] = conn.key
+            _FRAME_HEADER.pack_into(f, 0, 0x0A, len(f) - fr.HEADER_LEN)
+            link.outbox.put_packet(f)
             s = self._remote_senders.get(dst)
             if s is None:
                 s = self._remote_senders[dst] = set()
@@ -712,7 +716,7 @@ class DerpServer:
                 stats.packets_to_siblings += 1
             else:
                 stats.packets_forwarded_out += 1
-                stats.bytes_relayed += len(packet)
+                stats.bytes_relayed += n
             return True
         stats.drop("unknown_dest")
         self._note_not_here(conn, dst)
