@@ -19,6 +19,7 @@ import itertools
 import logging
 import random
 import re
+import socket
 import ssl
 import struct
 from collections import deque
@@ -61,12 +62,15 @@ MESH_RECV_SIZE = 1 << 20
 MESH_BURST = 1024
 MESH_WRITE_BATCH_BYTES = 2 << 20
 # A link to a sibling worker is this relay's own bus, not a slow peer: a reader that would
-# queue past this many packets to it waits for the link to drain (up to SIBLING_WAIT, then the
-# packet goes anyway) instead of making it drop. Without this, the link moves one socket buffer
-# per scheduling round while every client's reader feeds it, and most cross packets are lost.
+# queue past this many packets to it waits until the link's writer has made room (and wakes
+# it) instead of making it drop. Without this, the link moves one socket buffer per scheduling
+# round while every client's reader feeds it, and most cross packets are lost. A link whose
+# writes stall for SIBLING_WRITE_TIMEOUT is dropped, which wakes every reader waiting on it.
 SIBLING_HIGH_WATER = 1024
-SIBLING_WAIT = 0.1
 SIBLING_WRITE_TIMEOUT = 5.0
+# The kernel's buffer for a sibling link (asked for; capped by net.core.wmem_max): the more it
+# holds, the more the link moves per turn of its writer.
+SIBLING_SOCKET_BUFFER = 4 << 20
 HANDSHAKE_TIMEOUT = 10.0
 VERIFY_TIMEOUT = 5.0
 WRITE_TIMEOUT = 2.0
@@ -591,8 +595,7 @@ class DerpServer:
             backlog = frames[done:]
             patient = not backlog
             if backlog and conn.waiting is not None:
-                with trio.move_on_after(SIBLING_WAIT):
-                    await conn.waiting.space.park()
+                await conn.waiting.space.park()  # (no deadline: see SIBLING_HIGH_WATER)
             elif backlog or len(frames) == burst:
                 await trio.lowlevel.checkpoint()
             else:
@@ -631,13 +634,13 @@ class DerpServer:
                         target.senders.add(src)
                         relayed += 1
                         relayed_bytes += n
-                    elif not self._relay_elsewhere(conn, dst, f, patient):
+                    elif not self._relay_elsewhere(conn, dst, f, patient, light):
                         received -= 1
                         received_bytes -= n
                         break
                 elif ftype == 0x0A and conn.can_mesh and len(f) >= _FORWARD_MIN:
                     # Between the workers of one relay this is as hot as SendPacket.
-                    if not self._forwarded(conn, f, patient):
+                    if not self._forwarded(conn, f, patient, light):
                         break
                 else:
                     self._handle_other(conn, fr.parse_payload(ftype, bytes(f[5:])))
@@ -651,7 +654,7 @@ class DerpServer:
             stats.bytes_relayed += relayed_bytes
         return done
 
-    def _forwarded(self, conn: _Conn, f: bytearray, patient: bool) -> bool:
+    def _forwarded(self, conn: _Conn, f: bytearray, patient: bool, light: bool) -> bool:
         """A ForwardPacket frame ``f`` from mesh peer ``conn``: deliver it here, or (from a
         region peer, for a sibling's client) pass it on to that sibling. False: not now (see
         _handle_frames)."""
@@ -687,13 +690,14 @@ class DerpServer:
         # ForwardPacket(src, dst, pkt) becomes RecvPacket(src, pkt) in place: drop dst.
         del f[37:_FORWARD_MIN]
         _FRAME_HEADER.pack_into(f, 0, 0x05, len(f) - fr.HEADER_LEN)
-        out.put_packet(f)
+        out.put_packet(f, light)
         target.senders.add(src)
         stats.packets_relayed += 1
         stats.bytes_relayed += len(f) - _SEND_MIN
         return True
 
-    def _relay_elsewhere(self, conn: _Conn, dst: bytes, f: bytearray, patient: bool) -> bool:
+    def _relay_elsewhere(self, conn: _Conn, dst: bytes, f: bytearray, patient: bool,
+                         light: bool) -> bool:
         """A SendPacket frame ``f`` for a key not connected here: mesh-forward it or answer
         not-here. False: not now, the sibling link it needs is congested."""
         stats = self._stats
@@ -707,7 +711,7 @@ class DerpServer:
             n = len(f) - _SEND_MIN
             f[5:5] = conn.key
             _FRAME_HEADER.pack_into(f, 0, 0x0A, len(f) - fr.HEADER_LEN)
-            link.outbox.put_packet(f)
+            link.outbox.put_packet(f, light)
             s = self._remote_senders.get(dst)
             if s is None:
                 s = self._remote_senders[dst] = set()
@@ -967,6 +971,12 @@ class DerpServer:
                 await client.aclose()
                 return
             delay = first
+            if link.sibling:
+                try:
+                    client.stream.socket.setsockopt(  # type: ignore[attr-defined]
+                        socket.SOL_SOCKET, socket.SO_SNDBUF, SIBLING_SOCKET_BUFFER)
+                except OSError:
+                    pass
             link.connected = True
             link.peer_public = client.server_public
             log.info("%s: connected (peer %s)", link, _short(client.server_public))
@@ -989,16 +999,23 @@ class DerpServer:
         """The link's only writer once it runs (the reader's Pongs go through the outbox)."""
         outbox = link.outbox
         timeout = SIBLING_WRITE_TIMEOUT if link.sibling else MESH_WRITE_TIMEOUT
-        wire = wire_for(client.stream)  # type: ignore[attr-defined]
+        # As for a client: a lone packet for an idle link goes out from the reader at once.
+        wire = outbox.wire = wire_for(client.stream)  # type: ignore[attr-defined]
         try:
             while True:
                 if not outbox and not wire.pending:
                     await outbox.lot.park()
                 parts, _ = outbox.take_parts(MESH_WRITE_BATCH_BYTES, MESH_QUEUE_SIZE)
-                outbox.space.unpark_all()
+                if outbox.space:
+                    # Wake as many waiting readers as the room now fits (a reader takes up to
+                    # a burst per step), not all of them: hundreds woken to find it full again
+                    # would cost more than the packets they carry.
+                    room = SIBLING_HIGH_WATER - len(outbox.packets)
+                    outbox.space.unpark(count=max(1, room // (DEFAULT_QUEUE_SIZE // 2)))
                 await wire.write(parts, timeout)
                 await trio.lowlevel.checkpoint()  # (a link's reader must get its turns too)
         finally:
+            outbox.wire = None
             wire.close()
 
     async def _mesh_reader(self, link: _MeshLink, client: "object") -> None:
