@@ -9,9 +9,11 @@ HTTPS proxy that does not exist: derphttp sends its dial to 10.255.255.1 through
 then dials 127.0.0.1 directly (Go never proxies loopback addresses) and lands on the second
 server. Alpha has no proxy and lands on the first. Control traffic goes to 127.0.0.1 for both.
 
-The embedded relay runs on two worker processes (issue 14) and the second server in one: each
-worker links to the second server, whose one link lands on one worker, which passes on packets
-for alpha if alpha is on the other.
+The embedded relay runs in one process (its TLS on the relay's TLSStream, control traffic
+included) and the second server on two worker processes (issue 14): each of them links to the
+embedded relay, and the embedded relay's one link lands on one of them, which passes packets
+for beta on to the other worker if beta is there. tests/realclient/test_derp.py runs the
+embedded relay itself on workers.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import trustme
 from .harness import REPO, Node, Server, make_certs, random_blob, serve_files, socks_fetch, wait_until
 
 PORT, SECOND_PORT = 8443, 8445
-WORKERS = 2  # the embedded relay's
+SECOND_WORKERS = 2
 OUTER_IP = "10.255.255.1"  # the namespace's veth address (harness.Netns)
 CODE = "mesh"
 
@@ -57,7 +59,8 @@ def mesh(netns, client_binaries, tmp_path_factory):
                     "--cert", str(second_certs.cert), "--key", str(second_certs.key),
                     "--key-file", str(work / "second-derp.key"), "--no-stun",
                     "--mesh-key-file", str(mesh_key), "--mesh-with", f"https://{OUTER_IP}:{PORT}",
-                    "--mesh-ca", str(second_certs.ca), "--workers", "1", "--log-level", "DEBUG"]),
+                    "--mesh-ca", str(second_certs.ca), "--workers", str(SECOND_WORKERS),
+                    "--log-level", "DEBUG"]),
         cwd=REPO, stdout=second_log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     server = Server(netns, work / "server", port=PORT, tls=first_certs,
@@ -69,7 +72,7 @@ def mesh(netns, client_binaries, tmp_path_factory):
                 "enabled": True, "stun_listen_addr": "0.0.0.0:3478", "region_id": 999,
                 "automatically_add_embedded_derp_region": False,
                 "mesh_key_path": str(mesh_key), "mesh_with": [f"https://127.0.0.1:{SECOND_PORT}"],
-                "workers": WORKERS,
+                "workers": 1,
             },
             "paths": [str(derp_map)],
         },
@@ -113,11 +116,12 @@ def test_clients_on_different_servers_of_one_region_reach_each_other(mesh, netns
         wait_until(lambda: n.status()["Self"].get("Relay") == CODE, 30, interval=0.5, what=f"{n.name}'s home DERP")
 
     # Where each one is attached: trioscale holds alpha only, and knows beta through the mesh
-    # (each of its workers has a link to the second server, which has one link to one worker).
+    # (its link to the second server; each of the second server's workers links to it).
     def attached():
         m = metrics(netns)
-        return m if m["trioscale_derp_clients"] == 1 and m["trioscale_derp_mesh_links_connected"] == WORKERS \
-            and m["trioscale_derp_mesh_peers_inbound"] == 1 and m["trioscale_derp_remote_keys"] >= 1 else None
+        return m if m["trioscale_derp_clients"] == 1 and m["trioscale_derp_mesh_links_connected"] == 1 \
+            and m["trioscale_derp_mesh_peers_inbound"] == SECOND_WORKERS \
+            and m["trioscale_derp_remote_keys"] >= 1 else None
 
     wait_until(attached, 30, interval=0.5, what="alpha on the first server, beta on the second")
     short = {n.name: n.status()["Self"]["PublicKey"].removeprefix("nodekey:")[:8] for n in (alpha, beta)}
