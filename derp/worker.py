@@ -162,6 +162,10 @@ class Worker:
             self.connections -= 1
             with trio.move_on_after(1, shield=True):
                 await trio.aclose_forcefully(stream)
+                try:
+                    await self.chan.send(wp.Closed(msg.id))
+                except trio.BrokenResourceError:
+                    pass  # the main process is gone
 
     async def _serve_raw(self, tcp: trio.SocketStream, prefix: bytes, tls: bool,
                          remote: tuple[str, int] | None) -> None:

@@ -10,7 +10,7 @@ The messages, by direction::
 
     main → worker   Setup (first, once), AcceptRaw + fd, AcceptUpgrade + fd, Verdict,
                     Certificate, Health, Restarting, CloseAll, Poll
-    worker → main   Ready, Verify, Stats, Proxy + fd
+    worker → main   Ready, Closed, Verify, Stats, Proxy + fd
 """
 
 from __future__ import annotations
@@ -56,9 +56,11 @@ class Setup:
 
 @dataclass(frozen=True, slots=True)
 class AcceptRaw:
-    """A new TCP connection (fd attached); ``prefix``: bytes already read from it (latin-1)."""
+    """A new TCP connection (fd attached); ``prefix``: bytes already read from it (base64).
+    ``id``: what the worker's Closed names it by."""
 
     op: ClassVar[str] = "accept_raw"
+    id: int
     tls: bool
     prefix: str
     remote: Address | None
@@ -69,11 +71,20 @@ class AcceptUpgrade:
     """A connection (fd attached) whose ``GET /derp`` head the main process has read."""
 
     op: ClassVar[str] = "accept_upgrade"
+    id: int
     method: str
     target: str
     headers: list  # [[name, value], ...], latin-1
-    leftover: str  # latin-1
+    leftover: str  # base64
     remote: Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """A connection handed over has ended (the main process counts open connections)."""
+
+    op: ClassVar[str] = "closed"
+    id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +162,7 @@ class Proxy:
     remote: Address | None
 
 
-Message = (Setup | AcceptRaw | AcceptUpgrade | Verify | Verdict | Certificate | Health
+Message = (Setup | AcceptRaw | AcceptUpgrade | Closed | Verify | Verdict | Certificate | Health
            | Restarting | CloseAll | Poll | Ready | Stats | Proxy)
 _TYPES: dict[str, type] = {c.op: c for c in typing.get_args(Message)}
 # Which messages carry a file descriptor.

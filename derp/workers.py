@@ -85,6 +85,8 @@ class _Worker:
         self.received = 0  # handed and received, as last reported
         self.handed = 0  # handed, as counted here
         self.metrics: dict = {}
+        # The connections handed to it that are still open, by id: set when it says Closed.
+        self.open: dict[int, trio.Event] = {}
         self.outbox_send, self.outbox_receive = trio.open_memory_channel[wp.Message](OUTBOX_SIZE)
 
     @property
@@ -156,6 +158,7 @@ class WorkerPool:
         self._nursery: trio.Nursery | None = None
         self._polls: dict[int, list] = {}
         self._ids = itertools.count(1)
+        self._conn_ids = itertools.count(1)
         self.restarts = 0
         self.handoffs_failed = 0
         self._noted = -math.inf
@@ -252,6 +255,9 @@ class WorkerPool:
             del self._workers[i]
             self._update_ready()
             chan.close()
+            for ended in w.open.values():  # its connections died with it
+                ended.set()
+            w.open.clear()
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(STOP_TIMEOUT):
                     await process.wait()
@@ -280,6 +286,10 @@ class WorkerPool:
                     waiter[1][w.index] = msg.metrics
                     if len(waiter[1]) >= waiter[2]:
                         waiter[0].set()
+            elif isinstance(msg, wp.Closed):
+                ended = w.open.pop(msg.id, None)
+                if ended is not None:
+                    ended.set()
             elif isinstance(msg, wp.Verify):
                 nursery.start_soon(self._answer_verify, w, msg)
             elif isinstance(msg, wp.Proxy):
@@ -322,8 +332,11 @@ class WorkerPool:
     async def hand_raw(self, stream: trio.SocketStream, prefix: bytes = b"", *,
                        tls: bool) -> None:
         """Give an accepted TCP connection to a worker (which does TLS when ``tls``);
-        ``prefix``: bytes already read from it. Closes ``stream`` here in any case."""
-        msg = wp.AcceptRaw(tls, base64.b64encode(prefix).decode(), _remote(stream))
+        ``prefix``: bytes already read from it. Closes ``stream`` here in any case, and returns
+        when the connection has ended in the worker (so that whoever counts open connections,
+        such as a listener's connection caps, counts it until then)."""
+        msg = wp.AcceptRaw(next(self._conn_ids), tls, base64.b64encode(prefix).decode(),
+                           _remote(stream))
         await self._hand(stream, msg)
 
     async def handle_upgrade(
@@ -331,15 +344,18 @@ class WorkerPool:
         headers: list[tuple[bytes, bytes]], leftover: bytes, *,
         remote_addr: tuple[str, int] | None = None,
     ) -> None:
-        """DerpServer.handle_upgrade's twin: the session runs in a worker. ``stream`` must be
-        a plain socket (TCP, or a HandedStream); it is closed here in any case."""
+        """DerpServer.handle_upgrade's twin: the session runs in a worker, and this returns when
+        it has ended. ``stream`` must be a plain socket (TCP, or a HandedStream); it is closed
+        here in any case."""
         remote = remote_addr or peer_address(stream)
         msg = wp.AcceptUpgrade(
-            method, target, [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers],
+            next(self._conn_ids), method, target,
+            [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers],
             base64.b64encode(leftover).decode(), list(remote) if remote else None)
         await self._hand(stream, msg)
 
     async def _hand(self, stream: trio.abc.Stream, msg: wp.AcceptRaw | wp.AcceptUpgrade) -> None:
+        ended = trio.Event()
         try:
             sock = _socket_of(stream)
             if sock is None:
@@ -347,16 +363,19 @@ class WorkerPool:
                 self._note("derp: cannot hand a %s to a worker; closing it"
                            % type(stream).__name__)
                 return
+            handed = False
             with trio.move_on_after(HANDOFF_WAIT):
-                while True:
+                while not handed:
                     await self._some_ready.wait()
                     w = min((w for w in self._workers.values() if w.ready),
                             key=lambda w: w.load, default=None)
                     if w is None:
                         continue
+                    w.open[msg.id] = ended  # (before: its Closed may come at once)
                     try:
                         await w.chan.send(msg, fd=sock.fileno())
                     except (trio.BrokenResourceError, ValueError) as exc:
+                        del w.open[msg.id]
                         log.debug("%s: handoff failed: %r", w, exc)
                         if isinstance(exc, ValueError):  # too large to send: nobody can
                             return
@@ -364,12 +383,15 @@ class WorkerPool:
                         self._update_ready()
                         continue
                     w.handed += 1
-                    return
-            self._note("derp: no worker up for %.0f s; closing a connection" % HANDOFF_WAIT)
+                    handed = True
+            if not handed:
+                self._note("derp: no worker up for %.0f s; closing a connection" % HANDOFF_WAIT)
+                return
         finally:
             # The worker has its own descriptor now; ours goes (no FIN: the file stays open).
             with trio.move_on_after(1, shield=True):
                 await trio.aclose_forcefully(stream)
+        await ended.wait()
 
     def _note(self, what: str) -> None:
         """A connection refused: counted, and logged at most once per NOTE_INTERVAL (a flood

@@ -141,6 +141,36 @@ async def test_a_killed_worker_is_restarted_and_the_others_relay_on(nursery):
             assert (await recv_type(c, fr.RecvPacket)).packet == b"back"
 
 
+async def test_a_handed_connection_counts_here_until_it_ends_in_its_worker(nursery):
+    """hand_raw returns when the worker's connection has ended, so a connection cap around it
+    in the main process (the appliance's ConnectionGate) counts what the workers hold."""
+    pool = WorkerPool(fr.generate_private_key(), workers=2, log_level="WARNING")
+    await nursery.start(pool.run)
+    open_here = [0]
+
+    async def counted(stream):
+        open_here[0] += 1
+        try:
+            await pool.hand_raw(stream, tls=False)
+        finally:
+            open_here[0] -= 1
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, counted, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    a, b = await dial(port), await dial(port)
+    await wait_until(lambda: pool.metrics()["clients"] == 2)
+    assert open_here[0] == 2
+    await a.aclose()
+    await wait_until(lambda: open_here[0] == 1)
+    # A worker that dies takes its connections with it: they end here too.
+    await pool.refresh_metrics()
+    holder = next(w for w in pool._workers.values() if w.metrics.get("clients"))
+    os.kill(holder.process.pid, signal.SIGKILL)
+    await wait_until(lambda: open_here[0] == 0, timeout=10)
+    await b.aclose()
+
+
 async def test_verify_clients_is_asked_of_the_main_process(nursery):
     allowed = [fr.generate_private_key() for _ in range(2)]
     asked: list[bytes] = []
@@ -303,7 +333,7 @@ async def test_workers_end_with_the_main_process_however_it_ends(tmp_path, how):
 
 
 def test_control_messages_round_trip_and_bad_ones_are_refused():
-    msg = wp.AcceptUpgrade("GET", "/derp", [["upgrade", "DERP"]], "AAE=", ["10.0.0.1", 4242])
+    msg = wp.AcceptUpgrade(7, "GET", "/derp", [["upgrade", "DERP"]], "AAE=", ["10.0.0.1", 4242])
     assert wp.decode(wp.encode(msg)) == msg
     assert wp.address(msg.remote) == ("10.0.0.1", 4242)
     assert wp.address(["10.0.0.1", True]) is None and wp.address(None) is None
