@@ -86,7 +86,7 @@ def make_relay(cfg: Config, tailnet: Tailnet, front_door: Handler | None = None)
             return WorkerPool(
                 key, workers=workers, verify_client=verify if cfg.derp.verify_clients else None,
                 mesh_key=mesh_key, mesh_with=cfg.derp.mesh_with, front="proxy",
-                on_proxy=front_door, log_level=cfg.log.level,
+                on_proxy=front_door, log_level=cfg.log.level_no, log_format=cfg.log.format,
             )
         return DerpServer(
             key, verify_client=verify if cfg.derp.verify_clients else None,

@@ -109,12 +109,15 @@ async def serve_standalone(
     if args.workers < 0:
         raise DerpError("--workers must be 0 (one per core) or more")
     workers = args.workers or default_workers()
+    level = logging.getLevelName(args.log_level.upper())
+    if not isinstance(level, int):
+        raise DerpError("unknown --log-level %r" % args.log_level)
     server: DerpServer | WorkerPool
     try:
         if workers > 1:
             server = WorkerPool(priv, workers=workers, mesh_key=_mesh_key(args),
                                 mesh_with=mesh_with, mesh_ca=args.mesh_ca or None,
-                                certificate=tls, log_level=args.log_level)
+                                certificate=tls, log_level=level)
         else:
             mesh_ssl = ssl.create_default_context(cafile=args.mesh_ca) if args.mesh_ca else None
             server = DerpServer(priv, mesh_key=_mesh_key(args), mesh_with=mesh_with,

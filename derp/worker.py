@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import logging
 import os
 import signal
@@ -284,6 +285,29 @@ async def _unix_listener(path: str) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
+class _JsonLines(logging.Formatter):
+    """The main process's ``log.format: json``: one object per line, and which worker."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": self.formatTime(record), "level": record.levelname.lower(),
+                           "logger": record.name, "message": record.getMessage(),
+                           "worker": self.index})
+
+
+def _setup_logging(setup: wp.Setup) -> None:
+    handler = logging.StreamHandler()  # stderr, inherited: the same journal as the main process
+    if setup.log_format == "json":
+        handler.setFormatter(_JsonLines(setup.index))
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%%(asctime)s %%(levelname)s derp-worker-%d %%(name)s: %%(message)s" % setup.index))
+    logging.basicConfig(level=setup.log_level, handlers=[handler])
+
+
 async def _run(fd: int) -> None:
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
@@ -293,10 +317,7 @@ async def _run(fd: int) -> None:
             setup, _ = await chan.receive()
         if not isinstance(setup, wp.Setup):
             raise DerpError("the first control message is %s, not setup" % setup.op)
-        logging.basicConfig(
-            level=setup.log_level.upper(),
-            format="%%(asctime)s %%(levelname)s derp-worker-%d %%(name)s: %%(message)s"
-            % setup.index)
+        _setup_logging(setup)
         await Worker(chan, setup).serve()
     finally:
         chan.close()

@@ -51,7 +51,8 @@ class Setup:
     #             rest of a connection goes back to the main process (Proxy)
     cert: str | None  # TLS certificate chain and key files, for AcceptRaw with tls
     key: str | None
-    log_level: str
+    log_level: int  # a logging module level number
+    log_format: str  # "text" or "json" (one object per line), as the main process logs
 
 
 @dataclass(frozen=True, slots=True)

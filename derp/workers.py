@@ -113,7 +113,8 @@ class WorkerPool:
         on_proxy: ``async (stream)``, runs in the pool's nursery, owns and closes the stream
             (a HandedStream: peer_address() gives the client's address).
         certificate: (chain file, key file) for raw connections with ``tls=True``.
-        log_level: the workers' logging level.
+        log_level, log_format: the workers' logging level (a number, as the logging module
+            has them) and ``"text"`` or ``"json"``.
     """
 
     handle_plain_http = staticmethod(DerpServer.handle_plain_http)
@@ -130,7 +131,8 @@ class WorkerPool:
         front: str = "derp",
         on_proxy: ProxyHandler | None = None,
         certificate: tuple[str, str] | None = None,
-        log_level: str = "INFO",
+        log_level: int = logging.INFO,
+        log_format: str = "text",
     ) -> None:
         if workers < 1:
             raise ValueError("a pool needs at least one worker")
@@ -151,6 +153,7 @@ class WorkerPool:
         self._on_proxy = on_proxy
         self._certificate = certificate
         self._log_level = log_level
+        self._log_format = log_format
         self._sibling_key = os.urandom(32).hex()
         self._dir = ""
         self._workers: dict[int, _Worker] = {}
@@ -204,7 +207,7 @@ class WorkerPool:
             siblings=["unix:" + self._socket_path(j) for j in range(self.size) if j != i],
             mesh_key=self._mesh_key, mesh_with=self._mesh_with, mesh_ca=self._mesh_ca,
             verify=self._verify is not None, front=self._front, cert=cert, key=key,
-            log_level=self._log_level)
+            log_level=self._log_level, log_format=self._log_format)
 
     async def _supervise(self, i: int) -> None:
         delay = RESTART_MIN

@@ -5,6 +5,8 @@ meshing with a region peer; and the control channel's codec."""
 from __future__ import annotations
 
 import array
+import json
+import logging
 import os
 import signal
 import socket
@@ -34,7 +36,7 @@ async def start_pool(nursery: trio.Nursery, workers: int = 2, *, tls: bool = Fal
                      **kw) -> tuple[WorkerPool, int]:
     """A pool behind a plain TCP listener on 127.0.0.1 (the main process's accept loop)."""
     pool = WorkerPool(kw.pop("private_key", None) or fr.generate_private_key(),
-                      workers=workers, log_level="WARNING", **kw)
+                      workers=workers, log_level=logging.WARNING, **kw)
     await nursery.start(pool.run)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     nursery.start_soon(trio.serve_listeners, partial(pool.hand_raw, tls=tls), listeners)
@@ -144,7 +146,7 @@ async def test_a_killed_worker_is_restarted_and_the_others_relay_on(nursery):
 async def test_a_handed_connection_counts_here_until_it_ends_in_its_worker(nursery):
     """hand_raw returns when the worker's connection has ended, so a connection cap around it
     in the main process (the appliance's ConnectionGate) counts what the workers hold."""
-    pool = WorkerPool(fr.generate_private_key(), workers=2, log_level="WARNING")
+    pool = WorkerPool(fr.generate_private_key(), workers=2, log_level=logging.WARNING)
     await nursery.start(pool.run)
     open_here = [0]
 
@@ -268,7 +270,7 @@ async def test_a_region_peer_reaches_clients_on_every_worker(nursery):
     nursery.start_soon(trio.serve_listeners, partial(handle_connection, peer), listeners)
     await nursery.start(peer.run)
     pool = WorkerPool(fr.generate_private_key(), workers=2, mesh_key=MESH_KEY,
-                      mesh_with=["http://127.0.0.1:%d" % peer_port], log_level="WARNING")
+                      mesh_with=["http://127.0.0.1:%d" % peer_port], log_level=logging.WARNING)
     await nursery.start(pool.run)
     nursery.start_soon(trio.serve_listeners, partial(pool.hand_raw, tls=False), pool_listeners)
     on_pool = [await dial(pool_port) for _ in range(2)]
@@ -376,3 +378,12 @@ async def test_control_channel_passes_descriptors_with_messages():
     finally:
         b.close()
         other.close()
+
+
+def test_workers_log_json_lines_when_the_main_process_does():
+    from derp.worker import _JsonLines
+
+    record = logging.LogRecord("derp.server", logging.WARNING, __file__, 1, "closing %s", ("x",), None)
+    doc = json.loads(_JsonLines(3).format(record))
+    assert doc["level"] == "warning" and doc["logger"] == "derp.server"
+    assert doc["message"] == "closing x" and doc["worker"] == 3 and doc["time"]
