@@ -51,7 +51,7 @@ RESTART_MIN, RESTART_MAX, RESTART_RESET = 0.5, 10.0, 30.0
 START_TIMEOUT = 30.0
 # A worker asked to stop (its channel closed) gets this long before it is killed.
 STOP_TIMEOUT = 3.0
-# Messages queued towards one worker (health, certificate reloads...) before they are dropped.
+# Messages queued towards one worker (health, restart notices, polls) before they are dropped.
 OUTBOX_SIZE = 64
 POLL_TIMEOUT = 1.0
 # At most one log line per this many seconds about connections that could not be handed over.
