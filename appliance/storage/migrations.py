@@ -1,7 +1,11 @@
 """Forward-only schema migrations, applied at start.
 
 Append a new entry to MIGRATIONS for every schema change, never edit an old one, and keep
-schema.sql equal to the result. ``PRAGMA user_version`` holds how many have been applied.
+schema.sql equal to the result (tests/unit/test_storage.py checks it). ``PRAGMA user_version``
+holds how many have been applied. The runner (store.open_database) runs each migration in one
+transaction with foreign keys off and ``legacy_alter_table`` on, so a table can be rebuilt by
+renaming it away, creating it anew and copying its rows; it checks the foreign keys before it
+commits.
 """
 
 from __future__ import annotations
@@ -67,6 +71,82 @@ CREATE TABLE policies (
 );
 """
 
+_V3 = """\
+-- 3: IDs are never reused (issue 10): AUTOINCREMENT keeps the highest ID ever handed out in
+-- sqlite_sequence, so the ID of a deleted node, user or key stays retired, as in Headscale's
+-- schema. SQLite cannot add AUTOINCREMENT to a table: each is rebuilt. The runner turns
+-- foreign keys off and legacy_alter_table on around a migration, so the rename leaves the
+-- other tables' REFERENCES naming the new table, and checks the foreign keys before COMMIT.
+ALTER TABLE users RENAME TO users_v1;
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    display_name TEXT NOT NULL DEFAULT '',
+    email TEXT NOT NULL DEFAULT '',
+    provider TEXT NOT NULL DEFAULT '',
+    provider_id TEXT NOT NULL DEFAULT '',
+    profile_pic_url TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL
+);
+INSERT INTO users (id, name, display_name, email, provider, provider_id, profile_pic_url, created_at)
+    SELECT id, name, display_name, email, provider, provider_id, profile_pic_url, created_at FROM users_v1;
+DROP TABLE users_v1;
+ALTER TABLE pre_auth_keys RENAME TO pre_auth_keys_v1;
+CREATE TABLE pre_auth_keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    prefix TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL,
+    user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    reusable INTEGER NOT NULL DEFAULT 0,
+    ephemeral INTEGER NOT NULL DEFAULT 0,
+    used INTEGER NOT NULL DEFAULT 0,
+    tags TEXT NOT NULL DEFAULT '[]',
+    created_at TEXT NOT NULL,
+    expiration TEXT
+);
+INSERT INTO pre_auth_keys (id, prefix, hash, user_id, reusable, ephemeral, used, tags, created_at, expiration)
+    SELECT id, prefix, hash, user_id, reusable, ephemeral, used, tags, created_at, expiration FROM pre_auth_keys_v1;
+DROP TABLE pre_auth_keys_v1;
+ALTER TABLE api_keys RENAME TO api_keys_v1;
+CREATE TABLE api_keys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    prefix TEXT NOT NULL UNIQUE,
+    hash TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expiration TEXT,
+    last_seen TEXT
+);
+INSERT INTO api_keys (id, prefix, hash, created_at, expiration, last_seen)
+    SELECT id, prefix, hash, created_at, expiration, last_seen FROM api_keys_v1;
+DROP TABLE api_keys_v1;
+ALTER TABLE nodes RENAME TO nodes_v1;
+CREATE TABLE nodes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    machine_key TEXT NOT NULL,
+    node_key TEXT NOT NULL UNIQUE,
+    disco_key TEXT NOT NULL DEFAULT '',
+    ipv4 TEXT UNIQUE,
+    ipv6 TEXT UNIQUE,
+    hostname TEXT NOT NULL DEFAULT '',
+    given_name TEXT NOT NULL UNIQUE,
+    user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    auth_key_id INTEGER REFERENCES pre_auth_keys(id) ON DELETE SET NULL,
+    tags TEXT NOT NULL DEFAULT '[]',
+    hostinfo TEXT NOT NULL DEFAULT '{}',
+    endpoints TEXT NOT NULL DEFAULT '[]',
+    expiry TEXT,
+    last_seen TEXT,
+    created_at TEXT NOT NULL,
+    approved_routes TEXT NOT NULL DEFAULT '[]',
+    ephemeral INTEGER NOT NULL DEFAULT 0,
+    register_method TEXT NOT NULL DEFAULT 'authkey'
+);
+INSERT INTO nodes (id, machine_key, node_key, disco_key, ipv4, ipv6, hostname, given_name, user_id, auth_key_id, tags, hostinfo, endpoints, expiry, last_seen, created_at, approved_routes, ephemeral, register_method)
+    SELECT id, machine_key, node_key, disco_key, ipv4, ipv6, hostname, given_name, user_id, auth_key_id, tags, hostinfo, endpoints, expiry, last_seen, created_at, approved_routes, ephemeral, register_method FROM nodes_v1;
+DROP TABLE nodes_v1;
+CREATE INDEX nodes_machine_key ON nodes (machine_key);
+"""
+
 MIGRATIONS: list[str] = [
     _SCHEMA_1,
     # 2: settings an admin changes at run time through the API (DNS, DERP regions), one JSON
@@ -78,6 +158,7 @@ CREATE TABLE settings (
     updated_at TEXT NOT NULL
 );
 """,
+    _V3,
 ]
 
 LATEST = len(MIGRATIONS)

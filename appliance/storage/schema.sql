@@ -1,7 +1,7 @@
 -- The truth of the current schema. Migrations in migrations.py must produce exactly this;
 -- tests/unit/test_storage.py checks it.
 CREATE TABLE users (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
     display_name TEXT NOT NULL DEFAULT '',
     email TEXT NOT NULL DEFAULT '',
@@ -11,7 +11,7 @@ CREATE TABLE users (
     created_at TEXT NOT NULL
 );
 CREATE TABLE pre_auth_keys (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     prefix TEXT NOT NULL UNIQUE,
     hash TEXT NOT NULL,
     user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
@@ -23,7 +23,7 @@ CREATE TABLE pre_auth_keys (
     expiration TEXT
 );
 CREATE TABLE api_keys (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     prefix TEXT NOT NULL UNIQUE,
     hash TEXT NOT NULL,
     created_at TEXT NOT NULL,
@@ -31,7 +31,7 @@ CREATE TABLE api_keys (
     last_seen TEXT
 );
 CREATE TABLE nodes (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     machine_key TEXT NOT NULL,
     node_key TEXT NOT NULL UNIQUE,
     disco_key TEXT NOT NULL DEFAULT '',

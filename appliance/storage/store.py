@@ -37,6 +37,25 @@ class Conflict(StoreError):
     """A write would break a uniqueness rule (name taken, address taken)."""
 
 
+class StoreFailed(StoreError):
+    """The database failed while the server ran: the file is corrupt, unreadable, read-only or
+    gone, or the disk reports I/O errors. Nothing more can be acknowledged, so the server stops
+    and says why (``serve``); a full disk or a busy lock is not this: that write fails alone."""
+
+
+# SQLite's primary result codes that mean the database itself can no longer be trusted or
+# reached; sqlite3 exceptions carry the (extended) code in ``sqlite_errorcode``.
+_FATAL_CODES = {
+    sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOTADB,
+}
+
+
+def is_fatal(e: BaseException) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    return isinstance(e, sqlite3.DatabaseError) and code is not None and (code & 0xFF) in _FATAL_CODES
+
+
 def _ts(t: datetime | None) -> str | None:
     return None if t is None else t.astimezone(timezone.utc).isoformat()
 
@@ -138,15 +157,7 @@ def open_database(path: Path) -> sqlite3.Connection:
             shutil.copy2(path, backup)
             log.info("migrating %s from schema %d to %d; backup at %s", path, version, LATEST, backup)
         for number in range(version + 1, LATEST + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _statements(MIGRATIONS[number - 1]):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={number}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            _migrate(conn, number)
     except sqlite3.DatabaseError as e:
         conn.close()
         raise StoreError(f"{path}: {e}") from e
@@ -154,6 +165,28 @@ def open_database(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _migrate(conn: sqlite3.Connection, number: int) -> None:
+    """Apply migration ``number`` in one transaction (see migrations.py for the rules)."""
+    # Both pragmas are no-ops inside a transaction, so they go around it.
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA legacy_alter_table=ON")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _statements(MIGRATIONS[number - 1]):
+            conn.execute(statement)
+        broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            raise StoreError(f"migration {number} would break {len(broken)} foreign keys: {list(map(tuple, broken))[:5]}")
+        conn.execute(f"PRAGMA user_version={number}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.execute("PRAGMA legacy_alter_table=OFF")
+        conn.execute("PRAGMA foreign_keys=ON")
 
 
 def _statements(script: str) -> list[str]:
@@ -178,14 +211,36 @@ class Store:
         self.path = Path(path)
         self._conn = open_database(self.path)
         self._limiter = trio.CapacityLimiter(1)
+        self.failure: StoreFailed | None = None
+        self._failed = trio.Event()
 
     def close(self) -> None:
         try:
-            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if self.failure is None:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            log.warning("%s: no checkpoint at close: %s", self.path, e)
         finally:
             self._conn.close()
 
+    async def wait_failed(self) -> StoreFailed:
+        """Wait until the database fails (see StoreFailed); returns the failure."""
+        await self._failed.wait()
+        assert self.failure is not None
+        return self.failure
+
+    def _fail(self, e: BaseException) -> StoreFailed:
+        if self.failure is None:
+            self.failure = StoreFailed(f"{self.path}: {e}")
+            log.critical("the database failed: %s", self.failure)
+            self._failed.set()
+        return self.failure
+
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one transaction in the worker thread; committed when this returns."""
+        if self.failure is not None:
+            raise StoreFailed(str(self.failure))
+
         def txn() -> T:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -195,12 +250,21 @@ class Store:
                 conn.execute("ROLLBACK")
                 raise Conflict(str(e)) from e
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the original error says more
                 raise
             conn.execute("COMMIT")
             return result
 
-        return await trio.to_thread.run_sync(txn, limiter=self._limiter)
+        try:
+            return await trio.to_thread.run_sync(txn, limiter=self._limiter)
+        except sqlite3.DatabaseError as e:
+            if is_fatal(e):
+                raise self._fail(e) from e
+            raise
 
     # --- loading ------------------------------------------------------------------------
 
@@ -293,13 +357,15 @@ class Store:
     async def delete_node(self, node_id: int) -> None:
         await self._run(lambda c: c.execute("DELETE FROM nodes WHERE id = ?", (node_id,)))
 
-    async def touch_nodes(self, last_seen: dict[int, datetime]) -> None:
-        """Write last-seen times in one transaction (they change often; batched on purpose)."""
+    async def save_soft_state(self, nodes: list[NodeRecord]) -> None:
+        """Write the soft columns of these nodes (what clients report often: last seen,
+        endpoints, disco key, hostinfo) in one transaction. A node deleted meanwhile is skipped."""
 
         def fn(c: sqlite3.Connection) -> None:
             c.executemany(
-                "UPDATE nodes SET last_seen = ? WHERE id = ?",
-                [(_ts(t), i) for i, t in last_seen.items()],
+                "UPDATE nodes SET last_seen = ?, endpoints = ?, disco_key = ?, hostinfo = ? WHERE id = ?",
+                [(_ts(n.last_seen), json.dumps(list(n.endpoints)), n.disco_key, json.dumps(n.hostinfo), n.id)
+                 for n in nodes],
             )
 
         await self._run(fn)
@@ -386,6 +452,13 @@ class Store:
         import never merges), Conflict when the snapshot breaks a uniqueness rule; either
         way nothing is written."""
         await self._run(lambda c: write_snapshot(c, snapshot))
+
+    async def backup(self, dest: Path) -> None:
+        """Write a consistent copy of the database to ``dest`` (see backup.copy_database). It is
+        taken between two transactions, so it holds every write acknowledged before it began."""
+        from .backup import copy_database
+
+        await trio.to_thread.run_sync(copy_database, self._conn, Path(dest), limiter=self._limiter)
 
     async def run_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Escape hatch for maintenance code: ``fn`` runs inside one transaction."""
