@@ -103,9 +103,9 @@ class AdminClient:
             ctx.verify_mode = ssl.CERT_NONE
         return http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=self.timeout, context=ctx)
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        """``path`` from api_path(); returns the answer's JSON or raises APIError /
-        ServerUnreachable, each with a one-line message."""
+    def _exchange(self, method: str, path: str, body: Any = None) -> tuple[int, str, bytes]:
+        """(status, content type, body) of one request; ServerUnreachable with a one-line
+        message when there is no answer."""
         conn = self._connection()
         base = self._url.path.rstrip("/") if self.address is not None else ""
         payload = None if body is None else json.dumps(body).encode()
@@ -128,13 +128,30 @@ class AdminClient:
                                     f"{one_line(e) or type(e).__name__}") from e
         finally:
             conn.close()
-        try:
-            doc = json.loads(data) if data else {}
-        except (ValueError, UnicodeDecodeError):
-            doc = {"detail": data.decode("utf-8", "replace")[:300]}
-        if not 200 <= resp.status < 300:
-            raise APIError(resp.status, _problem_text(resp.status, doc))
+        return resp.status, resp.getheader("content-type") or "", data
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """``path`` from api_path(); returns the answer's JSON or raises APIError /
+        ServerUnreachable, each with a one-line message."""
+        status, _, data = self._exchange(method, path, body)
+        doc = _decoded(data)
+        if not 200 <= status < 300:
+            raise APIError(status, _problem_text(status, doc))
         return doc
+
+    def download(self, method: str, path: str) -> bytes:
+        """A call whose answer is not JSON (a backup): its bytes. Errors as ``call``."""
+        status, ctype, data = self._exchange(method, path)
+        if not 200 <= status < 300 or ctype.startswith(("application/json", "application/problem+json")):
+            raise APIError(status, _problem_text(status, _decoded(data)))
+        return data
+
+
+def _decoded(data: bytes) -> Any:
+    try:
+        return json.loads(data) if data else {}
+    except (ValueError, UnicodeDecodeError):
+        return {"detail": data.decode("utf-8", "replace")[:300]}
 
 
 def _problem_text(status: int, doc: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the zone of the nodes' certificate names",
         aliases=["cert"], output=True)
     cmd(sub, "configtest", do_configtest, "check the configuration and print the effective one")
+    p = cmd(sub, "backup", do_backup, "write a consistent copy of the database to FILE (online while the server runs)")
+    p.add_argument("file")
+    p = cmd(sub, "restore", do_restore, "replace the database by a backup (the server must be stopped)")
+    p.add_argument("file")
     cmd(sub, "version", do_version, "print the version", output=True)
     # Its flags are derp.cli's (like Tailscale's derper); main() hands them over unparsed.
     sub.add_parser("derp", help="run a standalone DERP relay and STUN server (see `trioscale derp --help`)",
@@ -241,38 +246,90 @@ def _user_id(client: AdminClient, ref: str) -> str:
 
 
 def do_serve(args) -> int:
+    """Exit statuses: serve.EXIT_* (README, "Running it")."""
     import trio
 
-    from .serve import serve_until_signalled
-
-    from .keys import KeyFormatError
-    from .policy import PolicyError
-    from .storage import StoreError
+    from .serve import (EXIT_CANNOT_START, EXIT_INTERNAL_ERROR, EXIT_STORE_FAILED, CannotStart, leaves,
+                        serve_until_signalled)
+    from .storage.store import StoreFailed
 
     cfg = _config(args)
     setup_logging(cfg.log.level_no, cfg.log.format)
     try:
         trio.run(serve_until_signalled, cfg)
-    except BaseExceptionGroup as group:
-        # Start-up failures arrive wrapped by the nurseries; report them as one clear line.
-        fatal = group.subgroup(lambda e: isinstance(e, (PolicyError, StoreError, ConfigError, OSError, KeyFormatError)))
-        if fatal is None:
-            raise
-        for e in _leaves(fatal):
-            print(f"trioscale: cannot start: {e}", file=sys.stderr)
-        return 1
-    except (PolicyError, StoreError, OSError, KeyFormatError) as e:
-        print(f"trioscale: cannot start: {e}", file=sys.stderr)
-        return 1
+    except BaseException as exc:  # noqa: BLE001 - every way out gets its one line and status
+        errors = list(leaves(exc))
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        for e in errors:
+            if isinstance(e, CannotStart):
+                print(f"trioscale: cannot start: {e}", file=sys.stderr)
+                return EXIT_CANNOT_START
+        for e in errors:
+            if isinstance(e, StoreFailed):
+                print(f"trioscale: stopped: the database failed: {e}; check the disk, then restart "
+                      "(`trioscale restore FILE` puts a backup back)", file=sys.stderr)
+                return EXIT_STORE_FAILED
+        logging.getLogger("appliance.serve").critical("stopped by an internal error", exc_info=exc)
+        print(f"trioscale: stopped by an internal error (a bug; the log has the traceback): "
+              f"{type(errors[0]).__name__ if errors else type(exc).__name__}: {errors[0] if errors else exc}",
+              file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
     return 0
 
 
-def _leaves(group: BaseExceptionGroup):
-    for e in group.exceptions:
-        if isinstance(e, BaseExceptionGroup):
-            yield from _leaves(e)
-        else:
-            yield e
+def do_backup(args) -> int:
+    """Through the running server's admin socket (an online copy), or from the database file
+    when no server answers there."""
+    from .storage.backup import BackupError, backup_file, check_database
+    from pathlib import Path
+
+    cfg = _config(args)
+    dest = Path(args.file)
+    if dest.exists():
+        raise SystemExit(f"trioscale: {dest} exists; choose a new file name")
+    try:
+        data = AdminClient(cfg.unix_socket, timeout=300).download("POST", "/api/v1/backup")
+    except ServerUnreachable:
+        try:
+            backup_file(cfg.database.sqlite_path, dest)
+        except BackupError as e:
+            raise SystemExit(f"trioscale: backup failed: {e}") from None
+        print(f"Backup of {cfg.database.sqlite_path} written to {dest} (no server was running)")
+        return 0
+    tmp = dest.with_name(f".{dest.name}.part")
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        check_database(tmp)
+        os.rename(tmp, dest)
+    except (OSError, BackupError) as e:
+        raise SystemExit(f"trioscale: backup failed: {getattr(e, 'strerror', None) or e}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"Backup written to {dest} ({len(data)} bytes, taken online by the running server)")
+    return 0
+
+
+def do_restore(args) -> int:
+    from .storage.backup import BackupError, restore_file
+
+    cfg = _config(args)
+    try:
+        AdminClient(cfg.unix_socket, timeout=5).call("GET", "/api/v1/version")
+    except ServerUnreachable:
+        pass
+    else:
+        raise SystemExit("trioscale: the server is running: stop it first (systemctl stop trioscale), "
+                         "then restore, then start it")
+    try:
+        kept = restore_file(args.file, cfg.database.sqlite_path)
+    except BackupError as e:
+        raise SystemExit(f"trioscale: restore refused: {e}") from None
+    print(f"Restored {args.file} to {cfg.database.sqlite_path}" + (f"; the previous database is kept as {kept}" if kept else ""))
+    return 0
 
 
 def do_configtest(args) -> int:

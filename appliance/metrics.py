@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import h11
 import trio
@@ -19,6 +19,7 @@ from derp.workers import WorkerPool
 
 from .config import split_host_port
 from .http.server import Answer, HTTPServer, text
+from .supervise import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Sources:
     noise_connections: Callable[[], int]
     relay: DerpServer | WorkerPool | None = None
     stun: StunStats | None = None
+    tasks: Mapping[str, TaskState] | None = None  # the supervised tasks (supervise.py)
 
 
 def _metric(out: list[str], name: str, kind: str, help_: str, samples: Iterable[tuple[str, object]]) -> None:
@@ -92,6 +94,10 @@ def render(src: Sources) -> str:
         drops = m.get("drops") or {}
         _metric(out, "trioscale_derp_dropped_total", "counter", "packets the relay dropped, by reason",
                 [(_label("reason", str(r)), n) for r, n in sorted(drops.items())])  # type: ignore[union-attr]
+    if src.tasks is not None:
+        tasks = sorted(src.tasks.values(), key=lambda t: t.name)
+        _metric(out, "trioscale_task_restarts_total", "counter", "restarts of a supervised task after it failed",
+                [(_label("task", t.name), t.restarts) for t in tasks])
     if src.stun is not None:
         st = src.stun
         _metric(out, "trioscale_stun_requests_total", "counter", "STUN datagrams received", [("", st.requests)])

@@ -41,6 +41,7 @@ from .config import Config, ConfigError, split_host_port
 from .config.yamlfile import BoundedComposer
 from .http.server import Answer
 from .keys import load_or_create_private_key
+from .supervise import Supervisor
 from .tailnet.model import Tailnet
 
 log = logging.getLogger(__name__)
@@ -97,18 +98,19 @@ def make_relay(cfg: Config, tailnet: Tailnet, front_door: Handler | None = None)
 
 
 async def start_relay(cfg: Config, relay: Relay, certs: object, public: Handler,
-                      front_door: Handler, nursery: trio.Nursery) -> Handler:
+                      front_door: Handler, nursery: trio.Nursery, supervisor: Supervisor) -> Handler:
     """Start ``relay`` in ``nursery`` and return the main listener's connection handler.
 
     Without TLS that is ``public`` (the front door), which hands /derp upgrades over to the
     relay (relay_routes). With TLS it is :func:`_tls_front`'s: TLS for the relay's own batched
     TLSStream instead of trio.SSLStream, in a worker or here.
 
-    Call it after the certificates were loaded and before the listener opens. It does not wait
-    for the workers to be up (a connection waits for one instead): an ACME validation may come
+    Call it after the certificates were loaded and before the listener opens. The relay runs
+    under ``supervisor``. It does not wait for the workers to be up (a connection waits for one instead): an ACME validation may come
     as soon as the certificate manager runs, and the listener must be there to answer it.
     """
-    nursery.start_soon(relay.run)
+    # Not waited for; a failure, even before it is up, is restarted by the supervisor.
+    nursery.start_soon(supervisor.run, "DERP relay", relay.run)
     if certs is None:
         return public
     return _tls_front(cfg, certs, relay, public, front_door)

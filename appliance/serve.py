@@ -1,4 +1,9 @@
-"""``trioscale serve``: the supervisor. One root nursery owns every listener and service."""
+"""``trioscale serve``: one root nursery owns every listener and service.
+
+Every long-running task runs under the Supervisor (supervise.py): a runtime fault restarts that
+task, never ends the process. The process ends on a signal, or when the database fails
+(StoreFailed), and says why. A fault before the server is up is a CannotStart with what to fix.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,10 @@ from pathlib import Path
 import trio
 
 from .admin.api import AdminAPI
-from .certdns.zone import CertZone
+from .admin.backup import backup_route
 from .admin.runtime import RuntimeSettings
-from .config import Config, split_host_port
+from .certdns.zone import CertZone
+from .config import Config, ConfigError, split_host_port
 from .control.dnsconfig import DNSConfigSource
 from .control.loginpage import login_page_route
 from .control.mapper import Mapper
@@ -24,12 +30,15 @@ from .http.frontdoor import FrontDoor
 from .http.limits import ConnectionGate
 from .http.listeners import BatchListener
 from .http.server import HTTPServer
-from .keys import load_or_create_private_key
+from .keys import KeyFormatError, load_or_create_private_key
+from .policy import PolicyError
 from derp.stun import StunStats
 
 from .metrics import Sources, serve_metrics
 from .relay import DerpMapSource, make_relay, relay_routes, run_stun, start_relay
 from .storage import Store
+from .storage.store import StoreError, StoreFailed
+from .supervise import Supervisor
 from .tailnet.haprobe import HAProber
 from .tailnet.housekeeping import run_housekeeping
 from .tailnet.model import Tailnet
@@ -37,6 +46,16 @@ from .tailnet.policy import PolicyManager
 from .tlsserve import certificate_source, start_tls
 
 log = logging.getLogger(__name__)
+
+# Exit statuses of `trioscale serve` (README, "Running it"): systemd restarts on each but 0.
+EXIT_STOPPED = 0  # stopped by SIGTERM or SIGINT
+EXIT_CANNOT_START = 1  # the configuration or the machine must be fixed first
+EXIT_STORE_FAILED = 3  # the database failed while running
+EXIT_INTERNAL_ERROR = 70  # a bug escaped supervision (EX_SOFTWARE)
+
+class CannotStart(Exception):
+    """The server could not start; the message says what to fix."""
+
 
 
 @dataclass
@@ -55,6 +74,7 @@ class Running:
     cert_zone: CertZone | None = None  # dns.certificates
     dns_port: int | None = None  # where the embedded authoritative DNS server listens
     api: object = None  # the admin API (AdminAPI)
+    supervisor: Supervisor | None = None
 
 
 async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
@@ -81,10 +101,25 @@ async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
+async def _listen_tcp(what: str, addr: str) -> list[trio.SocketListener]:
+    host, port = split_host_port(addr)
+    try:
+        return await trio.open_tcp_listeners(port, host=host or None)
+    except OSError as e:
+        raise ConfigError(f"{what} {addr}: cannot listen: {e.strerror or e}; free the port or change {what}",
+                          key=what) from None
+
+
 async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Run the server until cancelled. ``task_status.started`` gets a ``Running``."""
+    """Run the server until cancelled. ``task_status.started`` gets a ``Running``.
+
+    Raises what stopped it before it was up (see CannotStart), and StoreFailed when the
+    database fails while it runs; nothing else ends it.
+    """
     store = Store(cfg.database.sqlite_path)
     bound_socket = False
+    tailnet: Tailnet | None = None
+    supervisor = Supervisor(fatal=(StoreFailed,))
     try:
         noise_key = load_or_create_private_key(cfg.noise_private_key_path)
         tailnet = Tailnet(
@@ -129,48 +164,54 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         front.plain_routes.append(api.public_route())
         stun_stats = StunStats()
 
+        admin.plain_routes.insert(0, backup_route(store, Path(cfg.database.sqlite_path).parent))
+        sup = supervisor.start
+
         async with trio.open_nursery() as nursery:
-            await nursery.start(derp_maps.run, lambda: tailnet.bus.part_changed("derp"))
-            await nursery.start(api.run)  # API keys and settings stored through the API
+            nursery.start_soon(_stop_when_store_fails, store)
+            await sup(nursery, "soft-state flusher", tailnet.run_flusher)
+            await sup(nursery, "DERP map refresh", derp_maps.run, lambda: tailnet.bus.part_changed("derp"))
+            await sup(nursery, "API keys and settings", api.run)
             # Certificates before listeners: a cached one is served from the first connection.
-            public = await start_tls(cfg, certs, nursery, front.handle)
+            public = await start_tls(cfg, certs, nursery, front.handle, supervisor)
             if relay is not None:  # and the relay's workers, which may take the connections
-                public = await start_relay(cfg, relay, certs, public, front.handle, nursery)
+                public = await start_relay(cfg, relay, certs, public, front.handle, nursery, supervisor)
             # Caps before TLS: a refused connection costs no handshake.
             gate = ConnectionGate(cfg.limits.max_connections, cfg.limits.max_connections_per_source,
                                   exempt=cfg.trusted_proxies)
             public = gate.wrap(public)
-            host, port = split_host_port(cfg.listen_addr)
-            listeners = await trio.open_tcp_listeners(port, host=host or None)
+            listeners = await _listen_tcp("listen_addr", cfg.listen_addr)
             ports = sorted({ln.socket.getsockname()[1] for ln in listeners})
-            nursery.start_soon(trio.serve_listeners, public, [BatchListener(ln) for ln in listeners])
+            await sup(nursery, "listener " + cfg.listen_addr, trio.serve_listeners, public,
+                      [BatchListener(ln) for ln in listeners])
             unix = await open_unix_listener(cfg.unix_socket, cfg.unix_socket_permission)
             bound_socket = True
-            nursery.start_soon(trio.serve_listeners, admin.handle, [unix])
-            await nursery.start(run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
-            await nursery.start(policy.watch_file)
-            await nursery.start(policy.run_auto_approver)
-            await nursery.start(policy.run_recompiler)
-            await nursery.start(prober.run)
-            await nursery.start(dns.watch)
-            dns_port = await nursery.start(zone.run) if zone is not None else None
+            await sup(nursery, "admin socket", trio.serve_listeners, admin.handle, [unix])
+            await sup(nursery, "housekeeping", run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
+            await sup(nursery, "policy file watcher", policy.watch_file)
+            await sup(nursery, "route auto-approver", policy.run_auto_approver)
+            await sup(nursery, "policy recompiler", policy.run_recompiler)
+            await sup(nursery, "HA route prober", prober.run)
+            await sup(nursery, "DNS records watcher", dns.watch)
+            dns_port = await sup(nursery, "certificate DNS zone", zone.run) if zone is not None else None
             if relay is not None:
                 if cfg.derp.stun_listen_addr:
-                    await nursery.start(run_stun, cfg, stun_stats)
+                    await sup(nursery, "STUN", run_stun, cfg, stun_stats)
             metrics_port = None
             if cfg.metrics_listen_addr:
                 sources = Sources(
                     nodes=lambda: len(tailnet.nodes), online_nodes=lambda: len(tailnet.online),
                     noise_connections=lambda: front.noise_connections, relay=relay,
                     stun=stun_stats if relay is not None and cfg.derp.stun_listen_addr else None,
+                    tasks=supervisor.tasks,
                 )
-                metrics_port = await nursery.start(serve_metrics, cfg.metrics_listen_addr, sources)
+                metrics_port = await sup(nursery, "metrics", serve_metrics, cfg.metrics_listen_addr, sources)
             log.info(
                 "trioscale serving %s on %s (admin socket %s, %d nodes, %d users)",
                 cfg.server_url, cfg.listen_addr, cfg.unix_socket, len(tailnet.nodes), len(tailnet.users),
             )
             task_status.started(Running(cfg, tailnet, control, policy, front, ports, nursery.cancel_scope,
-                                        metrics_port, certs, zone, dns_port, api))
+                                        metrics_port, certs, zone, dns_port, api, supervisor))
     finally:
         with trio.CancelScope(shield=True):
             if bound_socket:  # never another running server's socket
@@ -178,18 +219,51 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
                     Path(cfg.unix_socket).unlink(missing_ok=True)
                 except OSError:
                     pass
+            if tailnet is not None and store.failure is None:
+                with trio.move_on_after(5):
+                    try:
+                        await tailnet.flush_soft_state()
+                    except StoreError as e:
+                        log.error("soft state (last seen, endpoints) not written at shutdown: %s", e)
             store.close()
 
 
+async def _stop_when_store_fails(store: Store) -> None:
+    raise await store.wait_failed()
+
+
+def leaves(exc: BaseException):
+    """The exceptions inside ``exc``'s (nested) groups, or ``exc`` itself."""
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            yield from leaves(e)
+    else:
+        yield exc
+
+
 async def serve_until_signalled(cfg: Config) -> None:
-    """The process's main: serve, reload the policy on SIGHUP, stop on SIGINT or SIGTERM."""
+    """The process's main: serve, reload the policy on SIGHUP, stop on SIGINT or SIGTERM.
+
+    Raises CannotStart (what to fix) when the server cannot start, StoreFailed when the
+    database fails while it runs.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            running: Running = await nursery.start(serve, cfg)
+            try:
+                running: Running = await nursery.start(serve, cfg)
+            except BaseException as exc:
+                errors = list(leaves(exc))
+                known = (ConfigError, PolicyError, StoreError, OSError, KeyFormatError)
+                if errors and all(isinstance(e, known) for e in errors):
+                    raise CannotStart("; ".join(str(e) for e in errors)) from None
+                raise
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.info("received SIGHUP, reloading the policy")
-                    await running.policy.reload()
+                    try:
+                        await running.policy.reload()
+                    except Exception:  # a reload never ends the server; the old policy stays
+                        log.exception("policy reload failed; the previous policy stays")
                     continue
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()

@@ -21,6 +21,7 @@ import trio
 import autocert
 
 from .config import ConfigError, split_host_port
+from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -86,23 +87,25 @@ def tls_handler(handler: Handler, acceptor: autocert.TLSAcceptor) -> Handler:
 
 
 async def start_tls(cfg, source: CertificateSource | None, nursery: trio.Nursery,
-                    handler: Handler) -> Handler:
+                    handler: Handler, supervisor: Supervisor | None = None) -> Handler:
     """Start ``source`` (and, for ACME, the port-80 server) in ``nursery``; return the main
     listener's connection handler: ``handler`` behind TLS, or ``handler`` itself without TLS.
 
     Call it before the main listener opens: the manager loads its cache first, so a cached
-    certificate is served from the first connection. A port-80 address that cannot be bound is
+    certificate is served from the first connection. Both tasks run under ``supervisor``
+    (renewal that fails unexpectedly is restarted, never the end of the server). A port-80 address that cannot be bound is
     logged, not fatal: TLS-ALPN-01 does not need it, and the control plane must come up.
     """
     if source is None:
         return handler
-    await nursery.start(source.run)
+    supervisor = supervisor or Supervisor()
+    await supervisor.start(nursery, "certificates", source.run)
     if isinstance(source, autocert.CertManager):
         host, port = split_host_port(cfg.tls.letsencrypt_listen)
         https_port = urlsplit(cfg.server_url).port or 443
         try:
-            await nursery.start(partial(autocert.serve_http01, https_port=https_port),
-                                source, host or None, port)
+            await supervisor.start(nursery, "ACME port 80", partial(autocert.serve_http01, https_port=https_port),
+                                   source, host or None, port)
         except* OSError as group:
             err = group.exceptions[0]
             log.error("tls_letsencrypt_listen %s: cannot listen (%s); HTTP-01 validation and the "

@@ -68,11 +68,16 @@ class Mapper:
         self.access: Access = access or AllowAll()
         # dns.certificates: each node may get a certificate for its own MagicDNS name.
         self.certificates = certificates
-        self.capver: dict[int, int] = {}
         self._cache: dict[int, tuple[int, dict]] = {}
         self._text_cache: dict[int, tuple[tuple[int, bool], str]] = {}
         # A node that cannot be rendered is left out of its peers' maps; said at a bounded rate.
         self.throttle = LogThrottle(log)
+        tailnet.on_node_removed.append(self.forget)
+
+    def forget(self, node_id: int) -> None:
+        """Drop what is cached about a deleted node."""
+        self._cache.pop(node_id, None)
+        self._text_cache.pop(node_id, None)
 
     # --- nodes --------------------------------------------------------------------------
 
@@ -144,8 +149,9 @@ class Mapper:
         if home:
             d["HomeDERP"] = home
             d["DERP"] = f"127.3.3.40:{home}"  # clients before capver 111 read only this
-        if n.id in self.capver:
-            d["Cap"] = self.capver[n.id]
+        cap = self.tailnet.capver.get(n.id)
+        if cap is not None:
+            d["Cap"] = cap
         if primary:
             d["PrimaryRoutes"] = primary
         if n.tags:

@@ -44,6 +44,10 @@ COALESCE_DELAY = 0.02
 MIN_DELTA_INTERVAL = 0.5
 
 
+class NetmapFailed(Exception):
+    """A session's netmap could not be built; its stream ends."""
+
+
 @dataclass
 class NoisePeer:
     machine_key: str  # "mkey:…" text
@@ -263,7 +267,7 @@ class ControlService:
             return
         compress = mr.compress == "zstd"
         if not mr.read_only:
-            node = await self._apply_map_request(node, mr)
+            node = self._apply_map_request(node, mr)
         if not mr.stream:
             if mr.omit_peers:
                 # Lite update: the client discards the body.
@@ -275,12 +279,12 @@ class ControlService:
             return
         await self._stream(node, resp, compress, name)
 
-    async def _apply_map_request(self, node: NodeRecord, mr: MapRequest) -> NodeRecord:
+    def _apply_map_request(self, node: NodeRecord, mr: MapRequest) -> NodeRecord:
+        """What the client reports in a map request is soft state: peers learn it at once, the
+        store in the model's next batch (a map request never waits for a disk write)."""
         changes: dict[str, Any] = {}
         patch: dict[str, Any] | None = {}
-        if mr.version and self.mapper.capver.get(node.id) != mr.version:
-            self.mapper.capver[node.id] = mr.version
-            self.tailnet.version[node.id] = self.tailnet.version.get(node.id, 0) + 1
+        if mr.version and self.tailnet.capver.get(node.id) != mr.version:
             patch["Cap"] = mr.version
         if mr.disco_key and mr.disco_key != node.disco_key:
             changes["disco_key"] = mr.disco_key
@@ -296,11 +300,25 @@ class ControlService:
                 patch = FULL
             elif mr.hostinfo.preferred_derp != node.hostinfo.preferred_derp:
                 patch["DERPRegion"] = mr.hostinfo.preferred_derp
-        if not changes:
-            if patch:
-                self.tailnet.bus.node_changed(node.id, patch)
+        if not (changes or patch):
             return node
-        return await self.tailnet.update_node(node.id, patch=patch, **changes)
+        return self.tailnet.client_reported(node.id, patch=patch, capver=mr.version or None, **changes) or node
+
+    def _next_message(self, view: SessionView, pending) -> dict | None:
+        """The delta for one session. When it cannot be built (a bug, or data of one node that
+        breaks it), that session alone gets a whole netmap instead; when that fails too, only
+        its stream ends (NetmapFailed), never the server or another session (issue 10)."""
+        try:
+            return self.mapper.delta(view, pending)
+        except Exception as e:
+            self.throttle.log(logging.ERROR, "map-delta-failed", "node %d: building a delta failed (%s: %s); "
+                         "sending it a whole netmap", view.node_id, type(e).__name__, e)
+        try:
+            return self.mapper.full(view, raw_peers=True)
+        except Exception as e:
+            self.throttle.log(logging.ERROR, "map-full-failed", "node %d: its netmap cannot be built (%s: %s); "
+                         "its map stream ends", view.node_id, type(e).__name__, e)
+            raise NetmapFailed from e
 
     # --- the minor endpoints ------------------------------------------------------------
 
@@ -341,9 +359,7 @@ class ControlService:
 
     async def _stream(self, node: NodeRecord, resp: Response, compress: bool, name: str) -> None:
         bus = self.tailnet.bus
-        for old in bus.sessions_of(node.id):
-            old.closed = True  # a newer stream of the same node replaces the old one
-            old.wake()
+        bus.replace_sessions(node.id)  # a newer stream of the same node replaces the old one
         handle = bus.open(node.id)
         view = SessionView(node.id)
         self.tailnet.stream_opened(node.id)
@@ -365,7 +381,10 @@ class ControlService:
                 if handle.closed or node.id not in self.tailnet.nodes:
                     break
                 pending = handle.pending.take()
-                msg = None if pending.empty() else self.mapper.delta(view, pending)
+                try:
+                    msg = None if pending.empty() else self._next_message(view, pending)
+                except NetmapFailed:
+                    break  # this stream ends cleanly; its client reconnects
                 if msg is None:
                     if not timer.cancelled_caught:
                         continue
@@ -376,7 +395,5 @@ class ControlService:
             await resp.send(b"", end=True)
         finally:
             bus.close(handle)
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(5):
-                    await self.tailnet.stream_closed(node.id)
+            self.tailnet.stream_closed(node.id)
             log.info("%s: map stream of node %d closed", name, node.id)

@@ -364,7 +364,7 @@ class Store:
         def fn(c: sqlite3.Connection) -> None:
             c.executemany(
                 "UPDATE nodes SET last_seen = ?, endpoints = ?, disco_key = ?, hostinfo = ? WHERE id = ?",
-                [(_ts(n.last_seen), json.dumps(list(n.endpoints)), n.disco_key, json.dumps(n.hostinfo), n.id)
+                [(_ts(n.last_seen), json.dumps(list(n.endpoints)), n.disco_key, json.dumps(to_json(n.hostinfo)), n.id)
                  for n in nodes],
             )
 

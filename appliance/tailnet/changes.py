@@ -118,10 +118,33 @@ class ChangeBus:
                 h.wake()
 
     def node_removed(self, node_id: int) -> None:
+        """Node ``node_id`` is gone: peers drop it; its own streams learn it and end."""
         for h in self._all():
             if h.node_id != node_id:
                 h.pending.mark_removed(node_id)
-                h.wake()
+            else:
+                h.pending.self_node = True
+            h.wake()
+
+    def ping(self, node_id: int, url: str) -> None:
+        """Ask the node's client to answer ``url`` (a PingRequest; the HA prober's question)."""
+        for h in self._sessions.get(node_id, ()):
+            h.pending.ping_url = url
+            h.wake()
+
+    def peers_moved(self, node_id: int, peers: set[int]) -> None:
+        """These peers came into or went out of ``node_id``'s sight (its filter did not
+        change): each is re-judged as a peer, which adds or removes it."""
+        for h in self._sessions.get(node_id, ()):
+            for peer in peers:
+                h.pending.mark_peer(peer, FULL)
+            h.wake()
+
+    def replace_sessions(self, node_id: int) -> None:
+        """A newer stream of the node opens: the older ones end."""
+        for h in self._sessions.get(node_id, ()):
+            h.closed = True
+            h.wake()
 
     def everything_changed(self) -> None:
         """Something every netmap depends on changed (policy, DNS, DERP map, users)."""

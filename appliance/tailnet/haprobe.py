@@ -51,9 +51,7 @@ class HAProber:
             # A fresh token each time: the client ignores a PingRequest URL it has seen before.
             token = secrets.token_hex(16)
             tokens[token] = node_id
-            for h in t.bus.sessions_of(node_id):
-                h.pending.ping_url = self.base + token
-                h.wake()
+            t.bus.ping(node_id, self.base + token)
         self._waiting |= set(tokens)
         await trio.sleep(self.timeout)
         changed = False

@@ -36,8 +36,7 @@ async def run_housekeeping(tailnet: Tailnet, ephemeral_timeout: timedelta, *, ta
             if expired and node_id not in announced_expired:
                 announced_expired.add(node_id)
                 log.info("node %d (%s): key expired", node_id, n.given_name)
-                tailnet.on_nodes_changed({node_id})
-                tailnet.bus.node_changed(node_id, FULL)
+                tailnet.changed(node_id, FULL, policy=True)  # its cached JSON now says Expired
             elif not expired:
                 announced_expired.discard(node_id)
         announced_expired &= set(tailnet.nodes)

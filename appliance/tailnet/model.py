@@ -3,12 +3,27 @@
 Loaded from the store at start; every change goes through a method here, which writes one store
 transaction, then updates memory, then tells the change bus. That single path is where an audit
 log or webhooks can later hook in.
+
+Two kinds of state (issue 10):
+
+- Acknowledged state (registrations, key use, names, tags, routes, owners, expiry) is written
+  and committed before memory changes and before anyone is answered.
+- Soft state that clients report all the time (endpoints, disco key, hostinfo, last seen) and
+  online status change memory and reach peers at once; the soft columns are written in batches
+  by ``run_flusher``. A slow store never delays them; a crash loses at most one interval of
+  them, and each client reports its state again when it reconnects.
+
+Whatever changes what a node's peers (or the node itself) see reaches the map sessions through
+one method, ``changed``, which also bumps the node's version (the key of every cache of its
+JSON). Node IDs come from the store and are never reused (migration 2); everything kept per
+node is dropped with the node (``_drop`` and ``on_node_removed``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 import logging
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
@@ -46,6 +61,14 @@ def _is_address(text: object) -> bool:
         return False
 
 
+# The soft columns of a node (see the module docstring).
+SOFT_FIELDS = frozenset({"last_seen", "endpoints", "disco_key", "hostinfo"})
+FLUSH_INTERVAL = 2.0  # seconds of soft state a crash may lose
+
+# Versions are unique across nodes and time, so a (node, version) cache key is never reused.
+_versions = itertools.count(1)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -73,12 +96,16 @@ class Tailnet:
         self._by_node_key: dict[str, int] = {}
         self.online: dict[int, int] = {}  # node id → open map streams
         self.version: dict[int, int] = {}  # node id → bumped on every change (mapper cache key)
+        self.capver: dict[int, int] = {}  # node id → capability version its client reported
         self.routes = RouteTable()
         self._lock = trio.Lock()  # one writer at a time keeps memory in step with the store
         self._held_names: set[str] = set()  # names of stored nodes left out at load
+        self._unflushed: set[int] = set()  # nodes whose soft columns the store has not seen
         # Called with the ids of nodes whose policy inputs changed; set by the policy layer.
         self.on_nodes_changed: Callable[[set[int]], None] = lambda ids: None
         self.on_users_changed: Callable[[], None] = lambda: None
+        # Called with the id of a node that is gone, by whoever keeps something per node.
+        self.on_node_removed: list[Callable[[int], None]] = []
 
     async def load(self) -> None:
         users, nodes, keys = await self.store.load_all()
@@ -105,16 +132,35 @@ class Tailnet:
             self._by_node_key.pop(old.node_key, None)
         self.nodes[n.id] = n
         self._by_node_key[n.node_key] = n.id
-        self.version[n.id] = self.version.get(n.id, 0) + 1
+        self.version[n.id] = next(_versions)
+
+    def _put_written(self, before: NodeRecord | None, saved: NodeRecord) -> NodeRecord:
+        """Memory after a durable write of ``saved``: a soft field that a client reported while
+        the write was in flight is newer than what was written, so it is kept (and flushed)."""
+        now = self.nodes.get(saved.id)
+        if before is not None and now is not None and now is not before:
+            newer = {f: getattr(now, f) for f in SOFT_FIELDS if getattr(now, f) != getattr(before, f)}
+            if newer:
+                saved = dataclasses.replace(saved, **newer)
+                self._unflushed.add(saved.id)
+        self._put(saved)
+        return saved
 
     def _drop(self, node_id: int) -> NodeRecord | None:
+        """Forget a deleted node and everything kept about it, here and (hooks) elsewhere."""
         n = self.nodes.pop(node_id, None)
         if n is not None:
             self._by_node_key.pop(n.node_key, None)
-            self.version.pop(node_id, None)
             for pool, addr in ((self.pool4, n.ipv4), (self.pool6, n.ipv6)):
                 if pool:
                     pool.release(addr)
+        self.version.pop(node_id, None)
+        self.capver.pop(node_id, None)
+        self.online.pop(node_id, None)
+        self._unflushed.discard(node_id)
+        self.routes.unhealthy.discard(node_id)
+        for forget in self.on_node_removed:
+            forget(node_id)
         return n
 
     # --- queries ------------------------------------------------------------------------
@@ -334,8 +380,8 @@ class Tailnet:
                 raise AuthFailed("invalid key: this single-use auth key has already been used") from e
             if key is not None:
                 self.keys[key.id] = dataclasses.replace(key, used=True)
-            self._put(saved)
-        self._announce(saved.id, existing is None)
+            saved = self._put_written(existing, saved)
+        self._record_changed(saved.id)
         return saved
 
     def _find_reauth_target(
@@ -362,9 +408,8 @@ class Tailnet:
                 node, node_key=new_node_key, hostinfo=hostinfo if hostinfo is not None else node.hostinfo,
                 expiry=now + self.node_expiry if self.node_expiry else node.expiry,
             )
-            saved = await self.store.save_node(rec)
-            self._put(saved)
-        self._announce(saved.id, False)
+            saved = self._put_written(node, await self.store.save_node(rec))
+        self._record_changed(saved.id)
         return saved
 
     async def logout(self, node: NodeRecord, when: datetime) -> None:
@@ -376,49 +421,76 @@ class Tailnet:
 
     # --- nodes: changes -----------------------------------------------------------------
 
-    async def update_node(self, node_id: int, *, patch: dict | None = FULL, **changes) -> NodeRecord:
-        """Write ``changes`` (NodeRecord fields) and tell the bus; ``patch`` says which
-        PeersChangedPatch fields describe the change, or FULL for a whole-node resend."""
+    async def update_node(self, node_id: int, **changes) -> NodeRecord:
+        """Write ``changes`` (NodeRecord fields), durably, then tell everyone who sees the node.
+        Returns when the change is committed: the caller may acknowledge it."""
         async with self._lock:
             n = self.get_node(node_id)
             rec = dataclasses.replace(n, **changes)
             if rec == n:
                 return n
-            saved = await self.store.save_node(rec)
-            self._put(saved)
-        if patch is FULL:
-            self._announce(node_id, False)
-        elif patch:
-            self.bus.node_changed(node_id, patch)
+            saved = self._put_written(n, await self.store.save_node(rec))
+        self._record_changed(node_id)
         return saved
 
-    def _announce(self, node_id: int, new: bool) -> None:
-        self.on_nodes_changed({node_id})
-        self.bus.node_changed(node_id, FULL)
+    def client_reported(self, node_id: int, *, patch: dict | None = FULL, capver: int | None = None,
+                        **changes) -> NodeRecord | None:
+        """The node's client reported soft state (SOFT_FIELDS; its capability version): memory
+        and peers learn it now, the store in the next flush. ``patch`` names the
+        PeersChangedPatch fields that describe the change, or FULL for a whole-node resend.
+        Never waits. Returns the node, or None when it is gone."""
+        if not set(changes) <= SOFT_FIELDS:
+            raise ValueError(f"not soft state: {sorted(set(changes) - SOFT_FIELDS)}")
+        n = self.nodes.get(node_id)
+        if n is None:
+            return None
+        rec = dataclasses.replace(n, **changes)
+        new_cap = capver is not None and self.capver.get(node_id) != capver
+        if rec == n and not new_cap:
+            return n
+        if new_cap:
+            self.capver[node_id] = capver
+        if rec != n:
+            self.nodes[node_id] = rec
+            self._unflushed.add(node_id)
+        if patch is FULL:
+            self._record_changed(node_id)
+        else:
+            self.changed(node_id, patch)
+        return rec
+
+    def _record_changed(self, node_id: int) -> None:
+        self.changed(node_id, FULL, policy=True)
         self.update_routes()
 
-    def touch(self, node_id: int) -> None:
-        """Something derived about the node changed (not its record): peers get it anew."""
-        if node_id in self.nodes:
-            self.version[node_id] = self.version.get(node_id, 0) + 1
-            self.bus.node_changed(node_id, FULL)
+    def changed(self, node_id: int, patch: dict | None = FULL, *, policy: bool = False) -> None:
+        """The one way a change to node ``node_id`` reaches the map sessions; call it after the
+        model changed. Bumps the node's version (every cache of its JSON is rebuilt), tells the
+        policy layer when ``policy`` (its policy inputs may have moved), and marks the sessions:
+        peers get ``patch`` (FULL: the whole node), the node's own sessions a new self node. A
+        node that is gone leaves every peer's netmap, and its own streams end."""
+        if node_id not in self.nodes:
+            self.on_nodes_changed({node_id})
+            self.bus.node_removed(node_id)
+            return
+        self.version[node_id] = next(_versions)
+        if policy:
+            self.on_nodes_changed({node_id})
+        if patch is FULL or patch:  # an empty patch: nothing a client shows (cached JSON only)
+            self.bus.node_changed(node_id, patch)
 
     def update_routes(self) -> None:
         """Re-elect primary routers (after a node or its online state changed)."""
         for node_id in self.routes.recompute(self.nodes, set(self.online)):
-            self.touch(node_id)
+            self.changed(node_id)
 
     async def delete_node(self, node_id: int) -> NodeRecord:
         async with self._lock:
             n = self.get_node(node_id)
             await self.store.delete_node(node_id)
             self._drop(node_id)
-        self.on_nodes_changed({node_id})
-        self.bus.node_removed(node_id)
+        self.changed(node_id)
         self.update_routes()
-        for h in self.bus.sessions_of(node_id):
-            h.pending.self_node = True  # its stream learns it is gone and ends
-            h.wake()
         return n
 
     async def expire_node(self, node_id: int) -> NodeRecord:
@@ -455,12 +527,14 @@ class Tailnet:
         """Count a map stream; True when the node just came online."""
         self.online[node_id] = self.online.get(node_id, 0) + 1
         if self.online[node_id] == 1:
-            self.bus.node_changed(node_id, {"Online": True})
+            self.changed(node_id, {"Online": True})
             self.update_routes()
             return True
         return False
 
-    async def stream_closed(self, node_id: int) -> None:
+    def stream_closed(self, node_id: int) -> None:
+        """A map stream ended; the node's last one makes it offline, which peers and the route
+        election learn at once, never behind a store write (issue 10)."""
         left = self.online.get(node_id, 1) - 1
         if left > 0:
             self.online[node_id] = left
@@ -469,7 +543,28 @@ class Tailnet:
         if node_id not in self.nodes:
             return
         now = self.clock()
-        # LastSeen first so peers' patch carries the time it went away.
-        await self.update_node(node_id, last_seen=now, patch={"LastSeen": now})
-        self.bus.node_changed(node_id, {"Online": False})
+        self.client_reported(node_id, last_seen=now, patch={"LastSeen": now, "Online": False})
         self.update_routes()
+
+    # --- soft state in the store ---------------------------------------------------------
+
+    async def flush_soft_state(self) -> int:
+        """Write the soft columns of every node that changed since the last flush, in one
+        transaction; returns how many. On failure they stay queued for the next flush."""
+        async with self._lock:  # a durable write of the same node never interleaves
+            ids, self._unflushed = self._unflushed, set()
+            rows = [self.nodes[i] for i in sorted(ids) if i in self.nodes]
+            if not rows:
+                return 0
+            try:
+                await self.store.save_soft_state(rows)
+            except BaseException:
+                self._unflushed |= ids
+                raise
+        return len(rows)
+
+    async def run_flusher(self, interval: float = FLUSH_INTERVAL, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await trio.sleep(interval)
+            await self.flush_soft_state()

@@ -24,7 +24,6 @@ from ..policy.model import Node as PolicyNode
 from ..policy.model import User as PolicyUser
 from ..storage.records import NodeRecord, UserRecord
 from .access import Access, AllowAll
-from .changes import FULL
 from .model import Tailnet
 
 log = logging.getLogger(__name__)
@@ -333,33 +332,46 @@ class PolicyManager:
         users_dirty, self._dirty_users = self._dirty_users, False
         if engine is None:
             return
-        upserts, removals, new_routes = [], [], set()
+        upserts, removals = [], []
         for node_id in ids:
             rec = self.tailnet.nodes.get(node_id)
             if rec is None:
-                if self._known.pop(node_id, None) is not None:
+                if node_id in self._known:
                     removals.append(node_id)
                 continue
             pn = policy_node(rec)
             if self._known.get(node_id) == pn:
                 continue  # nothing the policy looks at changed
-            if self._known.get(node_id) is None or self._known[node_id].routable_ips != pn.routable_ips:
-                new_routes.add(node_id)
-            self._known[node_id] = pn
             upserts.append(pn)
-        user_upserts, user_removals = [], []
+        user_upserts, user_removals, users = [], [], None
         if users_dirty:
-            current = {u.id: policy_user(u) for u in self.tailnet.users.values()}
-            user_removals = [uid for uid in self._known_users if uid not in current]
-            user_upserts = [pu for uid, pu in current.items() if self._known_users.get(uid) != pu]
-            self._known_users = current
+            users = {u.id: policy_user(u) for u in self.tailnet.users.values()}
+            user_removals = [uid for uid in self._known_users if uid not in users]
+            user_upserts = [pu for uid, pu in users.items() if self._known_users.get(uid) != pu]
         if not (upserts or removals or user_upserts or user_removals):
             return
         before = engine.results()
-        changed = await trio.to_thread.run_sync(
-            lambda: apply_isolating(engine, nodes=upserts, removed_nodes=removals, users=user_upserts,
-                                    removed_users=user_removals)
-        )
+        try:
+            changed = await trio.to_thread.run_sync(
+                lambda: apply_isolating(engine, nodes=upserts, removed_nodes=removals, users=user_upserts,
+                                        removed_users=user_removals)
+            )
+        except BaseException:
+            # Not applied: the supervisor restarts the recompiler, which takes the batch again.
+            self._dirty_nodes |= ids
+            self._dirty_users = self._dirty_users or users_dirty
+            raise
+        # What the engine was given is known only once it took it.
+        new_routes = set()
+        for node_id in removals:
+            self._known.pop(node_id, None)
+        for pn in upserts:
+            old = self._known.get(pn.id)
+            if old is None or old.routable_ips != pn.routable_ips:
+                new_routes.add(pn.id)
+            self._known[pn.id] = pn
+        if users is not None:
+            self._known_users = users
         if engine is self.engine:
             self._dispatch(changed, before)
             # Only now does the engine know the advertised routes it may auto-approve.
@@ -379,9 +391,6 @@ class PolicyManager:
                 new.packet_filter_rules, new.ssh_policy, new.self_cap_map
             ):
                 # Only who it sees moved: per-peer deltas, not a whole netmap.
-                for h in bus.sessions_of(node_id):
-                    for peer in old.peers ^ new.peers:
-                        h.pending.mark_peer(peer, FULL)
-                    h.wake()
+                bus.peers_moved(node_id, old.peers ^ new.peers)
             else:
                 bus.access_changed({node_id})

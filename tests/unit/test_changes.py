@@ -65,7 +65,7 @@ async def test_join_patch_and_delete_are_deltas_not_full_maps(tailnet):
     assert "Peers" not in delta and [p["ID"] for p in delta["PeersChanged"]] == [c.id]
 
     tailnet.stream_opened(b.id)
-    await tailnet.update_node(b.id, endpoints=("192.0.2.1:41641",), patch={"Endpoints": ["192.0.2.1:41641"]})
+    tailnet.client_reported(b.id, endpoints=("192.0.2.1:41641",), patch={"Endpoints": ["192.0.2.1:41641"]})
     delta = m.delta(view, handle.pending.take())
     assert delta == {"PeersChangedPatch": [{"NodeID": b.id, "Online": True, "Endpoints": ["192.0.2.1:41641"]}]}
 

@@ -69,17 +69,23 @@ def loopback_config(tmp_path, port: int, **extra):
     })
 
 
-@pytest.fixture
-async def server(nursery, tmp_path):
+async def start_server(nursery: trio.Nursery, tmp_path, **extra) -> Server:
+    """serve() in ``nursery`` on a free loopback port (``extra``: more config), with user alice
+    and a reusable key for her."""
     port = free_port()
-    cfg = loopback_config(tmp_path, port)
-    running = await nursery.start(serve, cfg)
+    running = await nursery.start(serve, loopback_config(tmp_path, port, **extra))
     user = await running.tailnet.create_user("alice")
     _, key = await running.tailnet.create_preauth_key(user.name, reusable=True)
     with trio.fail_after(WAIT):
         public = await fetch_server_key(HOST, port)
-    yield Server(running, port, public, key)
-    running.cancel_scope.cancel()
+    return Server(running, port, public, key)
+
+
+@pytest.fixture
+async def server(nursery, tmp_path):
+    s = await start_server(nursery, tmp_path)
+    yield s
+    s.running.cancel_scope.cancel()
 
 
 async def joined(server: Server, nursery: trio.Nursery, name: str, **kw) -> SimClient:

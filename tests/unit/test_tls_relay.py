@@ -351,6 +351,7 @@ def test_derp_map_change_is_a_delta_with_only_the_map():
     class FakeTailnet:
         nodes = {7: object()}
         version: dict = {}
+        on_node_removed: list = []
 
     mapper = Mapper(FakeTailnet(), base_domain="ts.test", dns_config=lambda: None,
                     derp_map=lambda: {"Regions": {"999": region(999, "x")}})
