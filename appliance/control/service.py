@@ -180,7 +180,7 @@ class ControlService:
         if rr.auth_key:
             self._check_register_rate(peer, name)
             try:
-                key = self.tailnet.check_preauth_key(rr.auth_key)
+                key = self.tailnet.check_preauth_key(rr.auth_key, node=existing)
                 requested = () if key.tags else self._requested_tags(hostinfo, key.user_id)
                 node = await self.tailnet.register_with_key(
                     key, machine_key=peer.machine_key, node_key=rr.node_key, old_node_key=old_key,

@@ -73,6 +73,10 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
+def _registered_by(node: NodeRecord | None, key: PreAuthKeyRecord) -> bool:
+    return node is not None and node.auth_key_id == key.id
+
+
 class Tailnet:
     def __init__(
         self,
@@ -295,8 +299,13 @@ class Tailnet:
                 if n.auth_key_id == k.id:  # the store's ON DELETE SET NULL, in memory
                     self.nodes[n.id] = dataclasses.replace(n, auth_key_id=None)
 
-    def check_preauth_key(self, text: str) -> PreAuthKeyRecord:
-        """The key record for a key a client presented; raises AuthFailed with the reason."""
+    def check_preauth_key(self, text: str, *, node: NodeRecord | None = None) -> PreAuthKeyRecord:
+        """The key record for a key a client presented; raises AuthFailed with the reason.
+
+        ``node``: the node the presenting machine already has under the node key it presents.
+        If this very key registered it, the machine is retrying a registration whose answer it
+        never got (a crash between the commit and the reply): not a second use of the key.
+        """
         prefix = keysecrets.split_prefix("auth", text)
         rec = None
         if prefix is not None:
@@ -309,7 +318,7 @@ class Tailnet:
             raise AuthFailed("invalid key: this auth key is not known to the server")
         if rec.expiration is not None and rec.expiration <= self.clock():
             raise AuthFailed("invalid key: this auth key has expired")
-        if rec.used and not rec.reusable:
+        if rec.used and not rec.reusable and not _registered_by(node, rec):
             raise AuthFailed("invalid key: this single-use auth key has already been used")
         return rec
 
@@ -349,6 +358,8 @@ class Tailnet:
             expiry = now + self.node_expiry if self.node_expiry else None
             existing = self._find_reauth_target(machine_key, node_key, old_node_key, user_id, tags)
             key_id = key.id if key else None
+            # A retry of the registration that used this key uses nothing more.
+            mark_used = None if key is None or (key.used and _registered_by(existing, key)) else key_id
             if existing is not None:
                 rec = dataclasses.replace(
                     existing, node_key=node_key, hostinfo=hostinfo if hostinfo is not None else existing.hostinfo,
@@ -371,7 +382,7 @@ class Tailnet:
                     ephemeral=ephemeral, register_method=method,
                 )
             try:
-                saved = await self.store.save_node(rec, mark_key_used=key_id)
+                saved = await self.store.save_node(rec, mark_key_used=mark_used)
             except StoreConflict as e:
                 if existing is None:
                     for pool, addr in ((self.pool4, rec.ipv4), (self.pool6, rec.ipv6)):

@@ -82,6 +82,9 @@ class Ledger:
     users: set[str] = field(default_factory=set)  # acknowledged creations
     keys: dict[str, int] = field(default_factory=dict)  # acknowledged single-use keys: text → id
     registered: dict[str, str] = field(default_factory=dict)  # acknowledged registrations: node key → key text
+    cut_off: list = field(default_factory=list)  # (client, key) of registrations the kill cut off
+    retried: int = 0
+    retried_committed: int = 0  # of those, committed before the kill: the answer was lost
     writes: int = 0
     acks: int = 0
 
@@ -225,19 +228,36 @@ async def use_keys(ledger: Ledger, cluster: Cluster, public: bytes, it: str, nur
                 race.start_soon(register, ledger, cluster, public, key, f"k{it}-{i}{side}", nursery)
 
 
-async def register(ledger: Ledger, cluster: Cluster, public: bytes, key: str, name: str, nursery: trio.Nursery) -> None:
-    client = SimClient(HOST, cluster.port, public, name)
+async def register(ledger: Ledger, cluster: Cluster, public: bytes, key: str, name: str, nursery: trio.Nursery,
+                   client: SimClient | None = None) -> bool:
+    """Register a new machine (or ``client`` again) with ``key``; True when acknowledged."""
+    client = client or SimClient(HOST, cluster.port, public, name)
     ledger.writes += 1
     try:
         await client.connect(nursery)
         doc = await client.register(key)
-    except Exception:  # refused (the other machine won), or the server died: not acknowledged
-        return
+    except Exception as e:
+        if "already been used" not in str(e):  # not refused: the kill cut it off
+            ledger.cut_off.append((client, key))
+        return False
     finally:
         await client.aclose()
     assert doc.get("MachineAuthorized")
     ledger.registered[client.node_key] = key
     ledger.acks += 1
+    return True
+
+
+async def retry_cut_off(ledger: Ledger, cluster: Cluster, public: bytes, committed: set[str], nursery) -> None:
+    """The machines whose registration the kill cut off try again, as a real client does. One
+    whose registration was committed before the kill is answered yes (same node, and the key
+    counts as used once); the others register if their key is still unused."""
+    cut_off, ledger.cut_off = ledger.cut_off, []
+    for client, key in cut_off:
+        ledger.retried += 1
+        ledger.retried_committed += client.node_key in committed
+        ok = await register(ledger, cluster, public, key, client.hostname, nursery, client)
+        assert ok or client.node_key not in committed, f"a committed registration with key {ledger.keys[key]} was refused on retry"
 
 
 def check_database(path: Path, ledger: Ledger, names: dict[int, Overwrites], routes: dict[int, Overwrites],
@@ -303,6 +323,7 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path, nu
         for it in range(ITERATIONS):
             if it:
                 await cluster.start()
+                await retry_cut_off(ledger, cluster, public, committed, nursery)
             if used_keys and it % 5 == 0:
                 # A single-use key that registered a node before a crash stays used after it.
                 key = rng.choice(used_keys)
@@ -338,15 +359,17 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path, nu
                     current_names[n], current_routes[n] = name, json.loads(approved)
             row = conn.execute("SELECT data FROM policies ORDER BY id DESC LIMIT 1").fetchone()
             current_policy = row[0] if row else None
+            committed = {r[0] for r in conn.execute("SELECT node_key FROM nodes")}
             conn.close()
             used_keys = [k for k in ledger.registered.values()]
         elapsed = time.monotonic() - t0
         print(f"{ITERATIONS} kills in {elapsed:.0f} s: {ledger.writes} writes tried, {ledger.acks} acknowledged, "
-              f"{len(ledger.registered)} registrations with single-use keys")
+              f"{len(ledger.registered)} registrations with single-use keys ({ledger.retried} retried after a kill, "
+              f"{ledger.retried_committed} of them committed before it)")
         # The kills came while writes of every kind were going on; most registrations were cut
         # off in flight (they queue behind the other writes), some were acknowledged first.
         assert ledger.acks > ITERATIONS and ledger.writes - ledger.acks > ITERATIONS
-        assert len(ledger.registered) >= 5
+        assert len(ledger.registered) >= 5 and ledger.retried >= ITERATIONS / 4
         # A last start: the server comes up on what the last kill left, and serves it.
         await cluster.start()
         listed = await admin(cluster.socket, "GET", "/api/v1/user")

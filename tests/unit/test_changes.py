@@ -112,6 +112,25 @@ async def test_relogin_of_the_same_machine_keeps_the_node(tailnet):
     assert not tailnet.is_expired(again)
 
 
+async def test_a_single_use_key_answers_its_own_retry_and_no_one_else(tailnet):
+    """A crash between the commit and the reply: the machine retries with the same node key and
+    key; that is the same node, not a second use. Any other machine is refused."""
+    from appliance.errors import AuthFailed
+
+    u = await tailnet.create_user("alice")
+    _, text = await tailnet.create_preauth_key(u.id)
+    keys = dict(machine_key=f"mkey:{1:064x}", node_key=f"nodekey:{1:064x}", old_node_key=None, hostinfo={})
+    first = await tailnet.register_with_key(tailnet.check_preauth_key(text), **keys)
+    retry_key = tailnet.check_preauth_key(text, node=tailnet.node_by_key(keys["node_key"]))
+    again = await tailnet.register_with_key(retry_key, **keys)
+    assert again.id == first.id and len(tailnet.nodes) == 1
+    with pytest.raises(AuthFailed, match="already been used"):
+        tailnet.check_preauth_key(text)
+    with pytest.raises(AuthFailed, match="already been used"):  # another machine's node
+        other = await register(tailnet, "other", 2)
+        tailnet.check_preauth_key(text, node=other)
+
+
 def test_login_tokens_are_safe_to_paste_after_a_flag():
     from appliance.control.interactive import new_token
 
