@@ -110,35 +110,31 @@ def backup_file(db: Path, dest: Path) -> None:
 def restore_file(backup: Path, db: Path) -> Path | None:
     """Make the checked ``backup`` the database at ``db`` (the server must be stopped).
 
-    The database it replaces (with whatever its -wal held) is first copied to
-    ``db.before-restore-<UTC time>``, whose path is returned (None when there was none). The
-    -wal and -shm files of the old database are removed: left beside the restored file, SQLite
-    would replay the old log into it. The new file gets the old one's owner, and mode 0600.
+    The database it replaces is kept as ``db.before-restore-<UTC time>``, with its -wal (so
+    whatever the log held stays with it, even for a file too damaged to open), and that path is
+    returned (None when there was none). No -wal or -shm is left beside the restored file: SQLite
+    would replay an old log into it. The new file gets the old one's owner and mode 0600; until
+    it is in place the old database stays where it was.
     """
     backup, db = Path(backup), Path(db)
     check_database(backup)
-    kept = None
-    owner = None
-    if db.exists():
-        st = db.stat()
-        owner = (st.st_uid, st.st_gid)
-        kept = db.with_name(f"{db.name}.before-restore-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
-        old = _open_existing(db)
-        try:
-            copy_database(old, kept)
-        finally:
-            old.close()
     tmp = db.with_name(f".{db.name}.restore-{os.getpid()}")
+    kept = None
     try:
         src = _open_existing(backup)
         try:
             copy_database(src, tmp)
         finally:
             src.close()
-        if owner is not None and os.geteuid() == 0:
-            os.chown(tmp, *owner)
-        for suffix in ("-wal", "-shm"):
-            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        if db.exists():
+            st = db.stat()
+            if os.geteuid() == 0:
+                os.chown(tmp, st.st_uid, st.st_gid)
+            kept = db.with_name(f"{db.name}.before-restore-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+            os.rename(db, kept)
+            if Path(f"{db}-wal").exists():
+                os.rename(f"{db}-wal", f"{kept}-wal")
+        Path(f"{db}-shm").unlink(missing_ok=True)
         os.rename(tmp, db)
         _fsync_dir(db.parent)
     except OSError as e:
