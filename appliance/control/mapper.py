@@ -9,19 +9,20 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from ..logthrottle import LogThrottle
 from ..storage.records import NodeRecord
 from ..tailnet.access import Access, AllowAll
-from ..tailnet.changes import FULL, Pending
+from ..tailnet.changes import FULL, Pending, patch_fields
 from ..tailnet.model import TAGGED_DEVICES_LOGIN, TAGGED_DEVICES_USER_ID, Tailnet
 from ..tailnet.routes import EXIT_ROUTES, served
 from .mapframes import RawJSON
 from .codec import ZERO_TIME, format_time, to_json
 
 log = logging.getLogger(__name__)
+
+ONLINE_ONLY = patch_fields({"Online"})
 
 # Capabilities every node gets, as Headscale grants them by default.
 DEFAULT_SELF_CAPS = {
@@ -44,10 +45,6 @@ class SessionView:
     known_peers: set[int] = field(default_factory=set)
     known_profiles: set[int] = field(default_factory=set)
     cert_domains: tuple[str, ...] = ()  # as last sent in DNSConfig
-
-
-def _jsonable(v: Any) -> Any:
-    return format_time(v) if isinstance(v, datetime) else v
 
 
 class Mapper:
@@ -161,6 +158,26 @@ class Mapper:
         if self.tailnet.is_expired(n):
             d["Expired"] = True
         return d
+
+    def _patch(self, n: NodeRecord, fields: frozenset) -> dict:
+        """A PeersChangedPatch entry with the current values of ``fields``."""
+        entry: dict[str, Any] = {"NodeID": n.id}
+        for f in fields:
+            if f == "Online":
+                entry[f] = self.tailnet.is_online(n.id)
+            elif f == "LastSeen":
+                entry[f] = format_time(n.last_seen) if n.last_seen else ZERO_TIME
+            elif f == "Endpoints":
+                entry[f] = list(n.endpoints)
+            elif f == "DiscoKey":
+                entry[f] = n.disco_key
+            elif f == "DERPRegion":
+                entry[f] = n.hostinfo.preferred_derp
+            elif f == "Cap":
+                entry[f] = self.tailnet.capver.get(n.id, 0)
+            else:
+                raise ValueError(f"no patch field {f!r}")
+        return entry
 
     def self_json(self, n: NodeRecord) -> dict:
         d = self.node_json(n)
@@ -282,6 +299,7 @@ class Mapper:
         if "derp" in pending.parts:
             msg["DERPMap"] = self.derp_map()
         changed, patches, removed = [], [], []
+        online: dict[str, bool] = {}
         visible = None
         for node_id, patch in pending.peers.items():
             n = self.tailnet.nodes.get(node_id)
@@ -297,8 +315,12 @@ class Mapper:
                 if rendered:
                     changed.extend(rendered)
                     view.known_peers.add(node_id)
+            elif patch == ONLINE_ONLY:
+                # The compact form for the commonest change (a reconnect storm is N of them
+                # for each of N sessions): OnlineChange, keyed by node ID.
+                online[str(node_id)] = self.tailnet.is_online(node_id)
             else:
-                patches.append({"NodeID": node_id, **{k: _jsonable(v) for k, v in patch.items()}})
+                patches.append(self._patch(n, patch))
         for node_id in pending.removed:
             if node_id in view.known_peers:
                 removed.append(node_id)
@@ -311,6 +333,8 @@ class Mapper:
                 view.known_profiles |= new_users
         if patches:
             msg["PeersChangedPatch"] = patches
+        if online:
+            msg["OnlineChange"] = online
         if removed:
             msg["PeersRemoved"] = sorted(removed)
         return msg or None

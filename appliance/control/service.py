@@ -42,6 +42,10 @@ COALESCE_DELAY = 0.02
 # sends N deltas per change and spends its time on them instead of on the joins (issue 2).
 # Headscale batches for 800 ms; a change after a quiet spell still goes out after 20 ms.
 MIN_DELTA_INTERVAL = 0.5
+# While streams wait for their first netmap, deltas to the connected ones wait (at most this
+# long): in a reconnect storm every arrival would otherwise queue behind a delta for each of the
+# sessions already back, and those deltas then carry many arrivals each instead of one.
+MAX_DELTA_DEFERRAL = 5.0
 
 
 class NetmapFailed(Exception):
@@ -83,6 +87,12 @@ class ControlService:
         self.mapper = mapper
         self.server_url = server_url.rstrip("/")
         self.logins = PendingLogins()
+        # Netmaps are built one at a time, one per scheduling round: a thousand sessions waking
+        # at once (a reconnect storm) then take turns with the admin socket and new connections
+        # instead of making each of those wait behind all thousand builds (issue 10).
+        self._build_slot = trio.CapacityLimiter(1)
+        self._firsts_waiting = 0  # streams waiting for their first netmap
+        self._firsts_served = trio.Event()  # set (and replaced) when that drops to 0
         self.ping_answered: Callable[[str], bool] = lambda token: False  # set by the HA prober
         # Set by the policy layer; with no policy no tag may be requested (tagOwners decide).
         self.tag_permitted: Callable[[int, str], bool] = lambda user_id, tag: False
@@ -304,6 +314,11 @@ class ControlService:
             return node
         return self.tailnet.client_reported(node.id, patch=patch, capver=mr.version or None, **changes) or node
 
+    def _next_frame(self, view: SessionView, pending, compress: bool) -> bytes | None:
+        """The delta for one session, encoded (the message itself is not kept), or None."""
+        msg = self._next_message(view, pending)
+        return None if msg is None else encode_frame(msg, compress)
+
     def _next_message(self, view: SessionView, pending) -> dict | None:
         """The delta for one session. When it cannot be built (a bug, or data of one node that
         breaks it), that session alone gets a whole netmap instead; when that fails too, only
@@ -359,16 +374,25 @@ class ControlService:
 
     async def _stream(self, node: NodeRecord, resp: Response, compress: bool, name: str) -> None:
         bus = self.tailnet.bus
-        bus.replace_sessions(node.id)  # a newer stream of the same node replaces the old one
-        handle = bus.open(node.id)
-        view = SessionView(node.id)
-        self.tailnet.stream_opened(node.id)
+        async with self._build_slot:
+            bus.replace_sessions(node.id)  # a newer stream of the same node replaces the old one
+            handle = bus.open(node.id)
+            view = SessionView(node.id)
+            self.tailnet.stream_opened(node.id)
         log.info("%s: map stream of node %d (%s) open", name, node.id, node.given_name)
         try:
             handle.pending.take()
             # Encoded at once and not kept: the full map of a big tailnet is ~1000 node dicts,
             # and a local holding it for the stream's life cost ~0.5 MiB per connected node.
-            first = encode_frame(self.mapper.full(view, raw_peers=True), compress)
+            self._firsts_waiting += 1
+            try:
+                async with self._build_slot:
+                    first = encode_frame(self.mapper.full(view, raw_peers=True), compress)
+            finally:
+                self._firsts_waiting -= 1
+                if not self._firsts_waiting:
+                    self._firsts_served.set()
+                    self._firsts_served = trio.Event()
             await resp.start(200, [("content-type", "application/json")])
             await resp.send(first)
             del first
@@ -380,18 +404,26 @@ class ControlService:
                     await trio.sleep_until(max(trio.current_time() + COALESCE_DELAY, last_delta + MIN_DELTA_INTERVAL))
                 if handle.closed or node.id not in self.tailnet.nodes:
                     break
-                pending = handle.pending.take()
-                try:
-                    msg = None if pending.empty() else self._next_message(view, pending)
-                except NetmapFailed:
-                    break  # this stream ends cleanly; its client reconnects
-                if msg is None:
+                frame = None
+                if self._firsts_waiting and not handle.pending.empty():
+                    with trio.move_on_after(MAX_DELTA_DEFERRAL):
+                        await self._firsts_served.wait()
+                if not handle.pending.empty():
+                    async with self._build_slot:
+                        try:
+                            frame = self._next_frame(view, handle.pending.take(), compress)
+                        except NetmapFailed:
+                            break  # this stream ends cleanly; its client reconnects
+                if frame is None:
                     if not timer.cancelled_caught:
                         continue
-                    msg = {"KeepAlive": True}
+                    frame = encode_frame({"KeepAlive": True}, compress)
                 else:
                     last_delta = trio.current_time()
-                await resp.send(encode_frame(msg, compress))
+                await resp.send(frame)
+                # Not kept while the stream waits: a thousand sessions each holding its last
+                # message is a million objects for the garbage collector after a storm.
+                del frame
             await resp.send(b"", end=True)
         finally:
             bus.close(handle)

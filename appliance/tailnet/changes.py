@@ -3,16 +3,39 @@
 Changes are coalesced, not queued: a session keeps one ``Pending`` record of what is dirty and
 a wake-up event; its writer sends one delta built from the *current* model, however many
 changes happened in between. A slow client therefore never makes the bus block or grow.
+
+A peer's patch is recorded as the *names* of the PeersChangedPatch fields that changed (one
+shared frozenset per combination); their values are read from the model when the delta is
+built. In a reconnect storm every session hears of every node: N² marks, which must not be N²
+objects for the garbage collector to walk (issue 10: its pauses held the admin socket).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import trio
 
 FULL = None  # a peer marked with FULL gets its whole node resent, not a patch
+_ABSENT = object()
+
+Fields = frozenset  # names of PeersChangedPatch fields, e.g. {"Online", "LastSeen"}
+_fields: dict[frozenset, frozenset] = {}
+_unions: dict[tuple[frozenset, frozenset], frozenset] = {}
+
+
+def patch_fields(patch: Iterable[str]) -> Fields:
+    """The shared frozenset of these field names (a dict gives its keys)."""
+    f = frozenset(patch)
+    return _fields.setdefault(f, f)
+
+
+def _union(a: Fields, b: Fields) -> Fields:
+    u = _unions.get((a, b))
+    if u is None:
+        u = _unions[(a, b)] = patch_fields(a | b)
+    return u
 
 
 @dataclass
@@ -21,24 +44,26 @@ class Pending:
 
     self_node: bool = False
     everything: bool = False  # DERP map, DNS, packet filter, profiles, peer set: recompute all
-    peers: dict[int, dict | None] = field(default_factory=dict)  # node id → patch fields or FULL
+    peers: dict[int, Fields | None] = field(default_factory=dict)  # node id → patch fields or FULL
     removed: set[int] = field(default_factory=set)
     # Pieces to bring up to date: "dns", "derp" (tailnet-wide), "access" (this node's packet
     # filter, SSH policy, attributes and peer set, after a policy result changed).
     parts: set[str] = field(default_factory=set)
     ping_url: str | None = None  # a PingRequest to send: the HA probe asks "are you there?"
 
-    def mark_peer(self, node_id: int, patch: dict | None) -> None:
-        self.removed.discard(node_id)
-        if patch is FULL:
+    def mark_peer(self, node_id: int, fields: Fields | None) -> None:
+        """Peer ``node_id`` changed: ``fields`` (from patch_fields) or FULL. Called for every
+        session on every change, so kept lean."""
+        if self.removed:
+            self.removed.discard(node_id)
+        if fields is FULL:
             self.peers[node_id] = FULL
             return
-        if node_id in self.peers:
-            old = self.peers[node_id]
-            if old is not FULL:
-                old.update(patch)
-            return
-        self.peers[node_id] = dict(patch)
+        old = self.peers.get(node_id, _ABSENT)
+        if old is _ABSENT:
+            self.peers[node_id] = fields
+        elif old is not FULL and old is not fields:
+            self.peers[node_id] = _union(old, fields)
 
     def mark_removed(self, node_id: int) -> None:
         self.peers.pop(node_id, None)
@@ -105,17 +130,18 @@ class ChangeBus:
 
     # --- what the model calls --------------------------------------------------------
 
-    def node_changed(self, node_id: int, patch: dict | None = FULL) -> None:
+    def node_changed(self, node_id: int, patch: Iterable[str] | None = FULL) -> None:
         """Node ``node_id`` changed: its own sessions get a new self node (unless the change
         is a patch only peers care about) and every other session re-judges it as a peer."""
-        for h in self._all():
-            if h.node_id == node_id:
-                if patch is FULL:
+        fields = FULL if patch is FULL else patch_fields(patch)
+        for owner, handles in self._sessions.items():
+            for h in handles:
+                if owner != node_id:
+                    h.pending.mark_peer(node_id, fields)
+                    h.wake()
+                elif patch is FULL:
                     h.pending.self_node = True
                     h.wake()
-            else:
-                h.pending.mark_peer(node_id, patch)
-                h.wake()
 
     def node_removed(self, node_id: int) -> None:
         """Node ``node_id`` is gone: peers drop it; its own streams learn it and end."""

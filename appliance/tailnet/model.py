@@ -44,7 +44,7 @@ from .names import (
     check_display_name, check_email, check_given_name, check_tag, check_user_name, dns_label,
     unique_name,
 )
-from .routes import RouteTable
+from .routes import RouteTable, served
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,9 @@ class Tailnet:
         self._lock = trio.Lock()  # one writer at a time keeps memory in step with the store
         self._held_names: set[str] = set()  # names of stored nodes left out at load
         self._unflushed: set[int] = set()  # nodes whose soft columns the store has not seen
+        # Set when the server shuts down: its streams all end, and announcing each end to all
+        # the others would cost N² for nothing.
+        self.stopping = False
         # Called with the ids of nodes whose policy inputs changed; set by the policy layer.
         self.on_nodes_changed: Callable[[set[int]], None] = lambda ids: None
         self.on_users_changed: Callable[[], None] = lambda: None
@@ -539,9 +542,16 @@ class Tailnet:
         self.online[node_id] = self.online.get(node_id, 0) + 1
         if self.online[node_id] == 1:
             self.changed(node_id, {"Online": True})
-            self.update_routes()
+            self._routes_after_presence(node_id)
             return True
         return False
+
+    def _routes_after_presence(self, node_id: int) -> None:
+        # Only a router's coming and going can move a primary route; skipping the election for
+        # everyone else keeps a reconnect storm linear instead of quadratic.
+        n = self.nodes.get(node_id)
+        if (n is not None and served(n)) or node_id in self.routes.primary.values():
+            self.update_routes()
 
     def stream_closed(self, node_id: int) -> None:
         """A map stream ended; the node's last one makes it offline, which peers and the route
@@ -554,8 +564,11 @@ class Tailnet:
         if node_id not in self.nodes:
             return
         now = self.clock()
+        if self.stopping:  # every stream is closing: record the time, tell no one
+            self.client_reported(node_id, last_seen=now, patch={})
+            return
         self.client_reported(node_id, last_seen=now, patch={"LastSeen": now, "Online": False})
-        self.update_routes()
+        self._routes_after_presence(node_id)
 
     # --- soft state in the store ---------------------------------------------------------
 

@@ -8,17 +8,21 @@ import pytest
 from appliance.control.hostinfo import Hostinfo
 from appliance.control.mapper import Mapper, SessionView
 from appliance.storage import Store
-from appliance.tailnet.changes import FULL, Pending
+from appliance.tailnet.changes import FULL, Pending, patch_fields
 from appliance.tailnet.model import Tailnet
 
 
 def test_pending_merges_patches_and_full_wins():
     p = Pending()
-    p.mark_peer(1, {"Online": True})
-    p.mark_peer(1, {"Endpoints": ["1.2.3.4:5"]})
-    assert p.peers[1] == {"Online": True, "Endpoints": ["1.2.3.4:5"]}
+    p.mark_peer(1, patch_fields({"Online"}))
+    p.mark_peer(1, patch_fields({"Endpoints"}))
+    assert p.peers[1] == {"Online", "Endpoints"}
+    q = Pending()  # every session holds the same shared set for the same change
+    q.mark_peer(1, patch_fields({"Endpoints"}))
+    q.mark_peer(1, patch_fields({"Online"}))
+    assert q.peers[1] is p.peers[1]
     p.mark_peer(1, FULL)
-    p.mark_peer(1, {"Online": False})
+    p.mark_peer(1, patch_fields({"Online"}))
     assert p.peers[1] is FULL
     p.mark_removed(1)
     assert 1 not in p.peers and p.removed == {1}
@@ -119,7 +123,7 @@ async def test_a_single_use_key_answers_its_own_retry_and_no_one_else(tailnet):
 
     u = await tailnet.create_user("alice")
     _, text = await tailnet.create_preauth_key(u.id)
-    keys = dict(machine_key=f"mkey:{1:064x}", node_key=f"nodekey:{1:064x}", old_node_key=None, hostinfo={})
+    keys = dict(machine_key=f"mkey:{1:064x}", node_key=f"nodekey:{1:064x}", old_node_key=None, hostinfo=None)
     first = await tailnet.register_with_key(tailnet.check_preauth_key(text), **keys)
     retry_key = tailnet.check_preauth_key(text, node=tailnet.node_by_key(keys["node_key"]))
     again = await tailnet.register_with_key(retry_key, **keys)
