@@ -83,7 +83,7 @@ class ServerProcess:
         self.log = workdir / "server.log"
 
     def env(self) -> dict:
-        return {**os.environ, "PYTHONPATH": os.environ.get("BENCH_EXTRA_PATH", "") + str(REPO)}
+        return {**os.environ, "PYTHONPATH": str(REPO)}
 
     def start(self) -> None:
         argv = [sys.executable]
