@@ -249,8 +249,8 @@ def do_serve(args) -> int:
     """Exit statuses: serve.EXIT_* (README, "Running it")."""
     import trio
 
-    from .serve import (EXIT_CANNOT_START, EXIT_INTERNAL_ERROR, EXIT_STORE_FAILED, CannotStart, leaves,
-                        serve_until_signalled)
+    from .serve import (EXIT_CANNOT_START, EXIT_INTERNAL_ERROR, EXIT_STOPPED, EXIT_STORE_FAILED, CannotStart,
+                        leaves, serve_until_signalled)
     from .storage.store import StoreFailed
 
     cfg = _config(args)
@@ -275,7 +275,7 @@ def do_serve(args) -> int:
               f"{type(errors[0]).__name__ if errors else type(exc).__name__}: {errors[0] if errors else exc}",
               file=sys.stderr)
         return EXIT_INTERNAL_ERROR
-    return 0
+    return EXIT_STOPPED
 
 
 def do_backup(args) -> int:

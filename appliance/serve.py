@@ -56,9 +56,9 @@ EXIT_INTERNAL_ERROR = 70  # a bug escaped supervision (EX_SOFTWARE)
 
 GC_THRESHOLDS = (20_000, 10, 10)  # CPython's defaults are (700, 10, 10)
 
+
 class CannotStart(Exception):
     """The server could not start; the message says what to fix."""
-
 
 
 @dataclass
@@ -104,13 +104,25 @@ async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
-async def _listen_tcp(what: str, addr: str) -> list[trio.SocketListener]:
+async def serve_tcp(what: str, addr: str, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Listen on ``addr`` (the config key ``what``) and serve each connection with ``handler``.
+    ``task_status.started`` gets the bound ports. The listeners are opened anew on every
+    (supervised) start: trio.serve_listeners closes them when it fails."""
     host, port = split_host_port(addr)
     try:
-        return await trio.open_tcp_listeners(port, host=host or None)
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
     except OSError as e:
         raise ConfigError(f"{what} {addr}: cannot listen: {e.strerror or e}; free the port or change {what}",
                           key=what) from None
+    task_status.started(sorted({ln.socket.getsockname()[1] for ln in listeners}))
+    await trio.serve_listeners(handler, [BatchListener(ln) for ln in listeners])
+
+
+async def serve_unix(path: Path, mode: int, handler, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """The admin socket, bound anew on every (supervised) start."""
+    listener = await open_unix_listener(path, mode)
+    task_status.started()
+    await trio.serve_listeners(handler, [listener])
 
 
 async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -183,13 +195,10 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             gate = ConnectionGate(cfg.limits.max_connections, cfg.limits.max_connections_per_source,
                                   exempt=cfg.trusted_proxies)
             public = gate.wrap(public)
-            listeners = await _listen_tcp("listen_addr", cfg.listen_addr)
-            ports = sorted({ln.socket.getsockname()[1] for ln in listeners})
-            await sup(nursery, "listener " + cfg.listen_addr, trio.serve_listeners, public,
-                      [BatchListener(ln) for ln in listeners])
-            unix = await open_unix_listener(cfg.unix_socket, cfg.unix_socket_permission)
+            ports = await sup(nursery, "listener " + cfg.listen_addr, serve_tcp, "listen_addr", cfg.listen_addr,
+                              public)
+            await sup(nursery, "admin socket", serve_unix, cfg.unix_socket, cfg.unix_socket_permission, admin.handle)
             bound_socket = True
-            await sup(nursery, "admin socket", trio.serve_listeners, admin.handle, [unix])
             await sup(nursery, "housekeeping", run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
             await sup(nursery, "policy file watcher", policy.watch_file)
             await sup(nursery, "route auto-approver", policy.run_auto_approver)

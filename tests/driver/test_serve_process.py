@@ -33,12 +33,29 @@ INJECT = '''
 import sqlite3
 import trio
 
+from appliance import serve as _serve
 from appliance.storage import store as _store
 from appliance.tailnet.haprobe import HAProber
 from appliance.tailnet.policy import PolicyManager
 
 _real_probe_run = HAProber.run
-_runs = {"prober": 0, "recompiler": 0}
+_runs = {"prober": 0, "recompiler": 0, "admin": 0}
+_real_serve_unix = _serve.serve_unix
+
+
+async def _flaky_serve_unix(path, mode, handler, *, task_status=trio.TASK_STATUS_IGNORED):
+    """The admin socket's accept loop dies once, its listening socket closed under it."""
+    _runs["admin"] += 1
+    if _runs["admin"] == 1:
+        listener = await _serve.open_unix_listener(path, mode)
+        task_status.started()
+        await trio.sleep(0.3)
+        await listener.aclose()
+        raise OSError("injected fault in the admin socket's accept loop")
+    await _real_serve_unix(path, mode, handler, task_status=task_status)
+
+
+_serve.serve_unix = _flaky_serve_unix
 
 
 async def _flaky_probe_run(self, *, task_status=trio.TASK_STATUS_IGNORED):
@@ -174,6 +191,8 @@ def proc(tmp_path):
 def test_faults_in_tasks_are_restarted_and_the_process_serves_on(proc, tmp_path):
     proc.start()
     log = lambda: proc.log.read_text()  # noqa: E731
+    # The admin socket's accept loop failed once and was bound again (the CLI answers).
+    assert "task admin socket failed after" in log() and "task admin socket restarted" in log()
     proc.wait_for(lambda: log().count("task HA route prober restarted") >= 2, "two prober restarts")
     assert log().count("task HA route prober failed") == 2
     assert "RuntimeError: injected fault in the HA prober; restarting it in 0.5s" in log()
@@ -185,6 +204,7 @@ def test_faults_in_tasks_are_restarted_and_the_process_serves_on(proc, tmp_path)
     metrics = proc.metrics()
     assert 'trioscale_task_restarts_total{task="HA route prober"} 2' in metrics
     assert 'trioscale_task_restarts_total{task="policy recompiler"} 1' in metrics
+    assert 'trioscale_task_restarts_total{task="admin socket"} 1' in metrics
     assert proc.proc.poll() is None and proc.cli("users", "list").returncode == 0
 
     # Online backup through the running server, then offline once it is stopped.
