@@ -8,10 +8,12 @@ from datetime import timedelta
 
 import trio
 
+from ..logthrottle import LogThrottle
 from .changes import FULL
 from .model import Tailnet
 
 log = logging.getLogger(__name__)
+_limited = LogThrottle(log)
 
 TICK = 1.0
 
@@ -23,20 +25,25 @@ async def run_housekeeping(tailnet: Tailnet, ephemeral_timeout: timedelta, *, ta
         await trio.sleep(TICK)
         now = tailnet.clock()
         for node_id, n in list(tailnet.nodes.items()):
-            if n.ephemeral and not tailnet.is_online(node_id):
-                since = n.last_seen or n.created_at
-                if now - since >= ephemeral_timeout:
-                    log.info("removing ephemeral node %d (%s): offline since %s", node_id, n.given_name, since)
-                    try:
-                        await tailnet.delete_node(node_id)
-                    except Exception:
-                        log.exception("could not remove ephemeral node %d", node_id)
-                    continue
-            expired = tailnet.is_expired(n, now)
-            if expired and node_id not in announced_expired:
-                announced_expired.add(node_id)
-                log.info("node %d (%s): key expired", node_id, n.given_name)
-                tailnet.changed(node_id, FULL, policy=True)  # its cached JSON now says Expired
-            elif not expired:
-                announced_expired.discard(node_id)
+            try:
+                await _tend(tailnet, node_id, n, now, ephemeral_timeout, announced_expired)
+            except Exception as e:  # one node's trouble: that node's upkeep waits for the next tick
+                _limited.log(logging.ERROR, "housekeeping-node", "housekeeping of node %d failed: %s: %s",
+                             node_id, type(e).__name__, e)
         announced_expired &= set(tailnet.nodes)
+
+
+async def _tend(tailnet: Tailnet, node_id: int, n, now, ephemeral_timeout: timedelta, announced_expired: set[int]) -> None:
+    if n.ephemeral and not tailnet.is_online(node_id):
+        since = n.last_seen or n.created_at
+        if now - since >= ephemeral_timeout:
+            log.info("removing ephemeral node %d (%s): offline since %s", node_id, n.given_name, since)
+            await tailnet.delete_node(node_id)
+            return
+    expired = tailnet.is_expired(n, now)
+    if expired and node_id not in announced_expired:
+        announced_expired.add(node_id)
+        log.info("node %d (%s): key expired", node_id, n.given_name)
+        tailnet.changed(node_id, FULL, policy=True)  # its cached JSON now says Expired
+    elif not expired:
+        announced_expired.discard(node_id)

@@ -139,7 +139,6 @@ class Tailnet:
             self._by_node_key.pop(old.node_key, None)
         self.nodes[n.id] = n
         self._by_node_key[n.node_key] = n.id
-        self.version[n.id] = next(_versions)
 
     def _put_written(self, before: NodeRecord | None, saved: NodeRecord) -> NodeRecord:
         """Memory after a durable write of ``saved``: a soft field that a client reported while
