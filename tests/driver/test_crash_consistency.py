@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import trio
@@ -36,6 +37,7 @@ ITERATIONS = int(os.environ.get("TRIOSCALE_CRASH_ITERATIONS", "200"))
 NODES = 3  # nodes renamed and given routes
 START_TIMEOUT = 20.0
 WRITE_WINDOW = (0.02, 0.25)  # seconds of writes before the kill, uniformly at random
+EXPIRES = (datetime.now(timezone.utc) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Unacknowledged(Exception):
@@ -87,6 +89,11 @@ class Ledger:
     retried_committed: int = 0  # of those, committed before the kill: the answer was lost
     writes: int = 0
     acks: int = 0
+    acks_by_kind: dict[str, int] = field(default_factory=dict)
+
+    def acked(self, kind: str) -> None:
+        self.acks += 1
+        self.acks_by_kind[kind] = self.acks_by_kind.get(kind, 0) + 1
 
 
 class Cluster:
@@ -160,7 +167,7 @@ async def overwrite(ledger: Ledger, value: Overwrites, call) -> None:
         except Unacknowledged:
             return
         value.acked = len(value.tried)
-        ledger.acks += 1
+        ledger.acked(type(call).__name__)
 
 
 class Rename:
@@ -207,7 +214,7 @@ async def create_users(ledger: Ledger, sock: Path, it: int) -> None:
         except Unacknowledged:
             return
         ledger.users.add(name)
-        ledger.acks += 1
+        ledger.acked("user")
 
 
 async def use_keys(ledger: Ledger, cluster: Cluster, public: bytes, it: str, nursery: trio.Nursery) -> None:
@@ -217,12 +224,12 @@ async def use_keys(ledger: Ledger, cluster: Cluster, public: bytes, it: str, nur
         i += 1
         ledger.writes += 1
         try:
-            doc = await admin(cluster.socket, "POST", "/api/v1/preauthkey", {"user": "crash", "expiration": 3600})
+            doc = await admin(cluster.socket, "POST", "/api/v1/preauthkey", {"user": "crash", "expiration": EXPIRES})
         except Unacknowledged:
             return
         key = doc["preAuthKey"]["key"]
         ledger.keys[key] = int(doc["preAuthKey"]["id"])
-        ledger.acks += 1
+        ledger.acked("key")
         async with trio.open_nursery() as race:
             for side in "ab":
                 race.start_soon(register, ledger, cluster, public, key, f"k{it}-{i}{side}", nursery)
@@ -244,7 +251,7 @@ async def register(ledger: Ledger, cluster: Cluster, public: bytes, key: str, na
         await client.aclose()
     assert doc.get("MachineAuthorized")
     ledger.registered[client.node_key] = key
-    ledger.acks += 1
+    ledger.acked("registration")
     return True
 
 
@@ -305,7 +312,7 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path, nu
         public = await fetch_server_key(HOST, cluster.port)
         await admin(cluster.socket, "POST", "/api/v1/user", {"name": "crash"})
         reusable = (await admin(cluster.socket, "POST", "/api/v1/preauthkey",
-                                {"user": "crash", "reusable": True, "expiration": 3600}))["preAuthKey"]["key"]
+                                {"user": "crash", "reusable": True, "expiration": EXPIRES}))["preAuthKey"]["key"]
         node_ids = []
         for i in range(NODES):
             c = SimClient(HOST, cluster.port, public, f"fixed{i}")
@@ -365,11 +372,14 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path, nu
         elapsed = time.monotonic() - t0
         print(f"{ITERATIONS} kills in {elapsed:.0f} s: {ledger.writes} writes tried, {ledger.acks} acknowledged, "
               f"{len(ledger.registered)} registrations with single-use keys ({ledger.retried} retried after a kill, "
-              f"{ledger.retried_committed} of them committed before it)")
+              f"{ledger.retried_committed} of them committed before it); acknowledged: {ledger.acks_by_kind}")
         # The kills came while writes of every kind were going on; most registrations were cut
         # off in flight (they queue behind the other writes), some were acknowledged first.
         assert ledger.acks > ITERATIONS and ledger.writes - ledger.acks > ITERATIONS
         assert len(ledger.registered) >= 5 and ledger.retried >= ITERATIONS / 4
+        # Every kind of write was acknowledged many times (an API change would show here).
+        kinds = ("Rename", "Approve", "SetPolicy", "user", "key", "registration")
+        assert all(ledger.acks_by_kind.get(k, 0) >= 5 for k in kinds), ledger.acks_by_kind
         # A last start: the server comes up on what the last kill left, and serves it.
         await cluster.start()
         listed = await admin(cluster.socket, "GET", "/api/v1/user")

@@ -16,7 +16,6 @@ import sqlite3
 import trio
 
 from appliance.serve import serve
-from appliance.tailnet.changes import FULL
 from bench.controlclient import fetch_server_key
 
 from .test_control_loopback import HOST, WAIT, Server, free_port, joined, loopback_config, wait_peers
@@ -171,7 +170,7 @@ async def test_one_node_that_cannot_be_rendered_is_left_out_of_the_others_maps(t
     await wait_peers(a, {b.node_id, c.node_id})
     # A record the mapper cannot render (no creation time): its peers get every other node.
     t._put(dataclasses.replace(t.nodes[c.node_id], created_at=None))
-    t.bus.node_changed(c.node_id, FULL)
+    t.changed(c.node_id)  # the one way a change reaches the sessions (and the JSON caches)
     d = await joined(server, nursery, "d")
     await wait_peers(d, {a.node_id, b.node_id})
     await wait_peers(a, {b.node_id, c.node_id, d.node_id})  # a keeps c's last good version
