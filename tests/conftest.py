@@ -7,6 +7,7 @@ means something is missing, and a skip must never turn a run green.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -24,3 +25,17 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which counts as a failure: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def _logging_levels_restored():
+    """The CLI's main(), run in-process by some tests, sets logger levels as a process entry
+    point does (e.g. quiets appliance.config); restore them so no test sees another's levels."""
+    manager = logging.Logger.manager
+    before = {name: lg.level for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    root = logging.root.level
+    yield
+    for name, lg in list(manager.loggerDict.items()):
+        if isinstance(lg, logging.Logger) and lg.level != before.get(name, logging.NOTSET):
+            lg.setLevel(before.get(name, logging.NOTSET))
+    logging.root.setLevel(root)
