@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -24,15 +23,12 @@ import trustme
 from tests.aptinstall import find_or_install
 
 from .dnsstub import DNSStub
+from tests.ports import free_port
 
 PEBBLE_PACKAGE = "pebble"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def find_or_install_pebble() -> str:

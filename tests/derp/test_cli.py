@@ -19,6 +19,7 @@ from derp.keys import load_or_create_private_key, parse_private_key
 from derp import stun
 
 from .helpers import relayed, wait_until
+from tests.ports import free_port as _free_port
 
 
 def test_key_file_created_0600_and_reloaded(tmp_path):
@@ -86,12 +87,6 @@ async def test_tls_needs_cert(tmp_path):
                                 "--key", str(tmp_path / "c.pem")])
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 async def test_python_m_derp_subprocess(tmp_path):

@@ -27,6 +27,8 @@ from appliance.serve import EXIT_CANNOT_START, EXIT_STORE_FAILED
 from appliance.storage.migrations import LATEST
 
 REPO = Path(__file__).resolve().parents[2]
+from tests.ports import free_port
+
 HOST = "127.0.0.1"
 
 INJECT = '''
@@ -111,10 +113,6 @@ _store.Store.__init__ = _init
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 class Proc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 from urllib.parse import quote
 
 import pytest
@@ -18,12 +17,9 @@ from appliance.noise.transport import NoiseTransport
 from appliance.serve import serve
 from derp.transport import WebSocketStream
 from derp.websocket import accept_key
+from tests.ports import free_port
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.aptinstall import find_or_install
+from tests.ports import free_port as _free_port
 
 
 def _bindir() -> Path | None:
@@ -34,10 +34,6 @@ def postgres_bindir() -> Path:
     return bindir
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import struct
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from bench.controlclient import (
     fetch_server_key,
     upgrade_ts2021,
 )
+from tests.ports import free_port
 
 HOST = "127.0.0.1"
 WAIT = 10  # seconds; every wait on the server is bounded by this
@@ -38,11 +38,6 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
-def free_port() -> int:
-    # serve() must know its URL before it binds; take a port the kernel just gave out.
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @dataclass
