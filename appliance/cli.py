@@ -124,14 +124,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(nodes, "move", nodes_move, "move a node to another user")
     p.add_argument("-i", "--identifier", type=int, required=True)
     p.add_argument("-u", "--user", required=True)
-    p = cmd(nodes, "register", nodes_register, "approve an interactive login")
+    p = cmd(nodes, "register", nodes_register, "approve an interactive login (same as `auth register`)")
     p.add_argument("-u", "--user", required=True)
-    p.add_argument("-k", "--key", required=True)
+    p.add_argument("-k", "--key", required=True, help="the auth ID shown on the login page")
     p = cmd(nodes, "list-routes", nodes_list_routes, "routes advertised, approved and primary per node", output=True)
     p.add_argument("-i", "--identifier", type=int)
     p = cmd(nodes, "approve-routes", nodes_approve_routes, "set a node's approved routes")
     p.add_argument("-i", "--identifier", type=int, required=True)
     p.add_argument("-r", "--routes", default="", help="comma-separated prefixes; empty removes all")
+    auth = _with_config(sub.add_parser("auth", help="pending logins and SSH checks")).add_subparsers(dest="sub", required=True)
+    p = cmd(auth, "register", auth_register, "let a waiting machine join as a user", output=True)
+    p.add_argument("--auth-id", required=True, help="the ID on the login page (hskey-authreq-...)")
+    p.add_argument("-u", "--user", required=True)
+    p = cmd(auth, "approve", auth_approve, "approve a pending SSH check, or a known machine logging in again")
+    p.add_argument("--auth-id", required=True)
+    p = cmd(auth, "reject", auth_reject, "refuse a pending login or SSH check")
+    p.add_argument("--auth-id", required=True)
+    cmd(auth, "list", auth_list, "pending logins and SSH checks, with their expiry", aliases=["ls"], output=True)
     apikeys = _with_config(sub.add_parser("apikeys", aliases=["apikey"], help="API keys for the HTTP API")).add_subparsers(dest="sub", required=True)
     p = cmd(apikeys, "create", apikeys_create, "create an API key (printed alone on stdout, shown once)")
     p.add_argument("-e", "--expiration", default="90d")
@@ -505,8 +514,37 @@ def nodes_move(args) -> int:
 
 
 def nodes_register(args) -> int:
-    doc = _client(args).call("POST", api_path("node", "register", query={"user": args.user, "key": args.key}))
+    doc = _client(args).call("POST", api_path("node", "register", query={"user": args.user, "key": args.key.strip()}))
     print(f"Node {doc['node']['givenName']} registered")
+    return 0
+
+
+def auth_register(args) -> int:
+    doc = _client(args).call("POST", api_path("auth", "register"), {"authId": args.auth_id.strip(), "user": args.user})
+    if args.output == "table":
+        print(f"Node {doc['node']['givenName']} registered")
+    else:
+        _emit(args, doc["node"])
+    return 0
+
+
+def auth_approve(args) -> int:
+    _client(args).call("POST", api_path("auth", "approve"), {"authId": args.auth_id.strip()})
+    print("Auth request approved")
+    return 0
+
+
+def auth_reject(args) -> int:
+    _client(args).call("POST", api_path("auth", "reject"), {"authId": args.auth_id.strip()})
+    print("Auth request rejected")
+    return 0
+
+
+def auth_list(args) -> int:
+    reqs = _client(args).call("GET", api_path("auth"))["authRequests"]
+    rows = [[r["authId"], r["kind"], r["hostname"] if r["kind"] == "register" else f"{r['srcNodeId']} -> {r['dstNodeId']}",
+             r["os"], r["source"], r["expiration"]] for r in reqs]
+    _emit(args, reqs, rows, ["Auth ID", "Kind", "Machine", "OS", "Source", "Expires"])
     return 0
 
 

@@ -573,6 +573,19 @@ class SimClient:
             raise ControlClientError(f"register refused: {doc.get('Error') or doc}")
         return doc
 
+    async def login(self, followup: str = "", hostinfo: dict | None = None) -> dict:
+        """Register without a key, as `tailscale up` does: the first call gets an AuthURL,
+        the call with ``followup`` set to it waits for the decision. Returns the response."""
+        status, body = await self.post_json("/machine/register", {
+            "Version": self.version, "NodeKey": self.node_key,
+            "OldNodeKey": key_text("nodekey", bytes(32)), "Expiry": "0001-01-01T00:00:00Z",
+            "Followup": followup, "Hostinfo": self.hostinfo() if hostinfo is None else hostinfo,
+        })
+        if status != 200:
+            raise ControlClientError(f"register: HTTP {status}: {body[:200]!r}")
+        self.register_response = json.loads(body)
+        return self.register_response
+
     def _map_request(self, *, stream: bool, omit_peers: bool, endpoints: list[str] | None) -> dict:
         doc: dict[str, Any] = {
             "Version": self.version, "Compress": "zstd", "KeepAlive": True,

@@ -15,7 +15,7 @@ import trio
 
 from ..http.server import Answer, peer_host
 from ..tailnet.model import Tailnet
-from . import keys, nodes, policyops, runtime, server, users
+from . import auth, keys, nodes, policyops, runtime, server, users
 from .apikeys import ApiKeys
 from .backend import Backend
 from .docs import docs_page
@@ -23,7 +23,7 @@ from .openapi import openapi_document
 from .problem import problem
 from .router import Actor, Router
 
-MODULES = [users, nodes, keys, policyops, runtime, server]
+MODULES = [users, nodes, auth, keys, policyops, runtime, server]
 PREFIX = "/api/v1/"
 
 

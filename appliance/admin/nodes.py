@@ -5,10 +5,10 @@ from __future__ import annotations
 from ..errors import Invalid, NotFound
 from .backend import Backend
 from .router import Call, Router
-from .schema import ID, Bool, Str, Time
+from .schema import ID, Bool, Time
 from .shapes import node_of
 from .types import (
-    NODE_NAME, ApproveRoutesBody, Empty, ExpireNodeBody, MoveNodeBody, NodeList, NodeResponse, Ref,
+    AUTH_ID, NODE_NAME, ApproveRoutesBody, Empty, ExpireNodeBody, MoveNodeBody, NodeList, NodeResponse, Ref,
     RegisterNodeBody, SetTagsBody,
 )
 
@@ -90,14 +90,15 @@ def routes(r: Router, b: Backend) -> None:
         return node(node_id)
 
     @r.post("/api/v1/node/register", "registerNode", "Approve a pending interactive login", tag="Nodes",
-            query={"user": Ref(), "key": Str(min_len=1, max_len=128, doc="the key the login page shows")},
-            body=RegisterNodeBody, body_required=False, response=NodeResponse, errors=(404,), changes=True)
+            query={"user": Ref(), "key": AUTH_ID}, body=RegisterNodeBody, body_required=False,
+            response=NodeResponse, errors=(404, 409), changes=True,
+            description="Headscale's older verb for POST /api/v1/auth/register; `key` is the auth ID.")
     async def register_node(call: Call, body: RegisterNodeBody = RegisterNodeBody(), user: str | None = None,
                             key: str | None = None) -> NodeResponse:
         user, key = user or body.user, key or body.key
         if not user or not key:
             raise Invalid("register needs a user and the key shown on the login page")
         if b.control is None:
-            raise NotFound("no pending login with that key")
-        n = await b.control.complete_interactive(key, user)
+            raise NotFound("no pending auth request with that ID")
+        n = await b.control.register_pending(key, user)
         return NodeResponse(node_of(t, n))

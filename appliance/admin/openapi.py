@@ -13,6 +13,7 @@ from .router import Router
 TAG_DOCS = {
     "Users": "People who own nodes. Name rules: see the README's Names section.",
     "Nodes": "Machines in the tailnet: names, tags, owners, expiry, routes.",
+    "Auth": "Interactive logins and SSH checks waiting for an admin's decision (Headscale 0.28's auth verbs).",
     "PreAuthKeys": "Keys that register nodes without an interactive login.",
     "ApiKeys": "Bearer keys for this API.",
     "Policy": "The access policy (Tailscale's HuJSON), checked by the real engine.",

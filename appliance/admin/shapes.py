@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from ..control.authrequests import AuthRequest
 from ..storage.records import NodeRecord, PreAuthKeyRecord, UserRecord
 from ..tailnet.model import Tailnet
 from ..tailnet.routes import advertised
-from .types import Node, PreAuthKey, User
+from .types import AuthRequestInfo, Node, PreAuthKey, User
 
 
 def user_of(u: UserRecord | None) -> User | None:
@@ -47,4 +48,12 @@ def node_of(tailnet: Tailnet, n: NodeRecord) -> Node:
         subnet_routes=tuple(r for r in routable if r in n.approved_routes),
         tags=tuple(n.tags), primary_routes=tuple(tailnet.routes.primaries_of(n.id)),
         ephemeral=n.ephemeral, expired=tailnet.is_expired(n),
+    )
+
+
+def auth_request_of(r: AuthRequest) -> AuthRequestInfo:
+    return AuthRequestInfo(
+        auth_id=r.auth_id, kind=r.kind, source=r.source, created_at=r.created, expiration=r.expires,
+        hostname=r.hostinfo.hostname, os=r.hostinfo.os, machine_key=r.machine_key, node_key=r.node_key,
+        src_node_id=r.src_node_id, dst_node_id=r.dst_node_id, local_user=r.local_user,
     )

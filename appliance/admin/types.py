@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from ..control.authrequests import parse_auth_id
 from ..tailnet import names
 from .schema import (
     ID, Bool, Enum, Free, Int, List, Nullable, Prefix, Spec, Str, Time, api_type, fld,
@@ -46,6 +47,9 @@ TAG = Str(min_len=5, max_len=names.TAG_MAX, check=names.check_tag, pattern=names
           example="tag:server")
 TAGS = List(TAG, max_items=64)
 KEY_REF = Str(min_len=1, max_len=200, doc="a pre-auth key's ID, its prefix or the whole key")
+AUTH_ID = Str(min_len=1, max_len=64, pattern=r"^(hskey-authreq-)?[0-9a-f]{24}$", check=parse_auth_id,
+              example="hskey-authreq-0123456789abcdef01234567",
+              doc="the ID the login page shows: hskey-authreq- and 24 hex digits")
 POLICY_TEXT = Str(max_len=1 << 20, doc="the policy, HuJSON")
 MAX_LIST = 4096
 
@@ -194,7 +198,43 @@ class ApproveRoutesBody:
 @api_type
 class RegisterNodeBody:
     user: str | None = fld(Nullable(Ref()), default=None)
-    key: str | None = fld(Nullable(Str(min_len=1, max_len=128)), default=None)
+    key: str | None = fld(Nullable(AUTH_ID), default=None)
+
+
+# --- auth requests (logins and SSH checks waiting for a decision) ------------------------------
+
+@api_type
+class AuthRegisterBody:
+    user: str = fld(Ref("the user the machine joins as: ID, name or email"))
+    auth_id: str = fld(AUTH_ID)
+
+
+@api_type
+class AuthIdBody:
+    auth_id: str = fld(AUTH_ID)
+
+
+@api_type
+class AuthRequestInfo:
+    """trioscale: a pending login (kind "register") or SSH check (kind "ssh-check")."""
+
+    auth_id: str = fld(Str(max_len=64))
+    kind: str = fld(Enum("register", "ssh-check"))
+    source: str = fld(Str(max_len=64), doc="the address it came from (an IPv6 /64)")
+    created_at: datetime | None = fld(Nullable(Time()))
+    expiration: datetime | None = fld(Nullable(Time()))
+    hostname: str = fld(Str(max_len=256), doc="register: the machine's name")
+    os: str = fld(Str(max_len=256), doc="register: its operating system")
+    machine_key: str = fld(Str(max_len=256), doc="register")
+    node_key: str = fld(Str(max_len=256), doc="register")
+    src_node_id: int | None = fld(Nullable(ID()), doc="ssh-check: the connecting node")
+    dst_node_id: int | None = fld(Nullable(ID()), doc="ssh-check: the node connected to")
+    local_user: str = fld(Str(max_len=256), doc="ssh-check: the account asked for")
+
+
+@api_type
+class AuthRequestList:
+    auth_requests: tuple = fld(List(AuthRequestInfo.spec, max_items=1 << 20))
 
 
 # --- API keys ---------------------------------------------------------------------------------

@@ -12,15 +12,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-from ..errors import AuthFailed, NotFound, RateLimited
+from ..errors import AuthFailed, Invalid, RateLimited
 from ..http.h2server import H2Server, Request, Response
 from ..logthrottle import LogThrottle
 from ..storage.records import NodeRecord
 from ..tailnet.changes import FULL
 from ..tailnet.model import TAGGED_DEVICES_LOGIN, TAGGED_DEVICES_USER_ID, Tailnet
+from .authrequests import AuthRequest, AuthRequests, TooManyRequests, Verdict, parse_auth_id
 from .codec import WireError, decode_body, from_json, parse_addr_port, to_json
 from .hostinfo import Hostinfo
-from .interactive import PENDING_LIFETIME, PendingLogins
 from .mapframes import encode_frame
 from .mapper import Mapper, SessionView
 from .setdns import SetDNS
@@ -86,7 +86,7 @@ class ControlService:
         self.tailnet = tailnet
         self.mapper = mapper
         self.server_url = server_url.rstrip("/")
-        self.logins = PendingLogins()
+        self.auth = AuthRequests()
         # Netmaps are built one at a time, one per scheduling round: a thousand sessions waking
         # at once (a reconnect storm) then take turns with the admin socket and new connections
         # instead of making each of those wait behind all thousand builds (issue 10).
@@ -220,7 +220,7 @@ class ControlService:
             self._check_register_rate(peer, name)
             if self.register_gate is not None:
                 self.register_gate.failed(peer.remote)  # a new interactive login has no key
-        return await self._interactive(rr, peer, hostinfo or Hostinfo())
+        return await self._interactive(rr, peer, hostinfo, name)
 
     def _check_register_rate(self, peer: NoisePeer, name: str) -> None:
         if self.register_gate is not None and self.register_gate.blocked(peer.remote):
@@ -236,33 +236,90 @@ class ControlService:
             raise AuthFailed(f"requested tags {sorted(tags)} are invalid or not permitted")
         return tuple(sorted(set(tags)))
 
-    async def _interactive(self, rr: RegisterRequest, peer: NoisePeer, hostinfo: Hostinfo) -> RegisterResponse:
+    def auth_url(self, req: AuthRequest) -> str:
+        """Where the person goes: /register/ID for a machine, /auth/ID for an SSH check."""
+        return f"{self.server_url}/{'register' if req.is_registration else 'auth'}/{req.auth_id}"
+
+    async def _interactive(self, rr: RegisterRequest, peer: NoisePeer, hostinfo: Hostinfo | None,
+                           name: str) -> RegisterResponse:
         now = self.tailnet.clock()
         if rr.followup:
-            token = rr.followup.rstrip("/").rsplit("/", 1)[-1]
-            pending = self.logins.get(token)
-            if pending is None or pending.node_key != rr.node_key:
-                return RegisterResponse(error="this login link has expired; run `tailscale up` again")
-            with trio.move_on_after(PENDING_LIFETIME.total_seconds()):
-                await pending.done.wait()
-            if pending.node_id is None or pending.node_id not in self.tailnet.nodes:
-                return RegisterResponse(error="login was not completed in time; run `tailscale up` again")
-            return self._authorized(self.tailnet.nodes[pending.node_id])
-        pending = self.logins.start(peer.machine_key, rr.node_key, hostinfo, now)
-        return RegisterResponse(auth_url=f"{self.server_url}/register/{pending.token}")
+            return await self._followup(rr, peer)
+        try:
+            req = self.auth.start_registration(
+                machine_key=peer.machine_key, node_key=rr.node_key, hostinfo=hostinfo, remote=peer.remote, now=now,
+            )
+        except (TooManyRequests, Invalid) as e:
+            # A flood of logins without a key must not fill the disk: one line per reason a while.
+            self.throttle.warning("interactive-refused", "%s: interactive login refused: %s", name, e)
+            return RegisterResponse(error=str(e))
+        self.throttle.info("interactive-started", "%s: interactive login %s waiting (%s)", name, req.auth_id,
+                           req.hostinfo.hostname or "?")
+        return RegisterResponse(auth_url=self.auth_url(req))
 
-    async def complete_interactive(self, token: str, user_ref: str) -> NodeRecord:
-        """Admin approval of a pending interactive login (``nodes register``)."""
-        pending = self.logins.get(token)
-        if pending is None:
-            raise NotFound("no pending login with that key (it may have expired)")
+    async def _followup(self, rr: RegisterRequest, peer: NoisePeer) -> RegisterResponse:
+        """The client's long poll after it showed the AuthURL: answered when the request is
+        decided (approved, rejected) or expires."""
+        expired = RegisterResponse(error="this login link has expired; run `tailscale up` again")
+        try:
+            auth_id = parse_auth_id(urlsplit(rr.followup).path.rstrip("/").rsplit("/", 1)[-1])
+        except Invalid:
+            return expired
+        now = self.tailnet.clock()
+        req = self.auth.get(auth_id, now)
+        if req is None or not req.is_registration or (req.machine_key, req.node_key) != (peer.machine_key, rr.node_key):
+            return expired
+        verdict = await req.wait(now)
+        if verdict is None:
+            return RegisterResponse(error="the login was not completed in time; run `tailscale up` again")
+        if not verdict.accepted:
+            return RegisterResponse(error=verdict.reason)
+        node = self.tailnet.nodes.get(verdict.node_id) if verdict.node_id is not None else None
+        if node is None:
+            return expired  # approved, then deleted before the client asked
+        return self._authorized(node)
+
+    # --- decisions (admin CLI/API, OIDC) -------------------------------------------------
+
+    async def register_pending(self, auth_id: str, user_ref: str | int, *, method: str = "cli",
+                               expiry=None) -> NodeRecord:
+        """``auth register``: the machine waiting under ``auth_id`` joins as ``user_ref``'s."""
+        req = self.auth.pending(auth_id, self.tailnet.clock())
+        if not req.is_registration:
+            raise Invalid("this auth request is an SSH check, not a machine: use `trioscale auth approve`")
         user = self.tailnet.find_user(user_ref)
+        return await self._register_request(req, user, method, expiry)
+
+    async def _register_request(self, req: AuthRequest, user, method: str, expiry) -> NodeRecord:
         node = await self.tailnet.register_interactive(
-            user, machine_key=pending.machine_key, node_key=pending.node_key, hostinfo=pending.hostinfo,
-            tags=self._requested_tags(pending.hostinfo, user.id),
+            user, machine_key=req.machine_key, node_key=req.node_key, hostinfo=req.hostinfo,
+            tags=self._requested_tags(req.hostinfo, user.id), method=method, expiry=expiry,
         )
-        self.logins.finish(token, node.id)
+        self.auth.decide(req, Verdict(True, node.id))
+        log.info("auth request %s: node %d (%s) registered for %s (%s)", req.auth_id, node.id,
+                 node.given_name, user.name, method)
         return node
+
+    async def approve(self, auth_id: str) -> AuthRequest:
+        """``auth approve``: an SSH check passes; a machine that had a node before logs in
+        again as the same user (a new machine needs ``auth register --user``)."""
+        req = self.auth.pending(auth_id, self.tailnet.clock())
+        if req.is_registration:
+            owner = self.tailnet.previous_owner(req.machine_key)
+            if owner is None:
+                raise Invalid("this is a new machine: choose its user with "
+                              f"`trioscale auth register --auth-id {req.auth_id} --user USER`")
+            await self._register_request(req, owner, "cli", None)
+        else:
+            self.auth.decide(req, Verdict(True))
+            log.info("auth request %s: SSH check approved", req.auth_id)
+        return req
+
+    async def reject(self, auth_id: str, reason: str = "an administrator rejected this login") -> AuthRequest:
+        req = self.auth.pending(auth_id, self.tailnet.clock())
+        self.auth.decide(req, Verdict(False, reason=reason))
+        log.info("auth request %s rejected", req.auth_id)
+        return req
 
     # --- map ----------------------------------------------------------------------------
 

@@ -64,6 +64,12 @@ def source_of(address: str) -> str:
     return str(ip)
 
 
+def source_of_peer(peer: str) -> str:
+    """The source of a peer named as ``ip:port`` (http.server.peer_name; IPv6 without brackets)
+    or "local"."""
+    return source_of(peer.rsplit(":", 1)[0])
+
+
 def source_of_stream(stream: trio.abc.Stream) -> str:
     addr = peer_address(stream)
     return source_of(addr[0]) if addr else "local"
@@ -176,7 +182,7 @@ class RegisterGate:
         self._buckets = buckets
 
     def blocked(self, remote: str) -> bool:
-        source = source_of(remote.rsplit(":", 1)[0])
+        source = source_of_peer(remote)
         if not self._buckets.exhausted(source):
             return False
         _throttled.warning("rate-register", "%s: too many registrations without a valid key, "
@@ -184,4 +190,4 @@ class RegisterGate:
         return True
 
     def failed(self, remote: str) -> None:
-        self._buckets.allow(source_of(remote.rsplit(":", 1)[0]))
+        self._buckets.allow(source_of_peer(remote))

@@ -341,23 +341,33 @@ class Tailnet:
 
     async def register_interactive(
         self, user: UserRecord, *, machine_key: str, node_key: str, hostinfo: Hostinfo | None,
-        tags: tuple[str, ...] = (),
+        tags: tuple[str, ...] = (), method: str = "cli", expiry: datetime | None = None,
     ) -> NodeRecord:
-        """An admin approved a pending interactive login for ``user``."""
+        """A pending interactive login was decided for ``user`` (by an admin: "cli", or by the
+        person's identity provider: "oidc"). ``expiry`` overrides node.expiry (the ID token's
+        with oidc.use_expiry_from_token)."""
         return await self._register(
             machine_key=machine_key, node_key=node_key, old_node_key=None, hostinfo=hostinfo,
-            user_id=user.id, tags=tags, ephemeral=False, key=None, method="cli",
+            user_id=user.id, tags=tags, ephemeral=False, key=None, method=method, expiry=expiry,
         )
+
+    def previous_owner(self, machine_key: str) -> UserRecord | None:
+        """The user whose (untagged) node this machine had, if any: it may log in again."""
+        for n in self.nodes.values():
+            if n.machine_key == machine_key and not n.tags and n.user_id in self.users:
+                return self.users[n.user_id]
+        return None
 
     async def _register(
         self, *, machine_key: str, node_key: str, old_node_key: str | None, hostinfo: Hostinfo | None,
         user_id: int | None, tags: tuple[str, ...], ephemeral: bool,
-        key: PreAuthKeyRecord | None, method: str,
+        key: PreAuthKeyRecord | None, method: str, expiry: datetime | None = None,
     ) -> NodeRecord:
         hostname = hostinfo.hostname if hostinfo is not None else ""
         async with self._lock:
             now = self.clock()
-            expiry = now + self.node_expiry if self.node_expiry else None
+            if expiry is None:
+                expiry = now + self.node_expiry if self.node_expiry else None
             existing = self._find_reauth_target(machine_key, node_key, old_node_key, user_id, tags)
             key_id = key.id if key else None
             # A retry of the registration that used this key uses nothing more.

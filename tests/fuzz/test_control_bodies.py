@@ -48,7 +48,7 @@ from .schemas import body_bytes, mutated
 EXAMPLES = int(os.environ.get("TRIOSCALE_FUZZ_EXAMPLES", "200"))
 HANDLER_DEADLINE = 10.0  # no body may make a handler wait (a real follow-up never comes here)
 # Memory still held after replaying every example once more: the state the bodies leave (a
-# few nodes, at most 1024 pending logins) and nothing per request.
+# few nodes, at most 32 pending logins from its one source) and nothing per request.
 MEMORY_BOUND = 16 * 1024 * 1024
 # Held after a third replay beyond the second: the same requests again must not grow it.
 REPLAY_GROWTH_BOUND = 256 * 1024

@@ -239,8 +239,9 @@ def test_interactive_login_approved_with_the_cli(tailnet, netns):
             netns.wrap([sys.executable, "-c", f"import urllib.request;print(urllib.request.urlopen({url!r}).read().decode())"]),
             capture_output=True, text=True, timeout=20,
         ).stdout
-        assert f"nodes register --user USERNAME --key {token}" in page
-        server.cli("nodes", "register", "--user", "alice", "--key", token)
+        assert f"trioscale auth register --auth-id {token} --user USERNAME" in page
+        assert "theta" in page and "nodekey:" in page
+        server.cli("nodes", "register", "--user", "alice", "--key", token)  # Headscale's older verb
         assert up.wait(60) == 0
         assert theta.status()["BackendState"] == "Running"
         assert "theta" in node_ids(server)

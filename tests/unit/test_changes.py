@@ -135,14 +135,6 @@ async def test_a_single_use_key_answers_its_own_retry_and_no_one_else(tailnet):
         tailnet.check_preauth_key(text, node=other)
 
 
-def test_login_tokens_are_safe_to_paste_after_a_flag():
-    from appliance.control.interactive import new_token
-
-    tokens = {new_token() for _ in range(2000)}
-    assert len(tokens) == 2000
-    assert all(t.isalnum() and t.islower() or t.isdigit() for t in tokens)
-
-
 async def test_raw_peer_text_decodes_to_the_same_netmap(tailnet):
     from appliance.control.mapframes import MapFrameReader, encode_frame
 

@@ -1,0 +1,95 @@
+"""Interactive registration over the real protocol (our client, the real server in-process):
+the AuthURL, the follow-up answered the moment an admin decides, rejection, expiry, and the
+Hostinfo of a waiting login trimmed (issue 11 item 1; issue 10's pending-login bound)."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+
+import trio
+
+from appliance.control.authrequests import AUTH_ID_PREFIX
+from .test_control_loopback import WAIT, server  # noqa: F401  (the fixture)
+
+
+async def start_login(server, nursery, name: str, **kw):
+    c = server.client(name)
+    with trio.fail_after(WAIT):
+        await c.connect(nursery)
+        doc = await c.login(**kw)
+    url = doc["AuthURL"]
+    base = server.running.config.server_url
+    assert url.startswith(f"{base}/register/{AUTH_ID_PREFIX}") and not doc.get("MachineAuthorized")
+    return c, url, url.rsplit("/", 1)[-1]
+
+
+async def test_the_follow_up_is_answered_when_the_admin_decides(server, nursery):
+    control = server.running.control
+    c, url, auth_id = await start_login(server, nursery, "laptop")
+    assert [r.auth_id for r in control.auth.waiting(control.tailnet.clock())] == [auth_id]
+    answers = []
+
+    async def follow():
+        answers.append((await c.login(followup=url), trio.current_time()))
+
+    nursery.start_soon(follow)
+    await trio.sleep(0.5)
+    assert answers == []  # it waits
+    decided = trio.current_time()
+    node = await control.register_pending(auth_id, "alice")
+    with trio.fail_after(WAIT):
+        while not answers:
+            await trio.sleep(0.01)
+    doc, at = answers[0]
+    assert doc["MachineAuthorized"] and doc["User"]["ID"] == node.user_id
+    assert at - decided < 0.5
+    assert node.hostname == "laptop" and node.register_method == "cli"
+    assert control.auth.waiting(control.tailnet.clock()) == []
+
+
+async def test_a_rejected_login_gets_an_error_and_leaves_no_node(server, nursery):
+    control = server.running.control
+    c, url, auth_id = await start_login(server, nursery, "intruder")
+    answers = []
+
+    async def follow():
+        answers.append(await c.login(followup=url))
+
+    nursery.start_soon(follow)
+    await trio.sleep(0.2)
+    await control.reject(auth_id)
+    with trio.fail_after(WAIT):
+        while not answers:
+            await trio.sleep(0.01)
+    assert "rejected" in answers[0]["Error"]
+    assert not any(n.hostname == "intruder" for n in control.tailnet.nodes.values())
+
+
+async def test_a_follow_up_for_an_unknown_link_is_told_to_start_again(server, nursery):
+    c = server.client("stranger")
+    with trio.fail_after(WAIT):
+        await c.connect(nursery)
+        doc = await c.login(followup=f"http://x/register/{AUTH_ID_PREFIX}{'0' * 24}")
+    assert "expired" in doc["Error"]
+
+
+async def test_a_waiting_login_keeps_a_trimmed_hostinfo_only(server, nursery):
+    """A login with a huge Hostinfo keeps a few hundred bytes, not the megabytes it sent."""
+    big = {"Hostname": "big", "OS": "linux", "Services": [{"Proto": "tcp", "Port": i, "Description": "x" * 200}
+                                                         for i in range(1000)]}
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(20):
+            await start_login(server, nursery, f"big{i}", hostinfo={**big, "Hostname": f"big{i}"})
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    control = server.running.control
+    assert len(control.auth.waiting(control.tailnet.clock())) == 20
+    # 20 requests of ~250 KB of Hostinfo each: ~5 MB sent; what stays is connections and
+    # the trimmed requests (well under 1 MB with the clients' own state).
+    assert kept < 3 * 1024 * 1024, kept
