@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ephemeral", action="store_true")
     p.add_argument("-e", "--expiration", default="1h", help="how long the key stays valid (Go duration, e.g. 1h, 90d)")
     p.add_argument("--tags", default="", help="comma-separated tags for the nodes it registers")
+    p.add_argument("--pre-approved", action="store_true",
+                   help="its nodes need no device approval (node.approval_required)")
     p = cmd(keys, "list", keys_list, "list pre-auth keys", aliases=["ls"], output=True)
     p.add_argument("-u", "--user")
     p = cmd(keys, "expire", keys_expire, "expire a pre-auth key")
@@ -127,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(nodes, "register", nodes_register, "approve an interactive login (same as `auth register`)")
     p.add_argument("-u", "--user", required=True)
     p.add_argument("-k", "--key", required=True, help="the auth ID shown on the login page")
+    p = cmd(nodes, "approve", nodes_approve, "approve a node waiting for device approval")
+    p.add_argument("-i", "--identifier", type=int, required=True)
     p = cmd(nodes, "list-routes", nodes_list_routes, "routes advertised, approved and primary per node", output=True)
     p.add_argument("-i", "--identifier", type=int)
     p = cmd(nodes, "approve-routes", nodes_approve_routes, "set a node's approved routes")
@@ -447,6 +451,7 @@ def keys_create(args) -> int:
         "user": _user_id(client, args.user) if args.user else None,
         "reusable": args.reusable, "ephemeral": args.ephemeral,
         "expiration": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "aclTags": tags,
+        "preApproved": args.pre_approved,
     }
     doc = client.call("POST", api_path("preauthkey"), body)
     if args.output == "table":
@@ -477,9 +482,11 @@ def nodes_list(args) -> int:
     user = _user_id(client, args.user) if args.user else None
     nodes = client.call("GET", api_path("node", query={"user": user}))["nodes"]
     rows = [[n["id"], n["givenName"], n["name"], (n["user"] or {}).get("name", ""), ", ".join(n["ipAddresses"]),
-             ",".join(n["tags"]), "online" if n["online"] else "offline", "yes" if n["expired"] else "no", n["lastSeen"]]
+             ",".join(n["tags"]), "online" if n["online"] else "offline", "yes" if n["expired"] else "no",
+             "yes" if n["approved"] else "waiting", n["lastSeen"]]
             for n in nodes]
-    _emit(args, nodes, rows, ["ID", "Name", "Hostname", "User", "IP addresses", "Tags", "Connected", "Expired", "Last seen"])
+    _emit(args, nodes, rows, ["ID", "Name", "Hostname", "User", "IP addresses", "Tags", "Connected", "Expired",
+                              "Approved", "Last seen"])
     return 0
 
 
@@ -546,6 +553,10 @@ def auth_list(args) -> int:
              r["os"], r["source"], r["expiration"]] for r in reqs]
     _emit(args, reqs, rows, ["Auth ID", "Kind", "Machine", "OS", "Source", "Expires"])
     return 0
+
+
+def nodes_approve(args) -> int:
+    return _node_cmd(args, "POST", ("approve",), message="Node approved")
 
 
 def nodes_list_routes(args) -> int:

@@ -77,7 +77,7 @@ def make_relay(cfg: Config, tailnet: Tailnet, front_door: Handler | None = None)
     async def verify(node_public: bytes) -> bool:
         # Only nodes of this tailnet whose key is still valid may use the relay.
         n = tailnet.node_by_key("nodekey:" + node_public.hex())
-        return n is not None and not tailnet.is_expired(n)
+        return n is not None and tailnet.is_usable(n)
 
     workers = relay_workers(cfg)
     try:

@@ -139,7 +139,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         noise_key = load_or_create_private_key(cfg.noise_private_key_path)
         tailnet = Tailnet(
             store, v4=cfg.prefixes.v4, v6=cfg.prefixes.v6, allocation=cfg.prefixes.allocation,
-            node_expiry=cfg.node.expiry,
+            node_expiry=cfg.node.expiry, approval_required=cfg.node.approval_required,
         )
         await tailnet.load()
         dns = DNSConfigSource(cfg.dns, lambda: tailnet.bus.part_changed("dns"))

@@ -48,6 +48,7 @@ def routes(r: Router, b: Backend) -> None:
         rec, text = await t.create_preauth_key(
             body.user or None, reusable=body.reusable, ephemeral=body.ephemeral,
             expiration=future(body.expiration, PREAUTH_DEFAULT_LIFETIME), tags=body.acl_tags,
+            pre_approved=body.pre_approved,
         )
         return PreAuthKeyResponse(preauth_of(t, rec, text))
 

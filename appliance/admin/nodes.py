@@ -89,6 +89,14 @@ def routes(r: Router, b: Backend) -> None:
         await t.set_approved_routes(node_id, routes)
         return node(node_id)
 
+    @r.post("/api/v1/node/{nodeId}/approve", "approveNode", "Approve a node waiting for device approval",
+            tag="Nodes", params=NODE_ID, response=NodeResponse, errors=(404,), changes=True,
+            description="trioscale: with node.approval_required a new node has no peers and no peer "
+                        "sees it until approved.")
+    async def approve_node(call: Call, node_id: int) -> NodeResponse:
+        t.get_node(node_id)
+        return NodeResponse(node_of(t, await t.approve_node(node_id)))
+
     @r.post("/api/v1/node/register", "registerNode", "Approve a pending interactive login", tag="Nodes",
             query={"user": Ref(), "key": AUTH_ID}, body=RegisterNodeBody, body_required=False,
             response=NodeResponse, errors=(404, 409), changes=True,

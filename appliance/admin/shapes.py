@@ -25,7 +25,7 @@ def preauth_of(tailnet: Tailnet, k: PreAuthKeyRecord, key_text: str | None = Non
         # Only the key's hash is kept: after creation only its prefix can be shown.
         key=key_text or f"hskey-auth-{k.prefix}-***",
         reusable=k.reusable, ephemeral=k.ephemeral, used=k.used, expiration=k.expiration,
-        created_at=k.created_at, acl_tags=tuple(k.tags),
+        created_at=k.created_at, acl_tags=tuple(k.tags), pre_approved=k.pre_approved,
     )
 
 
@@ -47,7 +47,7 @@ def node_of(tailnet: Tailnet, n: NodeRecord) -> Node:
         approved_routes=tuple(n.approved_routes), available_routes=routable,
         subnet_routes=tuple(r for r in routable if r in n.approved_routes),
         tags=tuple(n.tags), primary_routes=tuple(tailnet.routes.primaries_of(n.id)),
-        ephemeral=n.ephemeral, expired=tailnet.is_expired(n),
+        ephemeral=n.ephemeral, expired=tailnet.is_expired(n), approved=n.authorized,
     )
 
 

@@ -102,6 +102,7 @@ class PreAuthKey:
     expiration: datetime | None = fld(Nullable(Time()))
     created_at: datetime | None = fld(Nullable(Time()))
     acl_tags: tuple = fld(List(Str(max_len=256), max_items=MAX_LIST))
+    pre_approved: bool = fld(Bool(), doc="trioscale: its nodes skip device approval")
 
 
 @api_type
@@ -112,6 +113,8 @@ class CreatePreAuthKeyBody:
     expiration: datetime | None = fld(Nullable(Time()), default=None,
                                       doc="when the key stops working (default: in one hour)")
     acl_tags: tuple = fld(TAGS, default=(), doc="tags of the nodes it registers")
+    pre_approved: bool = fld(Bool(), default=False,
+                             doc="trioscale: its nodes skip device approval (node.approval_required)")
 
 
 @api_type
@@ -161,6 +164,7 @@ class Node:
     primary_routes: tuple = fld(_ROUTES, doc="trioscale: routes this node is the primary router of")
     ephemeral: bool = fld(Bool(), doc="trioscale")
     expired: bool = fld(Bool(), doc="trioscale")
+    approved: bool = fld(Bool(), doc="trioscale: false while it waits for device approval")
 
 
 @api_type

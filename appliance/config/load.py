@@ -354,6 +354,7 @@ def _node(r: _Reader) -> NodeConfig:
         ephemeral_inactivity_timeout=ephemeral,
         routes_ha_probe_interval=interval,
         routes_ha_probe_timeout=timeout,
+        approval_required=r.get("node.approval_required", v.parse_bool, False),
     )
 
 

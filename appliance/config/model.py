@@ -44,6 +44,7 @@ class NodeConfig:
     ephemeral_inactivity_timeout: timedelta
     routes_ha_probe_interval: timedelta  # zero: HA probing is off
     routes_ha_probe_timeout: timedelta
+    approval_required: bool = False  # ours: new nodes wait for `nodes approve`
 
 
 # BIND's names for the TSIG algorithms (RFC 8945), as tsig-keygen's -a takes them.

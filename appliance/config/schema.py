@@ -31,6 +31,7 @@ MAIN_KEYS: frozenset[str] = frozenset(
         "unix_socket",
         "unix_socket_permission",
         "node.expiry",
+        "node.approval_required",  # ours, not Headscale's
         "node.ephemeral.inactivity_timeout",
         "node.routes.ha.probe_interval",
         "node.routes.ha.probe_timeout",

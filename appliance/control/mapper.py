@@ -139,7 +139,7 @@ class Mapper:
             "Endpoints": list(n.endpoints),
             "Hostinfo": to_json(n.hostinfo),
             "Created": format_time(n.created_at),
-            "MachineAuthorized": True,
+            "MachineAuthorized": n.authorized,
         }
         if n.disco_key:
             d["DiscoKey"] = n.disco_key
@@ -210,8 +210,11 @@ class Mapper:
         """
         now = self.tailnet.clock()
         nodes = self.tailnet.nodes
+        viewer = nodes.get(viewer_id)
+        if viewer is not None and not viewer.authorized:
+            return set()  # a node waiting for approval sees nobody
         ids = nodes.keys() if among is None else among
-        live = {i for i in ids if (n := nodes.get(i)) is not None and not self.tailnet.is_expired(n, now)}
+        live = {i for i in ids if (n := nodes.get(i)) is not None and self.tailnet.is_usable(n, now)}
         return self.access.peers(viewer_id, live)
 
     def _profiles(self, user_ids: set[int]) -> list[dict]:

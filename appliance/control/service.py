@@ -155,7 +155,7 @@ class ControlService:
 
     def _authorized(self, n: NodeRecord) -> RegisterResponse:
         user, login = self._identity(n)
-        return RegisterResponse(user=user, login=login, machine_authorized=True)
+        return RegisterResponse(user=user, login=login, machine_authorized=n.authorized)
 
     def _checked_hostinfo(self, hostinfo: Hostinfo | None, name: str) -> Hostinfo | None:
         if hostinfo is not None and hostinfo.notes:

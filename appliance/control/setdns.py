@@ -110,6 +110,8 @@ class SetDNS:
             raise Refused("unknown node key: log in first")
         if self.tailnet.is_expired(node):
             raise Refused("this machine's key has expired: log in again")
+        if not node.authorized:
+            raise Refused("this machine waits for an administrator's approval (trioscale nodes approve)")
         own = CHALLENGE_PREFIX + self.mapper.fqdn(node).rstrip(".")
         name = sd.name.rstrip(".").lower()
         if sd.type != "TXT":

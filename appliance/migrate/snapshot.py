@@ -5,23 +5,27 @@
 again give the same bytes. Layout (every time is RFC 3339 in UTC, ``null`` when unset)::
 
     {
-      "format": "trioscale-export", "version": 1,
+      "format": "trioscale-export", "version": 2,
       "noise_private_key": "privkey:<64 hex>",     # the key clients know the server by
       "derp_private_key": "privkey:<64 hex>" | null,
       "users":        [{"id", "name", "display_name", "email", "provider", "provider_id",
-                        "profile_pic_url", "created_at"}],
+                        "profile_pic_url", "created_at",
+                        "role",            # owner, admin, network-admin, it-admin, billing-admin, auditor, member
+                        "groups"}],        # from the identity provider at the last sign-in
       "pre_auth_keys":[{"id", "prefix", "hash", "user_id", "reusable", "ephemeral", "used",
-                        "tags", "created_at", "expiration"}],
+                        "tags", "created_at", "expiration", "pre_approved"}],
       "api_keys":     [{"id", "prefix", "hash", "created_at", "expiration", "last_seen"}],
       "nodes":        [{"id", "machine_key", "node_key", "disco_key", "ipv4", "ipv6",
                         "hostname", "given_name", "user_id", "auth_key_id", "tags", "hostinfo",
                         "endpoints", "expiry", "last_seen", "created_at", "approved_routes",
-                        "ephemeral", "register_method"}],
+                        "ephemeral", "register_method",
+                        "authorized"}],    # false: waits for device approval
       "policies":     [{"id", "data", "created_at"}],  # policy.mode database; newest last
       "settings":     [{"name", "value", "updated_at"}] # changed through the API (DNS, DERP)
     }
 
-Key hashes are as stored: SHA-256 hex of the key text for trioscale's keys, bcrypt for keys
+Version 1 (before sign-in for people) lacks the fields marked above; it is read with their
+defaults (role member, no groups, not pre-approved, authorized). Key hashes are as stored: SHA-256 hex of the key text for trioscale's keys, bcrypt for keys
 imported from Headscale (see appliance/tailnet/secrets.py). The configuration file is not part
 of the document: copy config.yaml along with it.
 """
@@ -38,6 +42,7 @@ from typing import Any
 from ..control.codec import WireError, to_json
 from ..control.hostinfo import Hostinfo, parse_hostinfo
 from ..keys import KeyFormatError, decode_key
+from ..policy.model import ROLES
 from ..storage.records import (
     ApiKeyRecord,
     NodeRecord,
@@ -47,10 +52,13 @@ from ..storage.records import (
     Snapshot,
     UserRecord,
 )
+from ..tailnet.names import GROUPS_MAX, InvalidName, check_group
 from .errors import ImportRefused
 
 FORMAT = "trioscale-export"
-VERSION = 1
+VERSION = 2
+# Fields version 2 added; a version 1 document is read with their defaults.
+ADDED_IN_2 = {"users": {"role", "groups"}, "pre_auth_keys": {"pre_approved"}, "nodes": {"authorized"}}
 MAX_DOCUMENT = 512 * 1024 * 1024  # refuse to parse more: a document of 100k nodes is ~200 MB
 
 # list name in the document -> (record class, Snapshot field)
@@ -161,12 +169,12 @@ def _field(annotation: str, value: Any, where: str) -> Any:
     raise AssertionError(f"no reader for {annotation}")
 
 
-def _record(cls: type, item: Any, where: str) -> Any:
+def _record(cls: type, item: Any, where: str, optional: set[str] = frozenset()) -> Any:
     if not isinstance(item, dict):
         raise _bad(where, "an object", item)
     values = {}
     for f in dataclasses.fields(cls):
-        if f.name in _NOT_STORED:
+        if f.name in _NOT_STORED or (f.name in optional and f.name not in item):
             continue
         if f.name not in item:
             raise ImportRefused(f"{where}: the field {f.name!r} is missing")
@@ -200,6 +208,18 @@ def _check_node(n: NodeRecord, where: str) -> None:
         raise _bad(f"{where}.given_name", "a name", n.given_name)
 
 
+def _check_user(u: UserRecord, where: str) -> None:
+    if u.role not in ROLES:
+        raise _bad(f"{where}.role", "one of " + ", ".join(ROLES), u.role)
+    if len(u.groups) > GROUPS_MAX:
+        raise ImportRefused(f"{where}.groups: more than {GROUPS_MAX} groups")
+    for g in u.groups:
+        try:
+            check_group(g)
+        except InvalidName as e:
+            raise ImportRefused(f"{where}.groups: {e}") from None
+
+
 def _private_key(value: Any, where: str, optional: bool) -> bytes | None:
     if value is None and optional:
         return None
@@ -221,8 +241,9 @@ def loads(text: str | bytes) -> Export:
         raise ImportRefused(f"not a JSON document: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ImportRefused(f'not a trioscale export (no "format": "{FORMAT}")')
-    if doc.get("version") != VERSION:
-        raise ImportRefused(f"export version {doc.get('version')!r} is not one this trioscale reads ({VERSION})")
+    version = doc.get("version")
+    if version not in (1, VERSION) or isinstance(version, bool):
+        raise ImportRefused(f"export version {version!r} is not one this trioscale reads (1 to {VERSION})")
     known = {"format", "version", "noise_private_key", "derp_private_key", *SECTIONS}
     if set(doc) - known:
         raise ImportRefused(f"unknown top-level fields: {', '.join(sorted(set(doc) - known))}")
@@ -231,7 +252,10 @@ def loads(text: str | bytes) -> Export:
         items = doc.get(name, [])
         if not isinstance(items, list):
             raise _bad(name, "a list", items)
-        parts[attr] = tuple(_record(cls, item, f"{name}[{i}]") for i, item in enumerate(items))
+        optional = ADDED_IN_2.get(name, set()) if version == 1 else set()
+        parts[attr] = tuple(_record(cls, item, f"{name}[{i}]", optional) for i, item in enumerate(items))
+    for i, u in enumerate(parts["users"]):
+        _check_user(u, f"users[{i}]")
     for i, n in enumerate(parts["nodes"]):
         _check_node(n, f"nodes[{i}]")
     return Export(

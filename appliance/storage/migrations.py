@@ -147,6 +147,19 @@ DROP TABLE nodes_v1;
 CREATE INDEX nodes_machine_key ON nodes (machine_key);
 """
 
+_V4 = """\
+-- 4: sign-in for people (issue 11). Users get a role (the first user owns the tailnet) and the
+-- groups their identity provider gave at their last login, and one provider identity
+-- (issuer/subject) is one user; nodes wait for an admin's approval when
+-- node.approval_required is on, and a pre-auth key may register them pre-approved.
+ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'member';
+ALTER TABLE users ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
+UPDATE users SET role = 'owner' WHERE id = (SELECT MIN(id) FROM users);
+ALTER TABLE nodes ADD COLUMN authorized INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE pre_auth_keys ADD COLUMN pre_approved INTEGER NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX users_provider_id ON users (provider_id) WHERE provider_id != '';
+"""
+
 MIGRATIONS: list[str] = [
     _SCHEMA_1,
     # 2: settings an admin changes at run time through the API (DNS, DERP regions), one JSON
@@ -159,6 +172,7 @@ CREATE TABLE settings (
 );
 """,
     _V3,
+    _V4,
 ]
 
 LATEST = len(MIGRATIONS)

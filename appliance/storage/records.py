@@ -19,6 +19,8 @@ class UserRecord:
     provider: str = ""
     provider_id: str = ""
     profile_pic_url: str = ""
+    role: str = "member"  # owner | admin | network-admin | it-admin | billing-admin | auditor | member
+    groups: tuple[str, ...] = ()  # from the identity provider at the last login
 
     @property
     def login_name(self) -> str:
@@ -37,6 +39,7 @@ class PreAuthKeyRecord:
     tags: tuple[str, ...]
     created_at: datetime
     expiration: datetime | None
+    pre_approved: bool = False  # its nodes skip device approval
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class NodeRecord:
     approved_routes: tuple[str, ...] = ()
     ephemeral: bool = False
     register_method: str = "authkey"
+    authorized: bool = True  # False: waits for an admin's approval (node.approval_required)
     # Not stored: how to compare two versions of a node cheaply when deciding what changed.
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 

@@ -9,7 +9,7 @@ CREATE TABLE users (
     provider_id TEXT NOT NULL DEFAULT '',
     profile_pic_url TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL
-);
+, role TEXT NOT NULL DEFAULT 'member', groups TEXT NOT NULL DEFAULT '[]');
 CREATE TABLE pre_auth_keys (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     prefix TEXT NOT NULL UNIQUE,
@@ -21,7 +21,7 @@ CREATE TABLE pre_auth_keys (
     tags TEXT NOT NULL DEFAULT '[]',
     created_at TEXT NOT NULL,
     expiration TEXT
-);
+, pre_approved INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE api_keys (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     prefix TEXT NOT NULL UNIQUE,
@@ -50,7 +50,7 @@ CREATE TABLE nodes (
     approved_routes TEXT NOT NULL DEFAULT '[]',
     ephemeral INTEGER NOT NULL DEFAULT 0,
     register_method TEXT NOT NULL DEFAULT 'authkey'
-);
+, authorized INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX nodes_machine_key ON nodes (machine_key);
 CREATE TABLE policies (
     id INTEGER PRIMARY KEY,
@@ -62,3 +62,4 @@ CREATE TABLE settings (
     value TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
+CREATE UNIQUE INDEX users_provider_id ON users (provider_id) WHERE provider_id != '';

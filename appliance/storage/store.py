@@ -68,8 +68,18 @@ def _user(r: sqlite3.Row) -> UserRecord:
     return UserRecord(
         id=r["id"], name=r["name"], display_name=r["display_name"], email=r["email"],
         created_at=_dt(r["created_at"]), provider=r["provider"], provider_id=r["provider_id"],
-        profile_pic_url=r["profile_pic_url"],
+        profile_pic_url=r["profile_pic_url"], role=r["role"], groups=_groups(r["groups"]),
     )
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    """A user's provider groups as stored; unreadable ones are none (the next sign-in writes
+    them again), never a reason to leave the user out."""
+    try:
+        groups = json.loads(text)
+    except (ValueError, RecursionError):
+        return ()
+    return tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else ()
 
 
 def _preauth(r: sqlite3.Row) -> PreAuthKeyRecord:
@@ -77,7 +87,7 @@ def _preauth(r: sqlite3.Row) -> PreAuthKeyRecord:
         id=r["id"], prefix=r["prefix"], hash=r["hash"], user_id=r["user_id"],
         reusable=bool(r["reusable"]), ephemeral=bool(r["ephemeral"]), used=bool(r["used"]),
         tags=tuple(json.loads(r["tags"])), created_at=_dt(r["created_at"]),
-        expiration=_dt(r["expiration"]),
+        expiration=_dt(r["expiration"]), pre_approved=bool(r["pre_approved"]),
     )
 
 
@@ -98,6 +108,7 @@ def _node(r: sqlite3.Row) -> NodeRecord:
         last_seen=_dt(r["last_seen"]), created_at=_dt(r["created_at"]),
         approved_routes=tuple(json.loads(r["approved_routes"])),
         ephemeral=bool(r["ephemeral"]), register_method=r["register_method"],
+        authorized=bool(r["authorized"]),
     )
 
 
@@ -116,7 +127,7 @@ def _readable(c: sqlite3.Connection, table: str, convert: Callable[[sqlite3.Row]
 _NODE_COLUMNS = (
     "id", "machine_key", "node_key", "disco_key", "ipv4", "ipv6", "hostname", "given_name",
     "user_id", "auth_key_id", "tags", "hostinfo", "endpoints", "expiry", "last_seen",
-    "created_at", "approved_routes", "ephemeral", "register_method",
+    "created_at", "approved_routes", "ephemeral", "register_method", "authorized",
 )
 
 
@@ -125,7 +136,7 @@ def _node_values(n: NodeRecord) -> tuple:
         n.id, n.machine_key, n.node_key, n.disco_key, n.ipv4, n.ipv6, n.hostname, n.given_name,
         n.user_id, n.auth_key_id, json.dumps(list(n.tags)), json.dumps(to_json(n.hostinfo)),
         json.dumps(list(n.endpoints)), _ts(n.expiry), _ts(n.last_seen), _ts(n.created_at),
-        json.dumps(list(n.approved_routes)), int(n.ephemeral), n.register_method,
+        json.dumps(list(n.approved_routes)), int(n.ephemeral), n.register_method, int(n.authorized),
     )
 
 
@@ -280,15 +291,35 @@ class Store:
     # --- users --------------------------------------------------------------------------
 
     async def create_user(
-        self, name: str, display_name: str, email: str, now: datetime, profile_pic_url: str = "",
+        self, name: str, display_name: str, email: str, now: datetime, profile_pic_url: str = "", *,
+        provider: str = "", provider_id: str = "", groups: tuple[str, ...] = (),
     ) -> UserRecord:
+        """The first user of the tailnet is its owner (in the same transaction, so two
+        concurrent first users cannot both be)."""
+
         def fn(c: sqlite3.Connection) -> UserRecord:
+            first = c.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
             cur = c.execute(
-                "INSERT INTO users (name, display_name, email, profile_pic_url, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (name, display_name, email, profile_pic_url, _ts(now)),
+                "INSERT INTO users (name, display_name, email, created_at, provider, provider_id,"
+                " profile_pic_url, groups, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, display_name, email, _ts(now), provider, provider_id, profile_pic_url,
+                 json.dumps(list(groups)), "owner" if first else "member"),
             )
             return _user(c.execute("SELECT * FROM users WHERE id = ?", (cur.lastrowid,)).fetchone())
+
+        return await self._run(fn)
+
+    async def update_user(self, u: UserRecord) -> UserRecord:
+        """Write a user's profile, role and groups (not its ID or creation time)."""
+
+        def fn(c: sqlite3.Connection) -> UserRecord:
+            c.execute(
+                "UPDATE users SET name = ?, display_name = ?, email = ?, provider = ?, provider_id = ?,"
+                " profile_pic_url = ?, role = ?, groups = ? WHERE id = ?",
+                (u.name, u.display_name, u.email, u.provider, u.provider_id, u.profile_pic_url, u.role,
+                 json.dumps(list(u.groups)), u.id),
+            )
+            return _user(c.execute("SELECT * FROM users WHERE id = ?", (u.id,)).fetchone())
 
         return await self._run(fn)
 
@@ -302,14 +333,14 @@ class Store:
 
     async def create_preauth_key(
         self, prefix: str, hash_: str, user_id: int | None, reusable: bool, ephemeral: bool,
-        tags: tuple[str, ...], now: datetime, expiration: datetime | None,
+        tags: tuple[str, ...], now: datetime, expiration: datetime | None, pre_approved: bool = False,
     ) -> PreAuthKeyRecord:
         def fn(c: sqlite3.Connection) -> PreAuthKeyRecord:
             cur = c.execute(
                 "INSERT INTO pre_auth_keys (prefix, hash, user_id, reusable, ephemeral, tags,"
-                " created_at, expiration) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " created_at, expiration, pre_approved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (prefix, hash_, user_id, int(reusable), int(ephemeral), json.dumps(list(tags)),
-                 _ts(now), _ts(expiration)),
+                 _ts(now), _ts(expiration), int(pre_approved)),
             )
             row = c.execute("SELECT * FROM pre_auth_keys WHERE id = ?", (cur.lastrowid,)).fetchone()
             return _preauth(row)
@@ -494,16 +525,17 @@ def write_snapshot(c: sqlite3.Connection, s: Snapshot) -> None:
     if held:
         raise StoreError(f"the database is not empty (it holds {', '.join(held)}): an import needs a new one")
     c.executemany(
-        "INSERT INTO users (id, name, display_name, email, provider, provider_id, profile_pic_url, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [(u.id, u.name, u.display_name, u.email, u.provider, u.provider_id, u.profile_pic_url, _ts(u.created_at))
-         for u in s.users],
+        "INSERT INTO users (id, name, display_name, email, provider, provider_id, profile_pic_url, created_at,"
+        " role, groups) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(u.id, u.name, u.display_name, u.email, u.provider, u.provider_id, u.profile_pic_url, _ts(u.created_at),
+          u.role, json.dumps(list(u.groups))) for u in s.users],
     )
     c.executemany(
         "INSERT INTO pre_auth_keys (id, prefix, hash, user_id, reusable, ephemeral, used, tags, created_at,"
-        " expiration) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " expiration, pre_approved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [(k.id, k.prefix, k.hash, k.user_id, int(k.reusable), int(k.ephemeral), int(k.used),
-          json.dumps(list(k.tags)), _ts(k.created_at), _ts(k.expiration)) for k in s.preauth_keys],
+          json.dumps(list(k.tags)), _ts(k.created_at), _ts(k.expiration), int(k.pre_approved))
+         for k in s.preauth_keys],
     )
     c.executemany(
         "INSERT INTO api_keys (id, prefix, hash, created_at, expiration, last_seen) VALUES (?, ?, ?, ?, ?, ?)",

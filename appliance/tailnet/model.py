@@ -86,9 +86,13 @@ class Tailnet:
         v6: ipaddress.IPv6Network | None,
         allocation: str = "sequential",
         node_expiry: timedelta | None = None,
+        approval_required: bool = False,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
+        # node.approval_required: a new node waits for `nodes approve` (unless its pre-auth key
+        # was made pre-approved); it sees no peers and no peer sees it until then.
+        self.approval_required = approval_required
         self.bus = ChangeBus()
         self.clock = clock
         self.node_expiry = node_expiry
@@ -198,6 +202,10 @@ class Tailnet:
     def is_expired(self, n: NodeRecord, now: datetime | None = None) -> bool:
         return n.expiry is not None and n.expiry <= (now or self.clock())
 
+    def is_usable(self, n: NodeRecord, now: datetime | None = None) -> bool:
+        """May the node take part in the tailnet: approved and its key not expired."""
+        return n.authorized and not self.is_expired(n, now)
+
     def is_online(self, node_id: int) -> bool:
         return self.online.get(node_id, 0) > 0
 
@@ -258,6 +266,7 @@ class Tailnet:
     async def create_preauth_key(
         self, user_ref: str | int | None, *, reusable: bool = False, ephemeral: bool = False,
         expiration: timedelta | None = timedelta(hours=1), tags: Iterable[str] = (),
+        pre_approved: bool = False,
     ) -> tuple[PreAuthKeyRecord, str]:
         """Returns the record and the key text (shown once; only its hash is kept)."""
         tags = tuple(sorted({check_tag(t) for t in tags}))
@@ -269,7 +278,8 @@ class Tailnet:
         exp = now + expiration if expiration is not None else None
         async with self._lock:
             rec = await self.store.create_preauth_key(
-                prefix, hashed, user.id if user else None, reusable, ephemeral, tags, now, exp
+                prefix, hashed, user.id if user else None, reusable, ephemeral, tags, now, exp,
+                pre_approved,
             )
             self.keys[rec.id] = rec
         return rec, text
@@ -380,6 +390,9 @@ class Tailnet:
                     tags=tags or existing.tags,
                     user_id=user_id if user_id is not None else existing.user_id,
                     register_method=method,
+                    # Approval belongs to the machine: logging in again does not undo it, and
+                    # a pre-approved key approves a machine still waiting.
+                    authorized=existing.authorized or (key is not None and key.pre_approved),
                 )
             else:
                 taken = {n.given_name for n in self.nodes.values()} | self._held_names
@@ -392,6 +405,7 @@ class Tailnet:
                     user_id=user_id, auth_key_id=key_id, tags=tags, hostinfo=hostinfo or Hostinfo(),
                     endpoints=(), expiry=expiry, last_seen=None, created_at=now,
                     ephemeral=ephemeral, register_method=method,
+                    authorized=not self.approval_required or (key is not None and key.pre_approved),
                 )
             try:
                 saved = await self.store.save_node(rec, mark_key_used=mark_used)
@@ -514,6 +528,13 @@ class Tailnet:
             self._drop(node_id)
         self.changed(node_id)
         self.update_routes()
+        return n
+
+    async def approve_node(self, node_id: int) -> NodeRecord:
+        """Device approval: the node joins the tailnet. Peers learn of it as of a new node,
+        and the node itself gets its peers (its own view changed, not only its record)."""
+        n = await self.update_node(node_id, authorized=True)
+        self.bus.access_changed({node_id})
         return n
 
     async def expire_node(self, node_id: int) -> NodeRecord:

@@ -14,6 +14,8 @@ rule. The README's "Names" section documents the same rules.
 - DNS name (search domain, split-DNS suffix, extra record): DNS labels, at most 253 characters.
 - tag: ``tag:`` then a letter, then letters, digits, ``-`` and ``_`` (Tailscale's rule), at most
   128 characters.
+- identity-provider group (fills ``group:NAME`` in the policy): 1 to 128 printable characters, as
+  the provider spells it (spaces and slashes included); at most 256 kept per user.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ DISPLAY_NAME_MAX = 128
 TAG_MAX = 128
 TAG_PATTERN = r"^tag:[A-Za-z][A-Za-z0-9_-]*$"
 _TAG = re.compile(TAG_PATTERN)
+GROUP_MAX = 128
+GROUPS_MAX = 256  # a user's groups are in every policy compilation: a claim of thousands is cut
 
 
 class InvalidName(Invalid, ValueError):
@@ -127,6 +131,27 @@ def check_tag(tag: str) -> str:
             f"'-' and '_'; at most {TAG_MAX} characters)"
         )
     return tag
+
+
+def check_group(name: str) -> str:
+    """A group name from an identity provider's groups claim."""
+    if not name or len(name) > GROUP_MAX or any(not _printable(c) for c in name):
+        raise InvalidName(f"{_shown(name)} is not a group name: 1 to {GROUP_MAX} printable characters")
+    return name
+
+
+def provider_groups(values) -> tuple[str, ...]:
+    """The groups a user keeps from a provider's claim: the valid names, once each, in the
+    provider's order, at most GROUPS_MAX."""
+    out: dict[str, None] = {}
+    for v in values:
+        if len(out) >= GROUPS_MAX:
+            break
+        try:
+            out[check_group(v)] = None
+        except (InvalidName, TypeError):
+            continue
+    return tuple(out)
 
 
 def _shown(value: str) -> str:

@@ -46,14 +46,23 @@ async def test_export_import_export_gives_the_same_document(tmp_path):
 
 def _doc() -> dict:
     return {
-        "format": "trioscale-export", "version": 1, "noise_private_key": "privkey:" + "11" * 32,
-        "derp_private_key": None, "users": [], "pre_auth_keys": [], "api_keys": [], "policies": [], "settings": [],
+        "format": "trioscale-export", "version": 2, "noise_private_key": "privkey:" + "11" * 32,
+        "derp_private_key": None, "api_keys": [], "policies": [], "settings": [],
+        "users": [{
+            "id": 1, "name": "alice", "display_name": "Alice", "email": "alice@example.com", "provider": "oidc",
+            "provider_id": "https://idp.example.com/0042", "profile_pic_url": "", "created_at": "2025-01-01T00:00:00Z",
+            "role": "admin", "groups": ["eng", "Domain Admins"],
+        }],
+        "pre_auth_keys": [{
+            "id": 4, "prefix": "abcdefabcdef", "hash": "0" * 64, "user_id": 1, "reusable": True, "ephemeral": False,
+            "used": False, "tags": [], "created_at": "2025-01-01T00:00:00Z", "expiration": None, "pre_approved": True,
+        }],
         "nodes": [{
             "id": 3, "machine_key": "mkey:" + "22" * 32, "node_key": "nodekey:" + "33" * 32, "disco_key": "",
             "ipv4": "100.64.0.3", "ipv6": None, "hostname": "h", "given_name": "h", "user_id": None,
             "auth_key_id": None, "tags": ["tag:a"], "hostinfo": {}, "endpoints": [], "expiry": None,
             "last_seen": "2025-01-01T00:00:00Z", "created_at": "2025-01-01T00:00:00Z", "approved_routes": [],
-            "ephemeral": False, "register_method": "authkey",
+            "ephemeral": False, "register_method": "authkey", "authorized": False,
         }],
     }
 
@@ -61,12 +70,35 @@ def _doc() -> dict:
 def test_a_good_document_parses():
     e = exportdoc.loads(json.dumps(_doc()))
     assert e.snapshot.nodes[0].id == 3 and e.noise_private_key == bytes.fromhex("11" * 32)
+    assert e.snapshot.users[0].role == "admin" and e.snapshot.users[0].groups == ("eng", "Domain Admins")
+    assert e.snapshot.preauth_keys[0].pre_approved and not e.snapshot.nodes[0].authorized
     assert json.loads(exportdoc.dumps(e)) == _doc()
+
+
+def test_a_version_1_document_reads_with_the_defaults_of_what_it_lacks():
+    d = _doc()
+    d["version"] = 1
+    for section, fields in exportdoc.ADDED_IN_2.items():
+        for item in d[section]:
+            for f in fields:
+                del item[f]
+    s = exportdoc.loads(json.dumps(d)).snapshot
+    assert (s.users[0].role, s.users[0].groups) == ("member", ())
+    assert not s.preauth_keys[0].pre_approved and s.nodes[0].authorized
+    d["version"] = 2
+    with pytest.raises(ImportRefused, match="'role' is missing"):
+        exportdoc.loads(json.dumps(d))
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(format="something"), "not a trioscale export"),
-    (lambda d: d.update(version=2), "export version 2"),
+    (lambda d: d.update(version=3), "export version 3"),
+    (lambda d: d.update(version=True), "export version True"),
+    (lambda d: d["users"][0].update(role="root"), r"users\[0\].role: expected one of owner"),
+    (lambda d: d["users"][0].update(groups=["ok", "bad\u001b[31m"]), r"users\[0\].groups: .* is not a group name"),
+    (lambda d: d["users"][0].update(groups=[f"g{i}" for i in range(257)]), r"users\[0\].groups: more than 256"),
+    (lambda d: d["nodes"][0].update(authorized="yes"), r"nodes\[0\].authorized: expected true or false"),
+    (lambda d: d["pre_auth_keys"][0].pop("pre_approved"), "'pre_approved' is missing"),
     (lambda d: d.update(noise_private_key="privkey:abc"), "noise_private_key"),
     (lambda d: d["nodes"][0].update(node_key="nodekey:zz"), r"nodes\[0\]"),
     (lambda d: d["nodes"][0].update(ipv4="100.64.0.999"), r"nodes\[0\].ipv4"),

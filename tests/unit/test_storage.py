@@ -130,7 +130,7 @@ async def test_migrating_to_autoincrement_keeps_every_row_and_retires_ids(tmp_pa
     path = tmp_path / "db.sqlite"
     _v1_database(path)
     store = Store(path)
-    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == LATEST == 3
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
     assert store._conn.execute("PRAGMA foreign_key_check").fetchall() == []
     assert store._conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     users, nodes, keys = await store.load_all()
@@ -148,6 +148,18 @@ async def test_migrating_to_autoincrement_keeps_every_row_and_retires_ids(tmp_pa
     assert n.id == 3
     store.close()
     assert (tmp_path / "db.sqlite.backup-v1").exists()  # the copy taken before migrating
+
+
+async def test_migrating_to_sign_in_keeps_nodes_approved_and_gives_the_first_user_the_tailnet(tmp_path):
+    """Migration 4 (issue 11): an existing tailnet's nodes stay in it (approved), its first user
+    owns it, nobody has provider groups, no key is pre-approved."""
+    path = tmp_path / "db.sqlite"
+    _v1_database(path)
+    store = Store(path)
+    users, nodes, keys = await store.load_all()
+    assert [(u.name, u.role, u.groups) for u in users] == [("u1", "owner", ()), ("u2", "member", ())]
+    assert all(n.authorized for n in nodes) and not any(k.pre_approved for k in keys)
+    store.close()
 
 
 async def test_node_ids_are_never_reused_even_across_restarts(tmp_path):
