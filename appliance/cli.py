@@ -346,7 +346,10 @@ def do_restore(args) -> int:
 
 
 def do_configtest(args) -> int:
+    from .oidc.settings import oidc_settings
+
     cfg = _config(args)
+    oidc_settings(cfg)  # ConfigError for unusable oidc.* values (a secret file that cannot be read)
     print(config_to_yaml(cfg, redact=True), end="")
     print(f"# configuration OK{(' (' + str(cfg.path) + ')') if cfg.path else ' (embedded defaults)'}", file=sys.stderr)
     return 0

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import ssl
-import urllib.request
 from pathlib import Path
 from typing import Awaitable, Callable
 from urllib.parse import urlsplit
@@ -41,6 +40,7 @@ from .config import Config, ConfigError, split_host_port
 from .config.yamlfile import BoundedComposer
 from .http.server import Answer
 from .keys import load_or_create_private_key
+from .outbound import FetchError, fetch
 from .supervise import Supervisor
 from .tailnet.model import Tailnet
 
@@ -329,16 +329,14 @@ def fetch_derp_map(url: str, ssl_context: ssl.SSLContext | None = None) -> dict:
     https certificates are checked against the system trust store (``SSL_CERT_FILE`` works)
     unless ``ssl_context`` says otherwise.
     """
-    req = urllib.request.Request(url, headers={"User-Agent": "trioscale", "Accept": "application/json"})
-    ctx = ssl_context or ssl.create_default_context()
     try:
-        with urllib.request.urlopen(req, timeout=FETCH_TIMEOUT, context=ctx) as resp:
-            body = resp.read(MAX_DERP_MAP_BYTES + 1)
-    except (OSError, ValueError) as e:  # URLError and HTTPError are OSErrors
-        raise ConfigError(f"derp.urls: cannot fetch {url}: {e}") from None
-    if len(body) > MAX_DERP_MAP_BYTES:
-        raise ConfigError(f"derp.urls: {url}: more than {MAX_DERP_MAP_BYTES} bytes")
-    return parse_derp_map(body, f"derp.urls: {url}")
+        got = fetch(url, headers={"Accept": "application/json"}, limit=MAX_DERP_MAP_BYTES,
+                    timeout=FETCH_TIMEOUT, ssl_context=ssl_context)
+    except FetchError as e:
+        raise ConfigError(f"derp.urls: cannot fetch {e}") from None
+    if got.status != 200:
+        raise ConfigError(f"derp.urls: cannot fetch {url}: HTTP Error {got.status}")
+    return parse_derp_map(got.body, f"derp.urls: {url}")
 
 
 _NAMES = {k.lower(): k for k in (

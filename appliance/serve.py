@@ -36,6 +36,9 @@ from .policy import PolicyError
 from derp.stun import StunStats
 
 from .metrics import Sources, serve_metrics
+from .oidc.provider import ProviderError, make_provider
+from .oidc.settings import oidc_settings
+from .oidc.web import SignIn
 from .relay import DerpMapSource, make_relay, relay_routes, run_stun, start_relay
 from .storage import Store
 from .storage.store import StoreError, StoreFailed
@@ -163,7 +166,10 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         zone = CertZone(cfg.dns.certificates, cfg.dns.base_domain) if cfg.dns.certificates.enabled else None
         control.set_dns.zone = zone
         front = FrontDoor(noise_key, control)
-        front.plain_routes.append(login_page_route(control))
+        sign_in = await _start_oidc(cfg, control)
+        front.plain_routes.append(login_page_route(control, sign_in.handler if sign_in else lambda: None))
+        if sign_in is not None:
+            front.plain_routes.append(sign_in.route)
         relay = None
         if cfg.derp.server_enabled:
             relay = make_relay(cfg, tailnet, front.handle)
@@ -206,6 +212,8 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             await sup(nursery, "HA route prober", prober.run)
             await sup(nursery, "DNS records watcher", dns.watch)
             dns_port = await sup(nursery, "certificate DNS zone", zone.run) if zone is not None else None
+            if sign_in is not None and not sign_in.provider.ready:
+                await sup(nursery, "OIDC discovery", sign_in.provider.keep_discovering)
             if relay is not None:
                 if cfg.derp.stun_listen_addr:
                     await sup(nursery, "STUN", run_stun, cfg, stun_stats)
@@ -251,6 +259,34 @@ def leaves(exc: BaseException):
             yield from leaves(e)
     else:
         yield exc
+
+
+OIDC_START_TIMEOUT = 15.0
+
+
+async def _start_oidc(cfg: Config, control: ControlService) -> SignIn | None:
+    """Sign-in through the identity provider, if oidc.issuer is set. A provider that cannot be
+    reached stops the start with oidc.only_start_if_oidc_is_available (Headscale's default);
+    otherwise the server serves, says so, and keeps trying (the login page then shows the
+    admin's command)."""
+    settings = oidc_settings(cfg)
+    if settings is None:
+        return None
+    provider = make_provider(settings, settings.redirect_uri(cfg.server_url))
+    try:
+        with trio.fail_after(OIDC_START_TIMEOUT):
+            await provider.discover()
+    except (ProviderError, trio.TooSlowError) as e:
+        reason = str(e) or "no answer in time"
+        if settings.only_start_if_available:
+            raise ConfigError(f"oidc.issuer: {settings.issuer} is unavailable ({reason}); set "
+                              "oidc.only_start_if_oidc_is_available: false to serve without it", key="oidc.issuer")
+        provider.last_error = reason
+        log.warning("OIDC provider %s is unavailable (%s): serving anyway, sign-in waits for it; retrying",
+                    settings.issuer, reason)
+    else:
+        log.info("OIDC sign-in through %s (redirect URI %s)", settings.issuer, provider.redirect_uri)
+    return SignIn(settings, provider, control, cfg.server_url)
 
 
 async def serve_until_signalled(cfg: Config) -> None:

@@ -215,8 +215,8 @@ async def dial_noise(
     version: int = CAPABILITY_VERSION, initiation_from: ClientHandshake | None = None,
     local_address: str | None = None,
 ) -> tuple[trio.abc.Stream, NoiseChannel]:
-    """Connect (from ``local_address`` if given), upgrade and finish the handshake; skip the
-    early payload.
+    """Connect (from ``local_address`` if given: many loopback addresses look like many
+    sources), upgrade and finish the handshake; skip the early payload.
 
     Returns (a plaintext stream positioned at the server's first HTTP/2 byte, the channel).
     The caller closes the returned stream (it owns the TCP connection).
@@ -510,9 +510,10 @@ class SimClient:
         self, host: str, port: int, server_public: bytes, hostname: str, *,
         keep_nodes: bool = True, record: bool = False,
         on_message: Callable[["SimClient", dict, float], None] | None = None,
-        version: int = CAPABILITY_VERSION, light: bool = False,
+        version: int = CAPABILITY_VERSION, light: bool = False, local_address: str | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self.local_address = local_address
         self.server_public = server_public
         self.hostname = hostname
         self.version = version
@@ -547,7 +548,8 @@ class SimClient:
 
     async def connect(self, nursery: trio.Nursery) -> None:
         """Noise + HTTP/2; the connection's reader runs in ``nursery``."""
-        stream, self.channel = await dial_noise(self.host, self.port, self.server_public, self.machine_private, self.version)
+        stream, self.channel = await dial_noise(self.host, self.port, self.server_public, self.machine_private,
+                                                self.version, local_address=self.local_address)
         self.h2 = H2Client(stream, f"{self.host}:{self.port}")
         await self.h2.start()
         nursery.start_soon(self.h2.run)

@@ -2,7 +2,8 @@
 
 Keys are dotted paths in Headscale 0.29's layout. ``MAIN_KEYS`` become typed
 fields of Config; ``EXTRA_KEYS`` are Headscale keys we accept and keep in
-``Config.extras`` without acting on them yet; ``ALIASES`` are older spellings
+``Config.extras`` (the oidc.* keys are read from there by appliance/oidc/settings.py;
+the others are not acted on yet); ``ALIASES`` are older spellings
 Headscale used; ``REMOVED_KEYS`` are keys Headscale refuses to start with.
 """
 
@@ -176,6 +177,12 @@ EXTRA_KEYS: dict[str, tuple[Parser, Any]] = {
     "oidc.allowed_groups": (v.parse_str_list, _OPT),
     "oidc.pkce.enabled": (v.parse_bool, False),
     "oidc.pkce.method": (_pkce_method, "S256"),
+    # ours, not Headscale's: the claim holding the person's groups (for group:NAME in the
+    # policy and allowed_groups), and GitHub's OAuth 2.0 (no OIDC) with its organisations.
+    "oidc.groups_claim": (v.parse_str, "groups"),
+    "oidc.provider": (lambda x, k: v.parse_choice(x, k, ("oidc", "github")), "oidc"),
+    "oidc.allowed_organizations": (v.parse_str_list, _OPT),
+    "oidc.api_url": (lambda x, k: v.parse_http_url(x, k, bare=False), _OPT),
     "cli.address": (v.parse_str, _OPT),
     "cli.api_key": (v.parse_str, _OPT),
     "cli.timeout": (v.parse_duration, timedelta(seconds=5)),

@@ -41,8 +41,8 @@ from .addresses import AddressPool
 from .changes import FULL, ChangeBus
 from .loadcheck import checked_keys, checked_nodes
 from .names import (
-    check_display_name, check_email, check_given_name, check_tag, check_user_name, dns_label,
-    unique_name,
+    check_display_name, check_email, check_given_name, check_tag, check_user_name, clean_display_name,
+    dns_label, is_email, unique_name, user_name_from,
 )
 from .routes import RouteTable, served
 
@@ -235,6 +235,41 @@ class Tailnet:
             u = await self.store.create_user(name, display_name, email, self.clock(), picture_url)
             self.users[u.id] = u
         self.on_users_changed()
+        return u
+
+    async def sign_in_user(
+        self, *, provider: str, provider_id: str, name_hint: str, display_name: str, email: str,
+        picture: str, groups: tuple[str, ...],
+    ) -> UserRecord:
+        """The user a person signed in as through their identity provider: matched by the
+        provider's identity (issuer/subject, never by email alone), created on first sign-in,
+        its profile and groups brought up to date at every sign-in. The user name stays as
+        it was first made, since policies may name it. What the provider says is held to the
+        rules of names: a name is derived, a display name cleaned, an email that is invalid or
+        another user's is not taken (that user keeps it; an admin decides)."""
+        display_name = clean_display_name(display_name)
+        if not is_email(email):
+            email = ""
+        async with self._lock:
+            u = next((x for x in self.users.values() if x.provider_id == provider_id), None)
+            if email and any(x.email.casefold() == email.casefold() for x in self.users.values() if x is not u):
+                log.warning("sign-in through %s: the email %s belongs to another user; not given to %s",
+                            provider, email, u.name if u else "the new user")
+                email = ""
+            if u is None:
+                name = user_name_from(name_hint, {x.name for x in self.users.values()})
+                u = await self.store.create_user(name, display_name, email, self.clock(), picture, provider=provider,
+                                                 provider_id=provider_id, groups=groups)
+                log.info("user %d (%s) created at first sign-in through %s", u.id, u.name, provider)
+            else:
+                new = dataclasses.replace(u, display_name=display_name or u.display_name, email=email or u.email,
+                                          profile_pic_url=picture, groups=groups, provider=provider)
+                if new == u:
+                    return u
+                u = await self.store.update_user(new)
+            self.users[u.id] = u
+        self.on_users_changed()
+        self.bus.everything_changed()  # user profiles are in every netmap
         return u
 
     async def rename_user(self, ref: str | int, new_name: str) -> UserRecord:

@@ -159,14 +159,34 @@ def _shown(value: str) -> str:
     return repr(value if len(value) <= 80 else value[:77] + "...")
 
 
-def unique_name(base: str, taken: set[str]) -> str:
-    """``base``, or ``base-1``, ``base-2``… the first one not taken."""
-    if base not in taken:
+def unique_name(base: str, taken: set[str], max_len: int = MAX_LABEL, fold=lambda s: s) -> str:
+    """``base``, or ``base-1``, ``base-2``… the first one not taken, at most ``max_len``
+    characters; ``fold`` is how names compare (str.casefold for user names)."""
+    taken = {fold(t) for t in taken}
+    if fold(base) not in taken:
         return base
     n = 1
     while True:
         suffix = f"-{n}"
-        cand = base[: MAX_LABEL - len(suffix)] + suffix
-        if cand not in taken:
+        cand = base[: max_len - len(suffix)] + suffix
+        if fold(cand) not in taken:
             return cand
         n += 1
+
+
+def user_name_from(hint: str, taken: set[str]) -> str:
+    """A valid user name nobody has (without regard to case), made from what an identity
+    provider says about a person (a preferred username, an email's local part): accents
+    dropped, other characters outside the rule removed, a letter first; "user" when nothing
+    is left."""
+    text = unicodedata.normalize("NFKD", hint).encode("ascii", "ignore").decode()
+    base = re.sub(r"[^A-Za-z0-9._-]+", "", text).lstrip("0123456789._-")[:USER_NAME_MAX]
+    if len(base) < USER_NAME_MIN:
+        base = "user"
+    return unique_name(base, taken, USER_NAME_MAX, str.casefold)
+
+
+def clean_display_name(text: str) -> str:
+    """A provider's name for a person as a display name: unprintable characters removed,
+    cut to the limit."""
+    return "".join(c for c in text if _printable(c))[:DISPLAY_NAME_MAX].strip()

@@ -1,0 +1,236 @@
+"""Sign-in through a real OpenID provider (npm's oidc-provider) with a real browser (Debian's
+chromium through Playwright) and the official tailscaled 1.96.4 (issue 11's bar): from the
+client's AuthURL through the provider's login page to the callback and the client Running;
+each refusal with its page and no node; the provider rotating its signing key between logins."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from ..browser import Unavailable as NoBrowser
+from ..browser import open_browser
+from ..oidc.fixture import OIDCProvider, Unavailable as NoProvider
+from .harness import Node, Server, wait_until
+
+ENV = {"TS_DEBUG_USE_DERP_HTTP": "1"}
+SERVER_PORT = 9931
+PROVIDER_PORT = 9510
+STAFF = ["staff"]
+USERS = {
+    "alice": {"email": "alice@example.com", "email_verified": True, "groups": ["staff", "admins"],
+              "name": "Alice Liddell", "picture": "https://example.com/alice.png"},
+    "bob": {"email": "bob@example.com", "email_verified": True, "groups": STAFF, "name": "Bob"},
+    "mallory": {"email": "mallory@evil.test", "email_verified": True, "groups": STAFF},
+    "dave": {"email": "dave@example.com", "email_verified": True, "groups": STAFF},
+    "erin": {"email": "erin@example.com", "email_verified": True, "groups": ["contractors"]},
+    "frank": {"email": "frank@example.com", "email_verified": False, "groups": STAFF},
+}
+
+
+def policy_text() -> str:
+    return """{
+      // group:admins is filled by the identity provider's groups claim at each login.
+      "groups": {"group:admins": []},
+      "tagOwners": {"tag:web": ["autogroup:admin"]},
+      "acls": [
+        {"action": "accept", "src": ["group:admins"], "dst": ["tag:web:8080"]},
+        {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]},
+        {"action": "accept", "src": ["tag:web"], "dst": ["autogroup:member:*"]},
+      ],
+    }"""
+
+
+@pytest.fixture(scope="module")
+def world(netns, client_binaries, tmp_path_factory):
+    work = tmp_path_factory.mktemp("oidc")
+    server_url = f"http://127.0.0.1:{SERVER_PORT}"
+    try:
+        provider = OIDCProvider(work / "provider", port=PROVIDER_PORT, users=USERS, wrap=netns.wrap, clients=[{
+            "client_id": "trioscale", "client_secret": "provider-secret-for-tests",
+            "redirect_uris": [f"{server_url}/oidc/callback"],
+            "grant_types": ["authorization_code"], "response_types": ["code"],
+        }])
+        provider.start()
+    except NoProvider as e:
+        pytest.skip(f"oidc-provider unavailable: {e}")
+    creds = work / "creds"
+    creds.mkdir()
+    (creds / "oidc_secret").write_text("provider-secret-for-tests\n")
+    (work / "policy.hujson").write_text(policy_text())
+    server = Server(netns, work / "server", port=SERVER_PORT, env={"CREDENTIALS_DIRECTORY": str(creds)}, overrides={
+        "derp": {"server": {"enabled": True, "stun_listen_addr": "127.0.0.1:3478"}},
+        "policy": {"mode": "file", "path": str(work / "policy.hujson")},
+        "oidc": {
+            "issuer": provider.issuer, "client_id": "trioscale",
+            # Headscale's systemd-credentials form: the variable is expanded by the server.
+            "client_secret_path": "${CREDENTIALS_DIRECTORY}/oidc_secret",
+            "scope": ["openid", "profile", "email", "groups"],
+            "pkce": {"enabled": True, "method": "S256"},
+            "allowed_domains": ["example.com"], "allowed_groups": ["staff"],
+            "allowed_users": ["alice@example.com", "bob@example.com", "frank@example.com", "erin@example.com"],
+        },
+    })
+    server.start()
+    try:
+        with open_browser(work, netns) as browser:
+            yield {"server": server, "provider": provider, "browser": browser, "work": work, "netns": netns,
+                   "binaries": client_binaries, "nodes": {}}
+    except NoBrowser as e:
+        pytest.skip(f"browser unavailable: {e}")
+    finally:
+        server.stop()
+        provider.stop()
+
+
+def start_node(world, name: str) -> Node:
+    node = Node(world["netns"], world["work"], name, world["binaries"], env=ENV)
+    node.start()
+    world["nodes"][name] = node
+    return node
+
+
+def up_in_background(node: Node, server: Server, *extra: str) -> tuple[subprocess.Popen, str]:
+    up = subprocess.Popen(
+        [str(node.cli_bin), f"--socket={node.socket}", "up", f"--login-server={server.url}",
+         f"--hostname={node.name}", "--timeout=120s", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=node.env,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = up.stdout.readline()
+        if f"{server.url}/register/" in line:
+            return up, line.strip()
+    up.kill()
+    raise AssertionError("no login URL printed")
+
+
+def sign_in(world, url: str, login: str, *, confirm: str | None = "add", callbacks: list | None = None,
+            rewrite_state: bool = False) -> str:
+    """A person opens the AuthURL, signs in at the provider as ``login``, and (if asked) clicks
+    ``confirm`` on our page. Returns the text of the last page."""
+    ctx = world["browser"].new_context()
+    try:
+        page = ctx.new_page()
+        # The provider's redirect to our callback is the last hop of a redirect chain, which
+        # Playwright's page.route never sees; Chromium's own Fetch interception does.
+        cdp = ctx.new_cdp_session(page)
+
+        def on_paused(ev):
+            target = ev["request"]["url"]
+            if callbacks is not None:
+                callbacks.append(target)
+            params = {"requestId": ev["requestId"]}
+            if rewrite_state:
+                params["url"] = re.sub(r"state=([^&]+)", lambda m: "state=" + m.group(1)[::-1], target)
+            cdp.send("Fetch.continueRequest", params)
+
+        cdp.on("Fetch.requestPaused", on_paused)
+        cdp.send("Fetch.enable", {"patterns": [{"urlPattern": "*/oidc/callback?*"}]})
+        page.goto(url)
+        page.fill("input[name=login]", login)
+        page.fill("input[name=password]", "any password")
+        page.click("button[type=submit]")
+        page.wait_for_load_state()
+        if confirm and page.locator(f"#{confirm}").count():
+            page.click(f"#{confirm}")
+            page.wait_for_load_state()
+        return page.inner_text("body")
+    finally:
+        ctx.close()
+
+
+def nodes_by_name(server: Server) -> dict[str, dict]:
+    return {n["givenName"]: n for n in server.cli_json("nodes", "list")}
+
+
+def test_a_person_signs_in_and_the_client_runs(world):
+    server = world["server"]
+    laptop = start_node(world, "alice-laptop")
+    up, url = up_in_background(laptop, server)
+    assert laptop.status()["BackendState"] == "NeedsLogin"
+    callbacks: list[str] = []
+    text = sign_in(world, url, "alice", callbacks=callbacks)
+    assert "Machine added" in text, text
+    assert up.wait(60) == 0
+    assert laptop.status()["BackendState"] == "Running"
+    node = nodes_by_name(server)["alice-laptop"]
+    assert node["registerMethod"] == "REGISTER_METHOD_OIDC"
+    user = node["user"]
+    assert (user["name"], user["email"], user["displayName"], user["provider"]) == (
+        "alice", "alice@example.com", "Alice Liddell", "oidc")
+    assert user["providerId"] == f"{world['provider'].issuer}/alice"
+    assert user["profilePicUrl"] == "https://example.com/alice.png"
+    world["alice_callback"] = callbacks[0]
+    log = server.log_text()
+    for secret in ("provider-secret-for-tests", re.search(r"code=([^&]+)", callbacks[0]).group(1)):
+        assert secret not in log
+
+
+def test_a_replayed_callback_is_refused(world):
+    server = world["server"]
+    before = set(nodes_by_name(server))
+    ctx = world["browser"].new_context()
+    try:
+        page = ctx.new_page()
+        page.goto(world["alice_callback"])
+        text = page.inner_text("body")
+    finally:
+        ctx.close()
+    assert "expired or was already used" in text, text
+    assert set(nodes_by_name(server)) == before
+
+
+@pytest.fixture(scope="module")
+def door(world):
+    """One waiting client whose AuthURL every refusal case uses: none of them may add it."""
+    node = start_node(world, "door")
+    up, url = up_in_background(node, world["server"])
+    yield url
+    up.kill()
+    node.stop()
+
+
+@pytest.mark.parametrize("login, words", [
+    ("mallory", "email domain are not allowed"),
+    ("dave", "not on the list of people allowed"),
+    ("erin", "not in a group allowed"),
+    ("frank", "email address is not verified"),
+])
+def test_people_the_rules_exclude_are_refused(world, door, login, words):
+    text = sign_in(world, door, login)
+    assert "Sign-in refused" in text and words in text, text
+    assert "door" not in nodes_by_name(world["server"])
+    assert login not in {u["name"] for u in world["server"].cli_json("users", "list")}
+
+
+def test_a_tampered_state_is_refused(world, door):
+    text = sign_in(world, door, "alice", rewrite_state=True)
+    assert "expired or was already used" in text, text
+    assert "door" not in nodes_by_name(world["server"])
+
+
+@pytest.mark.parametrize("tamper", [{"rogue": True}, {"aud": "someone-else"}, {"exp": -3600}],
+                         ids=["key-not-in-jwks", "wrong-audience", "expired"])
+def test_bad_id_tokens_are_refused(world, door, tamper):
+    provider = world["provider"]
+    provider.tamper(**tamper)
+    try:
+        text = sign_in(world, door, "alice")
+    finally:
+        provider.tamper()
+    assert "could not be verified" in text, text
+    assert "door" not in nodes_by_name(world["server"])
+
+
+def test_the_provider_rotating_its_key_between_two_logins(world, door):
+    server, provider = world["server"], world["provider"]
+    kid = provider.rotate_keys()
+    text = sign_in(world, door, "bob")
+    assert "Machine added" in text, text
+    wait_until(lambda: world["nodes"]["door"].status()["BackendState"] == "Running", 30, what="door to run")
+    assert nodes_by_name(server)["door"]["user"]["name"] == "bob"
+    assert kid  # the server verified a token signed by a key it had never seen
