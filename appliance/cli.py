@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .adminclient import AdminClient, APIError, ServerUnreachable, api_path
+from .policy.model import ROLES
 from .config import ConfigError, config_to_yaml, load_config, parse_duration
 
 
@@ -86,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--identifier", type=int)
     p.add_argument("-n", "--name")
     p.add_argument("-r", "--new-name")
+    p = cmd(users, "set-role", users_set_role, "give a user a role (owner hands ownership over)")
+    p.add_argument("user", nargs="?")
+    p.add_argument("role", nargs="?", choices=ROLES)
+    p.add_argument("-i", "--identifier", type=int)
+    p.add_argument("-n", "--name")
+    p.add_argument("-r", "--role", dest="role_flag", choices=ROLES)
     p = cmd(users, "destroy", users_destroy, "delete a user", aliases=["delete"])
     p.add_argument("user", nargs="?")
     p.add_argument("-i", "--identifier", type=int)
@@ -415,8 +422,9 @@ def users_create(args) -> int:
 
 def users_list(args) -> int:
     doc = _client(args).call("GET", api_path("user"))
-    rows = [[u["id"], u["name"], u["displayName"], u["email"], u["createdAt"]] for u in doc["users"]]
-    _emit(args, doc["users"], rows, ["ID", "Name", "Display name", "Email", "Created"])
+    rows = [[u["id"], u["name"], u["displayName"], u["email"], u["role"], ",".join(u["groups"]), u["createdAt"]]
+            for u in doc["users"]]
+    _emit(args, doc["users"], rows, ["ID", "Name", "Display name", "Email", "Role", "Groups", "Created"])
     return 0
 
 
@@ -431,6 +439,17 @@ def users_rename(args) -> int:
     uid = _user_id(client, old)
     doc = client.call("POST", api_path("user", uid, "rename", new))
     print(f"User renamed to {doc['user']['name']}")
+    return 0
+
+
+def users_set_role(args) -> int:
+    client = _client(args)
+    ref = str(args.identifier) if args.identifier is not None else (args.name or args.user)
+    role = args.role_flag or args.role
+    if not ref or not role:
+        raise SystemExit("trioscale: usage: users set-role USER ROLE  (or -i ID / -n NAME with -r ROLE)")
+    doc = client.call("POST", api_path("user", _user_id(client, ref), "role"), {"role": role})
+    print(f"User {doc['user']['name']} is now {doc['user']['role']}")
     return 0
 
 

@@ -6,7 +6,7 @@ source addresses (127.1.x.y: the server allows 32 waiting logins per source). A 
 is started first and must still be waiting at the end. The server's RSS (from /proc) is read
 at start, after the flood, and after a second flood of Hostinfos near the 1 MiB body limit.
 
-    python -m bench.pending_logins [--logins 10000] [--hostinfo-kb 64] [--big 100] [--big-kb 900]
+    python -m bench.pending_logins [--logins 10000] [--hostinfo-kb 64] [--big 100] [--big-kb 600] [--rounds 2]
 
 Bounded: at most 20,000 logins, 256 at a time, loopback only; stops by itself.
 """
@@ -87,9 +87,10 @@ def main() -> None:
     ap.add_argument("--hostinfo-kb", type=int, default=64)
     ap.add_argument("--big", type=int, default=100)
     ap.add_argument("--big-kb", type=int, default=900)
-    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of --big logins after the table is full")
+    ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
-    if not 0 < args.logins + args.big <= 20_000 or not 0 < args.concurrency <= 256:
+    if not 0 < args.logins + args.big * args.rounds <= 20_000 or not 0 < args.concurrency <= 256:
         raise SystemExit("at most 20,000 logins, 256 at a time")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +140,7 @@ def main() -> None:
             # A full table refuses these; what they cost is the parsing of their bodies, which
             # the allocator keeps for the next ones: a second round must not add to it.
             big = after
-            for round_ in (1, 2):
+            for round_ in range(1, args.rounds + 1):
                 took = trio.run(flood, port, public, args.big, args.big_kb, args.logins + round_ * args.big,
                                 min(args.concurrency, 16))
                 waiting = admin.call("GET", "/api/v1/auth")["authRequests"]

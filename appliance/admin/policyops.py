@@ -41,7 +41,8 @@ def routes(r: Router, b: Backend) -> None:
     @r.get("/api/v1/policy/topology", "getTopology", "The tailnet as `policy evaluate` reads it",
            tag="Policy", response=Topology)
     async def topology(call: Call) -> Topology:
-        users = tuple({"id": u.id, "name": u.name, "email": u.email} for u in t.users.values())
+        users = tuple({"id": u.id, "name": u.name, "email": u.email, "role": u.role, "groups": list(u.groups)}
+                      for u in t.users.values())
         names = {u.id: u.name for u in t.users.values()}
         nodes = {}
         for n in t.nodes.values():

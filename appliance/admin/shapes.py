@@ -9,18 +9,19 @@ from ..tailnet.routes import advertised
 from .types import AuthRequestInfo, Node, PreAuthKey, User
 
 
-def user_of(u: UserRecord | None) -> User | None:
+def user_of(tailnet: Tailnet, u: UserRecord | None) -> User | None:
     if u is None:
         return None
     return User(
         id=u.id, name=u.name, created_at=u.created_at, display_name=u.display_name, email=u.email,
         provider_id=u.provider_id, provider=u.provider, profile_pic_url=u.profile_pic_url,
+        role=tailnet.roles().get(u.id, "member"), groups=u.groups,
     )
 
 
 def preauth_of(tailnet: Tailnet, k: PreAuthKeyRecord, key_text: str | None = None) -> PreAuthKey:
     return PreAuthKey(
-        user=user_of(tailnet.users.get(k.user_id)) if k.user_id is not None else None,
+        user=user_of(tailnet, tailnet.users.get(k.user_id)) if k.user_id is not None else None,
         id=k.id,
         # Only the key's hash is kept: after creation only its prefix can be shown.
         key=key_text or f"hskey-auth-{k.prefix}-***",
@@ -38,7 +39,7 @@ def node_of(tailnet: Tailnet, n: NodeRecord) -> Node:
     return Node(
         id=n.id, machine_key=n.machine_key, node_key=n.node_key, disco_key=n.disco_key,
         ip_addresses=tuple(a for a in (n.ipv4, n.ipv6) if a), name=n.hostname,
-        user=user_of(tailnet.users.get(n.user_id)) if n.user_id is not None else None,
+        user=user_of(tailnet, tailnet.users.get(n.user_id)) if n.user_id is not None else None,
         last_seen=n.last_seen, expiry=n.expiry,
         pre_auth_key=preauth_of(tailnet, key) if key else None,
         created_at=n.created_at,

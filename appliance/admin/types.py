@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from ..control.authrequests import parse_auth_id
+from ..policy.model import ROLES
 from ..tailnet import names
 from .schema import (
     ID, Bool, Enum, Free, Int, List, Nullable, Prefix, Spec, Str, Time, api_type, fld,
@@ -67,6 +68,15 @@ class User:
     provider_id: str = fld(Str(max_len=1024), json="providerId")
     provider: str = fld(Str(max_len=256))
     profile_pic_url: str = fld(Str(max_len=4096), json="profilePicUrl")
+    role: str = fld(Enum(*ROLES), doc="trioscale: owner, admin, network-admin, it-admin, billing-admin, "
+                    "auditor or member; the first user owns a tailnet whose store names no owner")
+    groups: tuple = fld(List(Str(max_len=names.GROUP_MAX), max_items=names.GROUPS_MAX),
+                        doc="trioscale: the identity provider's groups at the last sign-in (group:NAME)")
+
+
+@api_type
+class SetRoleBody:
+    role: str = fld(Enum(*ROLES), doc="the owner role hands ownership over: the old owner becomes an admin")
 
 
 @api_type

@@ -6,7 +6,7 @@ from .backend import Backend
 from .router import Call, Router
 from .schema import ID, Str
 from .shapes import user_of
-from .types import USER_NAME, CreateUserBody, Empty, UserList, UserResponse
+from .types import USER_NAME, CreateUserBody, Empty, SetRoleBody, UserList, UserResponse
 
 
 def routes(r: Router, b: Backend) -> None:
@@ -22,19 +22,27 @@ def routes(r: Router, b: Backend) -> None:
             users = [u for u in users if u.email.casefold() == email.casefold()]
         elif id:
             users = [u for u in users if u.id == id]
-        return UserList(tuple(user_of(u) for u in users))
+        return UserList(tuple(user_of(b.tailnet, u) for u in users))
 
     @r.post("/api/v1/user", "createUser", "Create a user", tag="Users", body=CreateUserBody,
             response=UserResponse, errors=(409,), changes=True)
     async def create_user(call: Call, body: CreateUserBody) -> UserResponse:
         u = await b.tailnet.create_user(body.name, body.display_name, body.email, body.picture_url)
-        return UserResponse(user_of(u))
+        return UserResponse(user_of(b.tailnet, u))
 
     @r.post("/api/v1/user/{oldId}/rename/{newName}", "renameUser", "Rename a user", tag="Users",
             params={"oldId": ID(), "newName": USER_NAME}, response=UserResponse, errors=(404, 409),
             changes=True)
     async def rename_user(call: Call, old_id: int, new_name: str) -> UserResponse:
-        return UserResponse(user_of(await b.tailnet.rename_user(old_id, new_name)))
+        return UserResponse(user_of(b.tailnet, await b.tailnet.rename_user(old_id, new_name)))
+
+    @r.post("/api/v1/user/{id}/role", "setUserRole", "Give a user a role", tag="Users", params={"id": ID()},
+            body=SetRoleBody, response=UserResponse, errors=(404, 409), changes=True,
+            description="trioscale: roles decide the policy's role autogroups (autogroup:admin, ...). "
+                        "A tailnet has one owner: making a user owner hands ownership over; the owner "
+                        "cannot step down otherwise (409).")
+    async def set_role(call: Call, id: int, body: SetRoleBody) -> UserResponse:
+        return UserResponse(user_of(b.tailnet, await b.tailnet.set_role(id, body.role)))
 
     @r.delete("/api/v1/user/{id}", "deleteUser", "Delete a user", tag="Users", params={"id": ID()},
               response=Empty, errors=(404, 409), changes=True,

@@ -209,13 +209,9 @@ class ControlService:
                 existing = await self.tailnet.update_node(existing.id, hostinfo=hostinfo)
             return self._authorized(existing)
 
-        if old_key is not None:
-            old = self.tailnet.node_by_key(old_key)
-            if old is not None and old.machine_key == peer.machine_key and not self.tailnet.is_expired(old, now):
-                node = await self.tailnet.rotate_node_key(old, rr.node_key, hostinfo)
-                log.info("%s: node %d rotated its node key", name, node.id)
-                return self._authorized(node)
-
+        # A new node key without a pre-auth key is a login (`tailscale up --force-reauth`, an
+        # expired key): the person signs in again, as with Headscale; the node keeps its ID and
+        # addresses when the same user approves it.
         if not rr.followup:
             self._check_register_rate(peer, name)
             if self.register_gate is not None:

@@ -18,6 +18,7 @@ from .ipset import IPSet
 from .model import Node, Tailnet, User
 from .nodeattrs import self_cap_map
 from .parse import parse_policy
+from .resolve import idp_group_members
 from .policytests import check_policy_tests
 from .ssh import ssh_policy_for
 
@@ -76,7 +77,8 @@ class PolicyEngine:
         self._domains = tailnet_domains
         self._users: dict[int, User] = {u.id: u for u in users}
         self._nodes: dict[int, Node] = {n.id: n for n in nodes}
-        self.policy: Policy = parse_policy(policy) if isinstance(policy, (str, bytes)) else (policy or parse_policy("{}"))
+        self.policy: Policy = (parse_policy(policy, extra_groups=self._known_groups())
+                               if isinstance(policy, (str, bytes)) else (policy or parse_policy("{}")))
         self._results: dict[int, NodeResult] = {}
         self._compiler: FilterCompiler | None = None
         self._recompile()
@@ -89,10 +91,15 @@ class PolicyEngine:
     def domains(self) -> set[str]:
         return self._domains if self._domains is not None else default_domains(self._users.values())
 
+    def _known_groups(self) -> set[str]:
+        """Groups the identity provider gave users count as defined (issue 11)."""
+        return set(idp_group_members(self._users.values()))
+
     def check_policy(self, policy: Policy | str) -> Policy:
         """Parse and fully validate a policy against the current tailnet,
         running its tests, without installing it. Raises PolicyError."""
-        pol = parse_policy(policy) if isinstance(policy, (str, bytes, dict)) else policy
+        pol = (parse_policy(policy, extra_groups=self._known_groups())
+               if isinstance(policy, (str, bytes, dict)) else policy)
         tailnet = Tailnet.of(self._users.values(), self._nodes.values())
         validate_against_tailnet(pol, tailnet, self.domains())
         fc = FilterCompiler(pol, tailnet)
@@ -157,8 +164,8 @@ class PolicyEngine:
 
     def owns_tag(self, user_id: int, tag: str) -> bool:
         """May ``user_id`` put ``tag`` on its devices (``tailscale up --advertise-tags``)?
-        By tagOwners: the user's login, a group holding it, autogroup:member, or a role
-        autogroup (autogroup:admin, …) the user's role is in."""
+        By tagOwners: the user's login, a group holding it (from the policy or the identity
+        provider), autogroup:member, or a role's autogroup (autogroup:admin, ...)."""
         return user_id in self._owners(self.policy.tag_owners.get(tag, ()), set())
 
     def _owners(self, refs, seen: set[str]) -> set[int]:
@@ -169,6 +176,7 @@ class PolicyEngine:
                 if ref not in seen:
                     seen.add(ref)
                     out |= self._owners(self.policy.groups.get(ref, ()), seen)
+                    out |= r.idp_groups.get(ref, set())
             elif ref == "autogroup:member":
                 out |= set(self._users)
             elif ref.startswith("autogroup:"):

@@ -14,7 +14,7 @@ def tailnet_from_topology(topology: dict) -> tuple[list[User], list[Node]]:
 
     Node ids follow the sorted hostnames, so output is stable."""
     users = [User(id=int(u["id"]), name=u.get("name", ""), email=u.get("email", ""),
-                  role=normalize_role(u.get("role")))
+                  role=normalize_role(u.get("role")), groups=tuple(u.get("groups") or ()))
              for u in topology.get("users", [])]
     by_name = {u.name: u.id for u in users}
     nodes = []

@@ -27,6 +27,9 @@ class User:
     email: str
     # The user's role; decides the role autogroups (autogroup:admin, …). See ROLES.
     role: str = "member"
+    # Groups from the identity provider's groups claim at the last sign-in: each fills
+    # group:NAME beside the policy's own groups (issue 11).
+    groups: tuple[str, ...] = ()
 
     @property
     def login(self) -> str:

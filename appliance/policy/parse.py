@@ -97,9 +97,10 @@ def _strings(ctx: _Ctx, obj, path: tuple, what: str, allow_missing=True) -> list
     return list(obj)
 
 
-def parse_policy(text: str | bytes | dict) -> Policy:
+def parse_policy(text: str | bytes | dict, extra_groups=frozenset()) -> Policy:
     """Parse and validate a policy file. Raises PolicyError (with position
-    for syntax and unknown fields)."""
+    for syntax and unknown fields). ``extra_groups`` ("group:NAME") are defined
+    outside the file (by users' identity providers): references to them are valid."""
     if isinstance(text, dict):
         raw, positions = text, {}
     else:
@@ -118,7 +119,9 @@ def parse_policy(text: str | bytes | dict) -> Policy:
 
     hosts = _parse_hosts(ctx, raw.get("hosts"))
     tag_owners = _parse_tag_owners(ctx, raw.get("tagOwners"))
-    groups = _parse_groups(ctx, raw.get("groups"))
+    defined = _parse_groups(ctx, raw.get("groups"))
+    # What references may name: the file's groups and the identity providers'.
+    groups = {**{g: () for g in extra_groups}, **defined}
 
     def alias(text: str, path: tuple) -> Alias:
         try:
@@ -206,7 +209,7 @@ def parse_policy(text: str | bytes | dict) -> Policy:
             deny=tuple(_strings(ctx, t.get("deny"), path + ("deny",), "deny"))))
 
     return Policy(
-        groups=groups, hosts=hosts, tag_owners=tag_owners, rules=tuple(rules),
+        groups=defined, hosts=hosts, tag_owners=tag_owners, rules=tuple(rules),
         ssh=ssh, node_attrs=tuple(node_attrs), auto_routes=auto_routes,
         auto_exit=auto_exit, tests=tuple(tests), ssh_tests=tuple(ssh_tests),
         randomize_client_port=bool(raw.get("randomizeClientPort")),

@@ -50,7 +50,7 @@ def _endpoint_addrs(fc: FilterCompiler, text: str, *, autogroups: bool = False,
         return [ip], [n for n in fc.tailnet.nodes if ip in n.ips]
     if a.kind == "tag" and a.value not in fc.policy.tag_owners:
         return None
-    if a.kind == "group" and a.value not in fc.policy.groups:
+    if a.kind == "group" and a.value not in fc.policy.groups and a.value not in fc.r.idp_groups:
         return None
     nodes = fc.r.alias_nodes(a) or []
     if not nodes:

@@ -33,6 +33,15 @@ ROLE_AUTOGROUPS: dict[str, frozenset[str]] = {
 _ADDRESS = re.compile(r"^[^@\s]+@[^@\s.][^@\s]*$")
 
 
+def idp_group_members(users) -> dict[str, set[int]]:
+    """group:NAME → the users whose identity provider put them in NAME."""
+    out: dict[str, set[int]] = {}
+    for u in users:
+        for g in u.groups:
+            out.setdefault(f"group:{g}", set()).add(u.id)
+    return out
+
+
 class Resolver:
     """Alias → nodes and addresses for one (policy, tailnet) pair."""
 
@@ -54,6 +63,13 @@ class Resolver:
                 logins.append(u.email.lower())
             for login in logins:
                 self.users_by_login[login] = u.id if self.users_by_login.get(login, u.id) == u.id else None
+        self.idp_groups = idp_group_members(tailnet.users)
+
+    def group_user_ids(self, group: str) -> set[int]:
+        """Members of group:NAME: the users the policy lists, and those whose identity
+        provider put them in NAME at their last sign-in."""
+        uids = {self.user_id(m) for m in self.policy.groups.get(group, ())} - {None}
+        return uids | self.idp_groups.get(group, set())
 
     # --- routes -----------------------------------------------------------
     @cached_property
@@ -116,7 +132,7 @@ class Resolver:
             uids = {u.id for u in self.tailnet.users if u.email.lower().endswith(domain)}
             return [n for n in self.nodes if not n.is_tagged and n.user_id in uids]
         if k == "group":
-            uids = {self.user_id(m) for m in self.policy.groups.get(a.value, ())} - {None}
+            uids = self.group_user_ids(a.value)
             return [n for n in self.nodes if not n.is_tagged and n.user_id in uids]
         if k == "autogroup":
             name = a.value.split(":", 1)[1]

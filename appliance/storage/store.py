@@ -311,15 +311,20 @@ class Store:
 
     async def update_user(self, u: UserRecord) -> UserRecord:
         """Write a user's profile, role and groups (not its ID or creation time)."""
+        return (await self.update_users([u]))[0]
 
-        def fn(c: sqlite3.Connection) -> UserRecord:
-            c.execute(
-                "UPDATE users SET name = ?, display_name = ?, email = ?, provider = ?, provider_id = ?,"
-                " profile_pic_url = ?, role = ?, groups = ? WHERE id = ?",
-                (u.name, u.display_name, u.email, u.provider, u.provider_id, u.profile_pic_url, u.role,
-                 json.dumps(list(u.groups)), u.id),
-            )
-            return _user(c.execute("SELECT * FROM users WHERE id = ?", (u.id,)).fetchone())
+    async def update_users(self, users: list[UserRecord]) -> list[UserRecord]:
+        """update_user for several users in one transaction (an ownership handover)."""
+
+        def fn(c: sqlite3.Connection) -> list[UserRecord]:
+            for u in users:
+                c.execute(
+                    "UPDATE users SET name = ?, display_name = ?, email = ?, provider = ?, provider_id = ?,"
+                    " profile_pic_url = ?, role = ?, groups = ? WHERE id = ?",
+                    (u.name, u.display_name, u.email, u.provider, u.provider_id, u.profile_pic_url, u.role,
+                     json.dumps(list(u.groups)), u.id),
+                )
+            return [_user(c.execute("SELECT * FROM users WHERE id = ?", (u.id,)).fetchone()) for u in users]
 
         return await self._run(fn)
 

@@ -33,6 +33,7 @@ import trio
 from ..control.codec import Prefix, WireError
 from ..control.hostinfo import Hostinfo
 from ..errors import AuthFailed, Conflict, Invalid, NotFound
+from ..policy.model import ROLES, roles_of
 from ..storage import Store
 from ..storage.records import NodeRecord, PreAuthKeyRecord, UserRecord
 from ..storage.store import Conflict as StoreConflict
@@ -93,6 +94,7 @@ class Tailnet:
         # node.approval_required: a new node waits for `nodes approve` (unless its pre-auth key
         # was made pre-approved); it sees no peers and no peer sees it until then.
         self.approval_required = approval_required
+        self._roles: tuple[tuple, dict[int, str]] = ((), {})
         self.bus = ChangeBus()
         self.clock = clock
         self.node_expiry = node_expiry
@@ -270,6 +272,37 @@ class Tailnet:
             self.users[u.id] = u
         self.on_users_changed()
         self.bus.everything_changed()  # user profiles are in every netmap
+        return u
+
+    def roles(self) -> dict[int, str]:
+        """Each user's role as the policy engine resolves it: the stored one, and a tailnet
+        whose store names no owner (an import, the owner deleted) is owned by its first user."""
+        key = tuple((u.id, u.role) for u in self.users.values())
+        if key != self._roles[0]:  # the API asks once per user it shows
+            self._roles = (key, roles_of(self.users.values()))
+        return self._roles[1]
+
+    async def set_role(self, ref: str | int, role: str) -> UserRecord:
+        """Give a user a role. A tailnet has one owner: making someone owner hands ownership
+        over (the old owner becomes an admin, in the same transaction), and the owner cannot
+        just step down."""
+        if role not in ROLES:
+            raise Invalid(f"{role!r} is not a role: one of {', '.join(ROLES)}")
+        async with self._lock:
+            u = self.find_user(ref)
+            roles = self.roles()
+            if roles[u.id] == "owner" and role != "owner":
+                raise Conflict(f"{u.name} owns the tailnet: make another user owner instead")
+            changed = [dataclasses.replace(self.users[uid], role="admin")
+                       for uid, r in roles.items() if role == "owner" and r == "owner" and uid != u.id]
+            if u.role != role:
+                changed.append(dataclasses.replace(u, role=role))
+            for saved in await self.store.update_users(changed):
+                self.users[saved.id] = saved
+            u = self.users[u.id]
+        if changed:
+            log.info("user %d (%s) now has the role %s", u.id, u.name, role)
+            self.on_users_changed()
         return u
 
     async def rename_user(self, ref: str | int, new_name: str) -> UserRecord:
@@ -471,18 +504,6 @@ class Tailnet:
             ):
                 return n
         return None
-
-    async def rotate_node_key(self, node: NodeRecord, new_node_key: str, hostinfo: Hostinfo | None) -> NodeRecord:
-        """Seamless key renewal: same node, same addresses, new node key."""
-        async with self._lock:
-            now = self.clock()
-            rec = dataclasses.replace(
-                node, node_key=new_node_key, hostinfo=hostinfo if hostinfo is not None else node.hostinfo,
-                expiry=now + self.node_expiry if self.node_expiry else node.expiry,
-            )
-            saved = self._put_written(node, await self.store.save_node(rec))
-        self._record_changed(saved.id)
-        return saved
 
     async def logout(self, node: NodeRecord, when: datetime) -> None:
         """The client asked to log out: its key is expired (or an ephemeral node deleted)."""

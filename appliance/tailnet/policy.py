@@ -34,7 +34,7 @@ RECOMPILE_COALESCE = 0.02
 
 
 def policy_user(u: UserRecord) -> PolicyUser:
-    return PolicyUser(id=u.id, name=u.name, email=u.email)
+    return PolicyUser(id=u.id, name=u.name, email=u.email, groups=u.groups, role=u.role)
 
 
 def policy_node(n: NodeRecord) -> PolicyNode:

@@ -14,7 +14,7 @@ import pytest
 from ..browser import Unavailable as NoBrowser
 from ..browser import open_browser
 from ..oidc.fixture import OIDCProvider, Unavailable as NoProvider
-from .harness import Node, Server, wait_until
+from .harness import Node, Server, serve_files, socks_fetch, wait_until
 
 ENV = {"TS_DEBUG_USE_DERP_HTTP": "1"}
 SERVER_PORT = 9931
@@ -75,19 +75,25 @@ def world(netns, client_binaries, tmp_path_factory):
         },
     })
     server.start()
+    nodes: dict[str, Node] = {}
     try:
         with open_browser(work, netns) as browser:
             yield {"server": server, "provider": provider, "browser": browser, "work": work, "netns": netns,
-                   "binaries": client_binaries, "nodes": {}}
+                   "binaries": client_binaries, "nodes": nodes}
     except NoBrowser as e:
         pytest.skip(f"browser unavailable: {e}")
     finally:
+        for node in nodes.values():
+            node.stop()
         server.stop()
         provider.stop()
 
 
+SOCKS = {"alice-laptop": 1081, "door": 1082}
+
+
 def start_node(world, name: str) -> Node:
-    node = Node(world["netns"], world["work"], name, world["binaries"], env=ENV)
+    node = Node(world["netns"], world["work"], name, world["binaries"], env=ENV, socks_port=SOCKS.get(name))
     node.start()
     world["nodes"][name] = node
     return node
@@ -191,7 +197,6 @@ def door(world):
     up, url = up_in_background(node, world["server"])
     yield url
     up.kill()
-    node.stop()
 
 
 @pytest.mark.parametrize("login, words", [
@@ -234,3 +239,42 @@ def test_the_provider_rotating_its_key_between_two_logins(world, door):
     wait_until(lambda: world["nodes"]["door"].status()["BackendState"] == "Running", 30, what="door to run")
     assert nodes_by_name(server)["door"]["user"]["name"] == "bob"
     assert kid  # the server verified a token signed by a key it had never seen
+
+
+def test_provider_groups_decide_reachability_and_change_at_next_login(world):
+    """group:admins in the policy is filled from the groups claim: alice (admins) reaches the
+    web server's port, bob (staff) does not; after the provider moves them, each one's access
+    changes at their next login, and peers get it as a policy delta."""
+    server, provider, netns = world["server"], world["provider"], world["netns"]
+    nodes = world["nodes"]
+    web = start_node(world, "web")
+    web.up(server, server.cli("preauthkeys", "create", "--tags", "tag:web").stdout.strip())
+    web_ip = web.ips()[0]
+    site = world["work"] / "site"
+    site.mkdir()
+    (site / "hello").write_text("hello from web\n")
+
+    def reaches(name: str) -> bool:
+        return socks_fetch(netns, SOCKS[name], web_ip, 8080, "/hello", timeout=4) is not None
+
+    with serve_files(netns, site, 8080):
+        wait_until(lambda: reaches("alice-laptop"), 30, interval=1, what="alice (group:admins) to reach web")
+        assert not reaches("door")  # bob is staff only
+        users = {u["name"]: u for u in server.cli_json("users", "list")}
+        assert set(users["alice"]["groups"]) == {"staff", "admins"} and users["bob"]["groups"] == ["staff"]
+
+        provider.set_users({**USERS, "alice": {**USERS["alice"], "groups": ["staff"]},
+                            "bob": {**USERS["bob"], "groups": ["staff", "admins"]}})
+        up, url = up_in_background(nodes["door"], server, "--force-reauth")
+        assert "Machine added" in sign_in(world, url, "bob")
+        assert up.wait(60) == 0
+        assert nodes_by_name(server)["door"]["user"]["name"] == "bob"  # the same node, signed in again
+        wait_until(lambda: reaches("door"), 30, interval=1, what="bob to reach web after his next login")
+        assert reaches("alice-laptop")  # alice has not signed in again: her groups are as they were
+
+        up, url = up_in_background(nodes["alice-laptop"], server, "--force-reauth")
+        assert "Machine added" in sign_in(world, url, "alice")
+        assert up.wait(60) == 0
+        wait_until(lambda: not reaches("alice-laptop"), 30, interval=1, what="alice to lose access after her login")
+    users = {u["name"]: u for u in server.cli_json("users", "list")}
+    assert users["alice"]["groups"] == ["staff"] and set(users["bob"]["groups"]) == {"staff", "admins"}
