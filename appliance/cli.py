@@ -152,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(auth, "reject", auth_reject, "refuse a pending login or SSH check")
     p.add_argument("--auth-id", required=True)
     cmd(auth, "list", auth_list, "pending logins and SSH checks, with their expiry", aliases=["ls"], output=True)
+    from .sso import PRESETS
+
+    sso = _with_config(sub.add_parser("sso", help="sign-in through an identity provider")).add_subparsers(dest="sub", required=True)
+    p = cmd(sso, "setup", sso_setup, "set up sign-in with a provider: checks it, then writes the oidc section")
+    p.add_argument("provider", choices=sorted(PRESETS))
+    p.add_argument("--client-id")
+    p.add_argument("--client-secret", help="(asked for when not given; kept in a 0600 file next to the config)")
+    p.add_argument("--client-secret-file", help="read the client secret from this file")
+    p.add_argument("--domain", help="google: your Workspace domain; okta: your Okta domain")
+    p.add_argument("--tenant", help="microsoft: tenant ID or domain")
+    p.add_argument("--organization", help="github: organisations allowed to sign in (comma-separated)")
+    p.add_argument("--url", help="gitlab, keycloak, authentik, GitHub Enterprise: the base URL")
+    p.add_argument("--realm", help="keycloak: the realm")
+    p.add_argument("--slug", help="authentik: the application slug")
+    p.add_argument("--issuer", help="generic: the issuer URL")
+    cmd(sso, "test", sso_test, "check the configured provider: discovery, a dry authorization and token request")
     apikeys = _with_config(sub.add_parser("apikeys", aliases=["apikey"], help="API keys for the HTTP API")).add_subparsers(dest="sub", required=True)
     p = cmd(apikeys, "create", apikeys_create, "create an API key (printed alone on stdout, shown once)")
     p.add_argument("-e", "--expiration", default="90d")
@@ -595,6 +611,18 @@ def nodes_list_routes(args) -> int:
 def nodes_approve_routes(args) -> int:
     routes = [r.strip() for r in args.routes.split(",") if r.strip()]
     return _node_cmd(args, "POST", ("approve_routes",), {"routes": routes}, message="Routes approved")
+
+
+def sso_setup(args) -> int:
+    from .sso import setup
+
+    return setup(args)
+
+
+def sso_test(args) -> int:
+    from .sso import test
+
+    return test(args)
 
 
 def apikeys_create(args) -> int:

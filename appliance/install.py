@@ -394,7 +394,7 @@ def ensure_user(t: Target) -> tuple[int, int]:
 # --- install ----------------------------------------------------------------------------------
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
     """Replace ``path`` atomically: a reader sees the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -452,7 +452,7 @@ def install(t: Target, domain: str | None, email: str | None, cert_domain: str |
             backup = config_path.with_name(f"config.yaml.before-install-{time.strftime('%Y%m%d-%H%M%S')}")
             shutil.copy2(config_path, backup)
             t.say(f"kept the previous config as {backup.relative_to(t.root)}")
-        _write(config_path, text.encode(), 0o644)
+        write_file(config_path, text.encode(), 0o644)
         t.say(f"wrote {CONFIG}")
     else:
         t.say(f"kept {CONFIG}")
@@ -465,7 +465,7 @@ def install(t: Target, domain: str | None, email: str | None, cert_domain: str |
     if t.kind == "zipapp":
         assert t.pyz is not None
         if t.pyz.resolve() != t.at(PYZ_PATH).resolve():
-            _write(t.at(PYZ_PATH), t.pyz.read_bytes(), 0o644)
+            write_file(t.at(PYZ_PATH), t.pyz.read_bytes(), 0o644)
             t.say(f"installed the program as {PYZ_PATH}")
         python = "/usr/bin/python3"
         wrapper = (
@@ -473,9 +473,9 @@ def install(t: Target, domain: str | None, email: str | None, cert_domain: str |
             f"# {MARK}: the trioscale zipapp on the system's Python, apart from its packages (-I -S).\n"
             f'exec {python} -I -S {PYZ_PATH} "$@"\n'
         )
-        _write(t.at(PYZ_BIN), wrapper.encode(), 0o755)
+        write_file(t.at(PYZ_BIN), wrapper.encode(), 0o755)
         unit = f"# {MARK}; `trioscale uninstall` removes it.\n" + render_unit(PYZ_BIN)
-        _write(t.at(PYZ_UNIT), unit.encode(), 0o644)
+        write_file(t.at(PYZ_UNIT), unit.encode(), 0o644)
         t.say(f"installed {PYZ_BIN} and {PYZ_UNIT}")
     if t.live:
         _systemctl("daemon-reload")

@@ -26,17 +26,24 @@ class Fetched:
     headers: dict[str, str] = field(default_factory=dict)  # lower-case names
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # the 3xx itself is the answer
+
+
 def fetch(url: str, *, method: str = "GET", data: bytes | None = None, headers: dict[str, str] | None = None,
-          limit: int = MAX_BODY, timeout: float = TIMEOUT, ssl_context: ssl.SSLContext | None = None) -> Fetched:
-    """One request, blocking. HTTP error statuses are answers (the body often says why);
-    everything else that goes wrong is a FetchError with the reason."""
+          limit: int = MAX_BODY, timeout: float = TIMEOUT, ssl_context: ssl.SSLContext | None = None,
+          follow_redirects: bool = True) -> Fetched:
+    """One request, blocking. HTTP error statuses (and, without ``follow_redirects``,
+    redirects) are answers; everything else that goes wrong is a FetchError with the reason."""
     if not url.startswith(("https://", "http://")):
         raise FetchError(f"{url}: not an http(s) URL")
     req = urllib.request.Request(url, data=data, method=method,
                                  headers={"User-Agent": "trioscale", **(headers or {})})
     ctx = ssl_context or ssl.create_default_context()
+    handlers = [urllib.request.HTTPSHandler(context=ctx)] + ([] if follow_redirects else [_NoRedirect()])
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout, context=ctx)
+        resp = urllib.request.build_opener(*handlers).open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         resp = e
     except (OSError, ValueError) as e:  # URLError is an OSError

@@ -27,7 +27,7 @@ import yaml
 
 from appliance.adminclient import AdminClient
 from appliance.control.authrequests import MAX_PER_SOURCE
-from bench.controlclient import SimClient, fetch_server_key
+from bench.controlclient import ControlClientError, SimClient, fetch_server_key
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +68,8 @@ async def flood(port: int, public: bytes, count: int, kb: int, offset: int, conc
                         doc = await c.login(hostinfo={**body, "Hostname": f"f{i}"})
                     if not doc.get("AuthURL"):
                         failures += 1
+                except (ControlClientError, OSError, trio.BrokenResourceError, trio.TooSlowError):
+                    failures += 1
                 finally:
                     await c.aclose()
                     nursery.cancel_scope.cancel()

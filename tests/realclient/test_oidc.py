@@ -5,8 +5,10 @@ each refusal with its page and no node; the provider rotating its signing key be
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -14,10 +16,11 @@ import pytest
 from ..browser import Unavailable as NoBrowser
 from ..browser import open_browser
 from ..oidc.fixture import OIDCProvider, Unavailable as NoProvider
-from .harness import Node, Server, serve_files, socks_fetch, wait_until
+from .harness import REPO, Node, Server, serve_files, socks_fetch, wait_until
 
 ENV = {"TS_DEBUG_USE_DERP_HTTP": "1"}
 SERVER_PORT = 9931
+SSO_PORT = 9932
 PROVIDER_PORT = 9510
 STAFF = ["staff"]
 USERS = {
@@ -52,6 +55,10 @@ def world(netns, client_binaries, tmp_path_factory):
         provider = OIDCProvider(work / "provider", port=PROVIDER_PORT, users=USERS, wrap=netns.wrap, clients=[{
             "client_id": "trioscale", "client_secret": "provider-secret-for-tests",
             "redirect_uris": [f"{server_url}/oidc/callback"],
+            "grant_types": ["authorization_code"], "response_types": ["code"],
+        }, {
+            "client_id": "trioscale-sso", "client_secret": "sso-setup-secret",
+            "redirect_uris": [f"http://127.0.0.1:{SSO_PORT}/oidc/callback"],
             "grant_types": ["authorization_code"], "response_types": ["code"],
         }])
         provider.start()
@@ -278,3 +285,39 @@ def test_provider_groups_decide_reachability_and_change_at_next_login(world):
         wait_until(lambda: not reaches("alice-laptop"), 30, interval=1, what="alice to lose access after her login")
     users = {u["name"]: u for u in server.cli_json("users", "list")}
     assert users["alice"]["groups"] == ["staff"] and set(users["bob"]["groups"]) == {"staff", "admins"}
+
+
+def test_sso_setup_generic_against_the_provider_ends_in_a_working_login(world):
+    """`sso setup generic` checks the real provider, writes the config; `sso test` finds it
+    working (and a wrong secret wrong); a server started with it signs a person in."""
+    netns, provider = world["netns"], world["provider"]
+    server = Server(netns, world["work"] / "sso-server", port=SSO_PORT, overrides={
+        "derp": {"server": {"enabled": True, "stun_listen_addr": "127.0.0.1:3479"}}})
+
+    def trioscale(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(netns.wrap([sys.executable, "-m", "appliance", *args, "-c", str(server.config_path)]),
+                              cwd=REPO, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    r = trioscale("sso", "setup", "generic", "--issuer", provider.issuer, "--client-id", "trioscale-sso",
+                  "--client-secret", "sso-setup-secret")
+    assert r.returncode == 0, r.stderr
+    assert f"Redirect URI (paste it exactly): http://127.0.0.1:{SSO_PORT}/oidc/callback" in r.stdout
+    r = trioscale("sso", "test")
+    assert r.returncode == 0 and "FAIL" not in r.stdout, r.stdout + r.stderr
+    assert "client ID and secret are accepted" in r.stdout
+    secret = server.config_path.with_name("oidc_client_secret")
+    secret.write_text("not-the-secret\n")
+    r = trioscale("sso", "test")
+    assert r.returncode == 1 and "client ID or secret is wrong" in r.stdout, r.stdout
+    secret.write_text("sso-setup-secret\n")
+
+    server.start()
+    try:
+        node = start_node(world, "sso-laptop")
+        up, url = up_in_background(node, server)
+        assert "Machine added" in sign_in(world, url, "bob")
+        assert up.wait(60) == 0 and node.status()["BackendState"] == "Running"
+        assert nodes_by_name(server)["sso-laptop"]["user"]["email"] == "bob@example.com"
+    finally:
+        server.stop()
