@@ -321,3 +321,62 @@ def test_sso_setup_generic_against_the_provider_ends_in_a_working_login(world):
         assert nodes_by_name(server)["sso-laptop"]["user"]["email"] == "bob@example.com"
     finally:
         server.stop()
+
+
+GITHUB_PORT = 9520
+GITHUB_USERS = {
+    "octocat": {"id": 583231, "name": "The Octocat", "email": "octocat@example.com", "orgs": ["acme"],
+                "teams": [["acme", "admins"]]},
+    "stranger": {"id": 4242, "email": "stranger@example.com", "orgs": ["elsewhere"]},
+}
+
+
+def test_github_sign_in_through_oauth_and_its_apis(world):
+    """GitHub mode (OAuth 2.0, no OIDC) against a local stand-in of GitHub's web flow and API:
+    a member of an allowed organisation signs in, their teams become groups; others are refused."""
+    netns = world["netns"]
+    users = world["work"] / "github-users.json"
+    import json
+
+    users.write_text(json.dumps(GITHUB_USERS))
+    stub = subprocess.Popen(netns.wrap([sys.executable, "-m", "tests.oidc.github_stub", str(users), "gh-client",
+                                        "gh-secret", str(GITHUB_PORT)]), cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert stub.stdout.readline().strip() == "ready"
+    server = Server(netns, world["work"] / "github-server", port=GITHUB_PORT + 10, overrides={
+        "derp": {"server": {"enabled": True, "stun_listen_addr": "127.0.0.1:3480"}},
+        "oidc": {"provider": "github", "issuer": f"http://127.0.0.1:{GITHUB_PORT}", "client_id": "gh-client",
+                 "client_secret": "gh-secret", "allowed_organizations": ["acme"]},
+    })
+    server.start()
+    try:
+        node = start_node(world, "gh-laptop")
+        up, url = up_in_background(node, server)
+
+        def github_login(login: str) -> str:
+            ctx = world["browser"].new_context()
+            try:
+                page = ctx.new_page()
+                page.goto(url)
+                page.fill("input[name=login]", login)
+                page.click("button[type=submit]")
+                page.wait_for_load_state()
+                if page.locator("#add").count():
+                    page.click("#add")
+                    page.wait_for_load_state()
+                return page.inner_text("body")
+            finally:
+                ctx.close()
+
+        text = github_login("stranger")
+        assert "not a member of an organisation allowed" in text, text
+        assert "gh-laptop" not in nodes_by_name(server)
+        assert "Machine added" in github_login("octocat")
+        assert up.wait(60) == 0 and node.status()["BackendState"] == "Running"
+        user = nodes_by_name(server)["gh-laptop"]["user"]
+        assert (user["name"], user["email"], user["groups"]) == ("octocat", "octocat@example.com", ["acme/admins"])
+        assert user["providerId"] == f"http://127.0.0.1:{GITHUB_PORT}/583231"
+    finally:
+        server.stop()
+        stub.kill()
+        stub.wait()
