@@ -165,6 +165,8 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         control.tag_permitted = lambda uid, tag: policy.engine is not None and policy.engine.owns_tag(uid, tag)
         zone = CertZone(cfg.dns.certificates, cfg.dns.base_domain) if cfg.dns.certificates.enabled else None
         control.set_dns.zone = zone
+        control.ssh.check_period = (
+            lambda src, dst: policy.engine.ssh_check_period(src, dst) if policy.engine is not None else None)
         front = FrontDoor(noise_key, control)
         sign_in = await _start_oidc(cfg, control)
         front.plain_routes.append(login_page_route(control, sign_in.handler if sign_in else lambda: None))

@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--logins", type=int, default=10_000)
     ap.add_argument("--hostinfo-kb", type=int, default=64)
     ap.add_argument("--big", type=int, default=100)
-    ap.add_argument("--big-kb", type=int, default=900)
+    ap.add_argument("--big-kb", type=int, default=600)
     ap.add_argument("--rounds", type=int, default=2, help="rounds of --big logins after the table is full")
     ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()

@@ -24,6 +24,8 @@ from .hostinfo import Hostinfo
 from .mapframes import encode_frame
 from .mapper import Mapper, SessionView
 from .setdns import SetDNS
+from .sshcheck import PREFIX as SSH_ACTION_PREFIX
+from .sshcheck import SSHChecks
 from .wire import (
     AuditLogRequest, HealthChangeRequest, MapRequest, PingResponse, RegisterRequest,
     RegisterResponse, SetDeviceAttributesRequest, WireLogin, WireUser,
@@ -110,6 +112,9 @@ class ControlService:
             "/machine/set-device-attr": Route(("PATCH", "POST"), self.set_device_attr),
             "/machine/audit-log": Route(("POST",), self.audit_log),
         }
+        self.ssh = SSHChecks(self)  # its check_period is set by the policy layer
+        # Paths with parameters in them: /machine/ssh/action/SRC/to/DST.
+        self.prefix_routes: dict[str, Route] = {SSH_ACTION_PREFIX: Route(("GET",), self.ssh.handle)}
         # Set by the front door: the per-source limit on registrations without a valid key
         # (http.limits.RegisterGate); None means no limit.
         self.register_gate = None
@@ -119,7 +124,9 @@ class ControlService:
         is a 400 and one rate-limited WARNING; nothing of it is stored."""
         peer: NoisePeer = conn.context  # type: ignore[assignment]
         path = req.path.split("?", 1)[0]
-        route = self.routes.get(path)
+        # ``where`` is the route's own name, never text from the peer (it keys the log throttle).
+        where, route = next(((p, r) for p, r in self.prefix_routes.items() if path.startswith(p)),
+                            (path, self.routes.get(path)))
         if route is None:
             await resp.simple(404, b"not found\n")
             return
@@ -129,7 +136,7 @@ class ControlService:
         try:
             await route.handler(req, resp, peer, conn.name)
         except WireError as e:
-            self.throttle.warning(path, "%s: bad %s request: %s", conn.name, path, e)
+            self.throttle.warning(where, "%s: bad %s request: %s", conn.name, where, e)
             if not resp.headers_sent:
                 await resp.simple(400, f"bad request: {e}\n".encode())
         except RateLimited as e:
@@ -316,6 +323,8 @@ class ControlService:
         self.auth.decide(req, Verdict(False, reason=reason))
         log.info("auth request %s rejected", req.auth_id)
         return req
+
+    # --- SSH check (tailcfg.SSHAction.HoldAndDelegate) ----------------------------------
 
     # --- map ----------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from .nodeattrs import self_cap_map
 from .parse import parse_policy
 from .resolve import idp_group_members
 from .policytests import check_policy_tests
-from .ssh import ssh_policy_for
+from .ssh import check_period, ssh_policy_for
 
 DEFAULT_SERVER_URL = "https://unused"
 
@@ -161,6 +161,14 @@ class PolicyEngine:
         # The compiler's resolver already indexes this tailnet; a new one per call would make
         # approving routes across the tailnet quadratic.
         return auto_approved(self.policy, self.compiler.r, node)
+
+    def ssh_check_period(self, src_id: int, dst_id: int) -> float | None:
+        """Seconds a passed SSH check from node ``src_id`` to ``dst_id`` lasts (0: every
+        connection is checked), or None when no check rule covers the pair."""
+        src, dst = self._nodes.get(src_id), self._nodes.get(dst_id)
+        if src is None or dst is None:
+            return None
+        return check_period(self.policy, self.compiler.r, src, dst)
 
     def owns_tag(self, user_id: int, tag: str) -> bool:
         """May ``user_id`` put ``tag`` on its devices (``tailscale up --advertise-tags``)?

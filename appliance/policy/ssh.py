@@ -13,6 +13,9 @@ from .resolve import Resolver
 # $-variables (tailcfg.SSHAction.HoldAndDelegate).
 CHECK_PATH = "/machine/ssh/action/$SRC_NODE_ID/to/$DST_NODE_ID?local_user=$LOCAL_USER"
 
+# Tailscale's and Headscale's checkPeriod when a check rule gives none.
+DEFAULT_CHECK_PERIOD = 12 * 3600.0
+
 ACCEPT_ACTION = {"accept": True, "allowAgentForwarding": True,
                  "allowLocalPortForwarding": True, "allowRemotePortForwarding": True}
 
@@ -112,6 +115,32 @@ def _in_dsts(r: Resolver, rule: SSHRule, node: Node) -> tuple[bool | None, bool]
     return other, has_self
 
 
+def _emitted(r: Resolver, rule: SSHRule, src: _Sources, node: Node) -> list[tuple[list[Node], int | None]]:
+    """The source groups ``rule`` gives destination ``node`` (each with the user whose local
+    part it maps, if any), in Tailscale's layout (see ssh_policy_for)."""
+    if not src.ids:
+        return []
+    other, has_self = _in_dsts(r, rule, node)
+    localpart = any(is_localpart(u) for u in rule.users)
+    emitted: list[tuple[list[Node], int | None]] = []
+    if has_self and not node.is_tagged and node.user_id is not None and node.user_id in src.by_user:
+        emitted.append((src.by_user[node.user_id], node.user_id))
+    if other:
+        if localpart:
+            emitted.extend((nodes, uid) for uid, nodes in src.by_user.items())
+            if src.tagged:
+                emitted.append((src.tagged, None))
+        else:
+            everyone = [n for nodes in src.by_user.values() for n in nodes] + src.tagged
+            emitted.append((everyone, None))
+    elif other is not None and localpart and node.id in src.ids:
+        if node.is_tagged:
+            emitted.append(([node], None))
+        elif node.user_id in src.by_user:
+            emitted.append((src.by_user[node.user_id], node.user_id))
+    return emitted
+
+
 def ssh_policy_for(policy: Policy, r: Resolver, node: Node, server_url: str) -> dict | None:
     """The SSHPolicy dict for ``node``; {"rules": []} when nothing applies.
 
@@ -124,29 +153,9 @@ def ssh_policy_for(policy: Policy, r: Resolver, node: Node, server_url: str) -> 
     """
     check_rules: list[dict] = []
     accept_rules: list[dict] = []
-    user_owned = not node.is_tagged and node.user_id is not None
     for rule in policy.ssh or ():
         src = _sources(r, rule)
-        if not src.ids:
-            continue
-        other, has_self = _in_dsts(r, rule, node)
-        localpart = any(is_localpart(u) for u in rule.users)
-        emitted: list[tuple[list[Node], int | None]] = []
-        if has_self and user_owned and node.user_id in src.by_user:
-            emitted.append((src.by_user[node.user_id], node.user_id))
-        if other:
-            if localpart:
-                emitted.extend((nodes, uid) for uid, nodes in src.by_user.items())
-                if src.tagged:
-                    emitted.append((src.tagged, None))
-            else:
-                everyone = [n for nodes in src.by_user.values() for n in nodes] + src.tagged
-                emitted.append((everyone, None))
-        elif other is not None and localpart and node.id in src.ids:
-            if node.is_tagged:
-                emitted.append(([node], None))
-            elif node.user_id in src.by_user:
-                emitted.append((src.by_user[node.user_id], node.user_id))
+        emitted = _emitted(r, rule, src, node)
         if not emitted:
             continue
         if rule.action == "accept":
@@ -168,3 +177,15 @@ def ssh_policy_for(policy: Policy, r: Resolver, node: Node, server_url: str) -> 
     # Tailscale puts every check rule ahead of the accept rules, so a check
     # is never shadowed by a broader accept.
     return {"rules": check_rules + accept_rules}
+
+
+def check_period(policy: Policy, r: Resolver, src: Node, dst: Node) -> float | None:
+    """How long a passed check of ``src`` → ``dst`` lasts, by the first check rule that covers
+    the pair (0: check every time, checkPeriod "always"); None when no check rule does. The
+    server decides this itself when the client calls back, never from the client's URL."""
+    for rule in policy.ssh or ():
+        if rule.action != "check":
+            continue
+        if any(n.id == src.id for nodes, _ in _emitted(r, rule, _sources(r, rule), dst) for n in nodes):
+            return DEFAULT_CHECK_PERIOD if rule.check_period is None else rule.check_period
+    return None

@@ -20,7 +20,8 @@ from typing import Any
 from joserfc.jwk import RSAKey
 
 PACKAGE = "oidc-provider"
-VERSION = "9.13.3"  # needs Node.js 20.19 or newer (Debian 12 with nodesource, 13)
+VERSION = "9.13.3"  # needs Node.js 20.19 or newer (the CI image's nodesource 20, Debian 13)
+VERSION_NODE18 = "8.8.1"  # for Debian 12's own Node.js 18
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trioscale-tests" / "oidc-provider"
 SCRIPT = Path(__file__).with_name("provider.mjs")
 
@@ -44,15 +45,18 @@ def ensure_provider() -> Path:
         if os.geteuid() != 0:
             raise Unavailable("Node.js is not installed and installing it needs root")
         _apt_install("nodejs", "npm")
+    out = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip().lstrip("v")
+    major, minor = (int(x) for x in (out.split(".") + ["0", "0"])[:2])
+    version = VERSION if (major, minor) >= (20, 19) else VERSION_NODE18
     installed = CACHE / "node_modules" / PACKAGE / "package.json"
-    if not installed.exists() or json.loads(installed.read_text()).get("version") != VERSION:
+    if not installed.exists() or json.loads(installed.read_text()).get("version") != version:
         CACHE.mkdir(parents=True, exist_ok=True)
         (CACHE / "package.json").write_text(json.dumps({"name": "trioscale-oidc-fixture", "private": True,
                                                          "type": "module"}))
-        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", f"{PACKAGE}@{VERSION}"], cwd=CACHE,
+        r = subprocess.run(["npm", "install", "--no-audit", "--no-fund", f"{PACKAGE}@{version}"], cwd=CACHE,
                            capture_output=True, text=True, timeout=600)
         if r.returncode != 0:
-            raise Unavailable(f"npm install {PACKAGE}@{VERSION} failed: {r.stderr[-500:]}")
+            raise Unavailable(f"npm install {PACKAGE}@{version} failed: {r.stderr[-500:]}")
     # ES modules resolve packages next to the script, so it runs from the cache folder.
     shutil.copyfile(SCRIPT, CACHE / SCRIPT.name)
     return CACHE

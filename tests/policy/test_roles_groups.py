@@ -70,3 +70,17 @@ def test_tag_owners_by_role_and_provider_group():
     policy = ('{"tagOwners": {"tag:web": ["autogroup:network-admin", "group:eng"]}, "acls": []}')
     e = PolicyEngine(policy, USERS, NODES)
     assert {u.id for u in USERS if e.owns_tag(u.id, "tag:web")} == {3, 7, 8}
+
+
+def test_ssh_check_period_of_a_pair():
+    policy = ('{"tagOwners": {"tag:web": []}, "ssh": ['
+              '{"action": "check", "src": ["mia@example.com"], "dst": ["tag:web"], "users": ["root"], "checkPeriod": "2h"},'
+              '{"action": "check", "src": ["autogroup:member"], "dst": ["tag:web"], "users": ["root"]},'
+              '{"action": "check", "src": ["autogroup:member"], "dst": ["autogroup:self"], "users": ["root"], '
+              '"checkPeriod": "always"},'
+              '{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:member"], "users": ["root"]}]}')
+    e = PolicyEngine(policy, USERS, NODES)
+    assert e.ssh_check_period(7, 100) == 7200  # the first check rule that covers the pair
+    assert e.ssh_check_period(2, 100) == 12 * 3600  # Tailscale's default
+    assert e.ssh_check_period(2, 2) == 0  # "always"
+    assert e.ssh_check_period(2, 3) is None  # only an accept rule

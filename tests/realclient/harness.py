@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -332,3 +333,39 @@ def _merge(base: dict, extra: dict) -> None:
             _merge(base[k], v)
         else:
             base[k] = v
+
+
+def ensure_ssh_client() -> None:
+    """OpenSSH's client, from Debian's openssh-client when missing (a fresh CI machine)."""
+    if shutil.which("ssh"):
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "openssh-client"], capture_output=True, timeout=600,
+                   env=env, check=True)
+
+
+def start_ssh(frm: Node, ip: str, command: str = "echo ssh-ok") -> subprocess.Popen:
+    """OpenSSH's client from node ``frm`` to ``ip`` through the tailnet (`tailscale nc` as the
+    proxy), running ``command`` as root on a node that serves Tailscale SSH (no key needed).
+    Its stderr (where the server's banners go; LogLevel INFO shows them) is in ``proc.errfile``."""
+    ensure_ssh_client()
+    proxy = f"{frm.cli_bin} --socket={frm.socket} nc %h %p"
+    errfile = frm.dir / f"ssh-{secrets.token_hex(4)}.err"
+    with open(errfile, "wb") as err:
+        proc = subprocess.Popen(
+            ["ssh", "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
+             "UserKnownHostsFile=/dev/null", "-o", f"ProxyCommand={proxy}", f"root@{ip}", command],
+            stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL)
+    proc.errfile = errfile  # type: ignore[attr-defined]
+    return proc
+
+
+def ssh_check_url(ssh: subprocess.Popen, server: Server, timeout: float = 30) -> str:
+    """The sign-in link a Tailscale SSH server shows in its banner while a check rule holds it."""
+    pattern = re.compile(re.escape(server.url) + r"/auth/[\w-]+")
+    found = wait_until(lambda: pattern.search(ssh.errfile.read_text(errors="replace")) or ssh.poll() is not None,
+                       timeout, interval=0.2, what="the check link in the SSH banner")
+    if found is True:
+        raise AssertionError(f"ssh ended ({ssh.returncode}) without a check link: {ssh.errfile.read_text()}")
+    return found.group(0)

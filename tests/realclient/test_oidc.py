@@ -16,7 +16,7 @@ import pytest
 from ..browser import Unavailable as NoBrowser
 from ..browser import open_browser
 from ..oidc.fixture import OIDCProvider, Unavailable as NoProvider
-from .harness import REPO, Node, Server, serve_files, socks_fetch, wait_until
+from .harness import REPO, Node, Server, serve_files, socks_fetch, ssh_check_url, start_ssh, wait_until
 
 ENV = {"TS_DEBUG_USE_DERP_HTTP": "1"}
 SERVER_PORT = 9931
@@ -285,6 +285,67 @@ def test_provider_groups_decide_reachability_and_change_at_next_login(world):
         wait_until(lambda: not reaches("alice-laptop"), 30, interval=1, what="alice to lose access after her login")
     users = {u["name"]: u for u in server.cli_json("users", "list")}
     assert users["alice"]["groups"] == ["staff"] and set(users["bob"]["groups"]) == {"staff", "admins"}
+
+
+SSH_POLICY = """{
+  "groups": {"group:admins": []},
+  "tagOwners": {"tag:web": ["autogroup:admin"], "tag:db": ["autogroup:admin"]},
+  "acls": [
+    {"action": "accept", "src": ["autogroup:member"], "dst": ["tag:web:22", "tag:db:22"]},
+    {"action": "accept", "src": ["tag:web"], "dst": ["autogroup:member:*"]},
+  ],
+  "ssh": [
+    {"action": "check", "src": ["autogroup:member"], "dst": ["tag:web"], "users": ["root"], "checkPeriod": "%s"},
+    {"action": "accept", "src": ["autogroup:member"], "dst": ["tag:db"], "users": ["root"]},
+  ],
+}"""
+
+
+def test_ssh_check_holds_until_sign_in_and_honours_check_period(world):
+    """With the real client's SSH server (`tailscale up --ssh`): a check rule holds the session
+    until the person signs in through the provider, then lets it through; within checkPeriod
+    the next session is not asked again, with "always" it is; an accept rule never asks."""
+    server, nodes = world["server"], world["nodes"]
+    policy_file = world["work"] / "policy.hujson"
+    reloads = server.log_text().count("policy reloaded")
+    policy_file.write_text(SSH_POLICY % "1h")
+    wait_until(lambda: server.log_text().count("policy reloaded") > reloads, 10, what="the policy to reload")
+    web = nodes["web"]
+    web.ts("set", "--ssh")
+    db = start_node(world, "db")
+    db.up(server, server.cli("preauthkeys", "create", "--tags", "tag:db").stdout.strip(), "--ssh")
+    alice = nodes["alice-laptop"]
+    web_ip, db_ip = web.ips()[0], db.ips()[0]
+    wait_until(lambda: "db" in alice.peers(), 20, what="alice to see db")
+
+    ssh = start_ssh(alice, web_ip)
+    url = ssh_check_url(ssh, server)
+    time.sleep(2)
+    assert ssh.poll() is None  # held: no shell before the sign-in
+    assert [r["kind"] for r in server.cli_json("auth", "list")] == ["ssh-check"]
+    text = sign_in(world, url, "alice")
+    assert "SSH connection allowed" in text, text
+    out, _ = ssh.communicate(timeout=60)
+    err = ssh.errfile.read_text()
+    assert ssh.returncode == 0 and out.strip() == "ssh-ok", err
+
+    again = start_ssh(alice, web_ip)  # within checkPeriod: straight through
+    out, _ = again.communicate(timeout=60)
+    err = again.errfile.read_text()
+    assert again.returncode == 0 and out.strip() == "ssh-ok" and "/auth/" not in err, err
+
+    reloads = server.log_text().count("policy reloaded")
+    policy_file.write_text(SSH_POLICY % "always")
+    wait_until(lambda: server.log_text().count("policy reloaded") > reloads, 10, what="the policy to reload")
+    always = start_ssh(alice, web_ip)
+    ssh_check_url(always, server)  # asked again
+    always.kill()
+    always.communicate()
+
+    accepted = start_ssh(alice, db_ip)
+    out, _ = accepted.communicate(timeout=60)
+    err = accepted.errfile.read_text()
+    assert accepted.returncode == 0 and out.strip() == "ssh-ok" and "/auth/" not in err, err
 
 
 def test_sso_setup_generic_against_the_provider_ends_in_a_working_login(world):

@@ -9,27 +9,36 @@ import time
 
 import pytest
 
-from .harness import Node, Server, wait_until
+from .harness import Node, Server, ssh_check_url, start_ssh, wait_until
+
+POLICY = """{
+  "tagOwners": {"tag:box": ["autogroup:admin"]},
+  "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+  "ssh": [{"action": "check", "src": ["autogroup:member"], "dst": ["tag:box"], "users": ["root"]}],
+}"""
 
 
 @pytest.fixture(scope="module")
 def signin(netns, client_binaries, tmp_path_factory):
     work = tmp_path_factory.mktemp("signin")
+    (work / "policy.hujson").write_text(POLICY)
     server = Server(netns, work / "server", port=9921, overrides={
         "node": {"approval_required": True},
+        "policy": {"mode": "file", "path": str(work / "policy.hujson")},
         # A client counts as Running once it has a DERP home: the embedded relay gives it one.
         "derp": {"server": {"enabled": True, "stun_listen_addr": "127.0.0.1:3478"}},
     })
-    server.start()
-    server.cli("users", "create", "alice", "--email", "alice@example.com")
     observer = Node(netns, work, "observer", client_binaries, env=ENV)
-    observer.start()
-    key = server.cli("preauthkeys", "create", "--user", "alice", "--pre-approved").stdout.strip()
-    observer.up(server, key)
-    state = {"server": server, "work": work, "binaries": client_binaries, "observer": observer}
-    yield state
-    observer.stop()
-    server.stop()
+    try:
+        server.start()
+        server.cli("users", "create", "alice", "--email", "alice@example.com")
+        observer.start()
+        key = server.cli("preauthkeys", "create", "--user", "alice", "--pre-approved").stdout.strip()
+        observer.up(server, key)
+        yield {"server": server, "work": work, "binaries": client_binaries, "observer": observer}
+    finally:
+        observer.stop()
+        server.stop()
 
 
 ENV = {"TS_DEBUG_USE_DERP_HTTP": "1"}  # the relay shares the plain-HTTP control port here
@@ -129,3 +138,30 @@ def test_pre_auth_keys_decide_approval_per_key(signin, netns):
     finally:
         waiting.stop()
         server_node.stop()
+
+
+def test_ssh_check_without_oidc_waits_for_auth_approve(signin, netns):
+    """Without OIDC an SSH check rule holds the session until an admin runs `auth approve`."""
+    server, observer = signin["server"], signin["observer"]
+    box = Node(netns, signin["work"], "box", signin["binaries"], env=ENV)
+    box.start()
+    try:
+        box.up(server, server.cli("preauthkeys", "create", "--tags", "tag:box", "--pre-approved").stdout.strip(),
+               "--ssh")
+        wait_until(lambda: "box" in observer.peers(), 20, what="the observer to see box")
+        ssh = start_ssh(observer, box.ips()[0])
+        url = ssh_check_url(ssh, server)
+        auth_id = url.rsplit("/", 1)[-1]
+        page = subprocess.run(netns.wrap(["python3", "-c", f"import urllib.request;print(urllib.request.urlopen({url!r}).read().decode())"]),
+                              capture_output=True, text=True, timeout=20).stdout
+        assert f"trioscale auth approve --auth-id {auth_id}" in page
+        [pending] = server.cli_json("auth", "list")
+        assert pending["kind"] == "ssh-check" and pending["localUser"] == "root"
+        time.sleep(1)
+        assert ssh.poll() is None  # held
+        server.cli("auth", "approve", "--auth-id", auth_id)
+        out, _ = ssh.communicate(timeout=60)
+        err = ssh.errfile.read_text()
+        assert ssh.returncode == 0 and out.strip() == "ssh-ok", err
+    finally:
+        box.stop()
