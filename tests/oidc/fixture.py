@@ -19,6 +19,8 @@ from typing import Any
 
 from joserfc.jwk import RSAKey
 
+from ..realclient.harness import stop_process
+
 PACKAGE = "oidc-provider"
 VERSION = "9.13.3"  # needs Node.js 20.19 or newer (the CI image's nodesource 20, Debian 13)
 VERSION_NODE18 = "8.8.1"  # for Debian 12's own Node.js 18
@@ -101,13 +103,7 @@ class OIDCProvider:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def rotate_keys(self) -> str:

@@ -54,6 +54,24 @@ def wait_until(fn: Callable[[], Any], timeout: float, interval: float = 0.1, wha
         time.sleep(interval)
 
 
+def http_get(ns: Netns, url: str) -> str:
+    """The body of ``url`` fetched from inside the namespace (where the servers listen)."""
+    code = f"import urllib.request;print(urllib.request.urlopen({url!r}, timeout=15).read().decode())"
+    return subprocess.run(ns.wrap([sys.executable, "-c", code]), capture_output=True, text=True, timeout=30).stdout
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; waits for it either way."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Netns:
     def __init__(self) -> None:
         self.name = f"trioscale-test-{secrets.token_hex(4)}"
@@ -167,13 +185,7 @@ class Server:
                    what="trioscale to answer on its socket")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 15)
         self.proc = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -242,6 +254,22 @@ class Node:
         if check and proc.returncode != 0:
             raise AssertionError(f"{self.name}: tailscale {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()} {proc.stdout.strip()}")
         return proc
+
+    def up_interactive(self, server: Server, *extra: str) -> tuple[subprocess.Popen, str]:
+        """`tailscale up` without a key, in the background: the process and the AuthURL it
+        printed (it ends once the login is decided)."""
+        up = subprocess.Popen(
+            [str(self.cli_bin), f"--socket={self.socket}", "up", f"--login-server={server.url}",
+             f"--hostname={self.name}", "--timeout=120s", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if f"{server.url}/register/" in line:
+                return up, line.strip()
+        up.kill()
+        raise AssertionError(f"{self.name}: no login URL printed")
 
     def up(self, server: Server, authkey: str | None, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
         args = ["up", f"--login-server={server.url}", f"--hostname={self.name}", "--timeout=60s", *extra]

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
 
-from .harness import Node, Server, random_blob, serve_files, socks_fetch, wait_until
+from .harness import Node, Server, http_get, random_blob, serve_files, socks_fetch, wait_until
 
 EPHEMERAL_TIMEOUT = 66  # Headscale's floor is "more than 65 s"; we keep its rule
 
@@ -222,23 +220,9 @@ def test_interactive_login_approved_with_the_cli(tailnet, netns):
     theta = Node(netns, tailnet["work"], "theta", tailnet["binaries"], env=tailnet["env"])
     theta.start()
     try:
-        up = subprocess.Popen(
-            [str(theta.cli_bin), f"--socket={theta.socket}", "up", f"--login-server={server.url}",
-             "--hostname=theta", "--timeout=60s"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=theta.env,
-        )
-        url = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and url is None:
-            line = up.stdout.readline()
-            if f"{server.url}/register/" in line:
-                url = line.strip()
-        assert url, "no login URL printed"
+        up, url = theta.up_interactive(server)
         token = url.rsplit("/", 1)[-1]
-        page = subprocess.run(
-            netns.wrap([sys.executable, "-c", f"import urllib.request;print(urllib.request.urlopen({url!r}).read().decode())"]),
-            capture_output=True, text=True, timeout=20,
-        ).stdout
+        page = http_get(netns, url)
         assert f"trioscale auth register --auth-id {token} --user USERNAME" in page
         assert "theta" in page and "nodekey:" in page
         server.cli("nodes", "register", "--user", "alice", "--key", token)  # Headscale's older verb

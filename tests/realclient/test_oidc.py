@@ -106,21 +106,6 @@ def start_node(world, name: str) -> Node:
     return node
 
 
-def up_in_background(node: Node, server: Server, *extra: str) -> tuple[subprocess.Popen, str]:
-    up = subprocess.Popen(
-        [str(node.cli_bin), f"--socket={node.socket}", "up", f"--login-server={server.url}",
-         f"--hostname={node.name}", "--timeout=120s", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=node.env,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = up.stdout.readline()
-        if f"{server.url}/register/" in line:
-            return up, line.strip()
-    up.kill()
-    raise AssertionError("no login URL printed")
-
-
 def sign_in(world, url: str, login: str, *, confirm: str | None = "add", callbacks: list | None = None,
             rewrite_state: bool = False) -> str:
     """A person opens the AuthURL, signs in at the provider as ``login``, and (if asked) clicks
@@ -163,7 +148,7 @@ def nodes_by_name(server: Server) -> dict[str, dict]:
 def test_a_person_signs_in_and_the_client_runs(world):
     server = world["server"]
     laptop = start_node(world, "alice-laptop")
-    up, url = up_in_background(laptop, server)
+    up, url = laptop.up_interactive(server)
     assert laptop.status()["BackendState"] == "NeedsLogin"
     callbacks: list[str] = []
     text = sign_in(world, url, "alice", callbacks=callbacks)
@@ -201,7 +186,7 @@ def test_a_replayed_callback_is_refused(world):
 def door(world):
     """One waiting client whose AuthURL every refusal case uses: none of them may add it."""
     node = start_node(world, "door")
-    up, url = up_in_background(node, world["server"])
+    up, url = node.up_interactive(world["server"])
     yield url
     up.kill()
 
@@ -272,14 +257,14 @@ def test_provider_groups_decide_reachability_and_change_at_next_login(world):
 
         provider.set_users({**USERS, "alice": {**USERS["alice"], "groups": ["staff"]},
                             "bob": {**USERS["bob"], "groups": ["staff", "admins"]}})
-        up, url = up_in_background(nodes["door"], server, "--force-reauth")
+        up, url = nodes["door"].up_interactive(server, "--force-reauth")
         assert "Machine added" in sign_in(world, url, "bob")
         assert up.wait(60) == 0
         assert nodes_by_name(server)["door"]["user"]["name"] == "bob"  # the same node, signed in again
         wait_until(lambda: reaches("door"), 30, interval=1, what="bob to reach web after his next login")
         assert reaches("alice-laptop")  # alice has not signed in again: her groups are as they were
 
-        up, url = up_in_background(nodes["alice-laptop"], server, "--force-reauth")
+        up, url = nodes["alice-laptop"].up_interactive(server, "--force-reauth")
         assert "Machine added" in sign_in(world, url, "alice")
         assert up.wait(60) == 0
         wait_until(lambda: not reaches("alice-laptop"), 30, interval=1, what="alice to lose access after her login")
@@ -376,7 +361,7 @@ def test_sso_setup_generic_against_the_provider_ends_in_a_working_login(world):
     server.start()
     try:
         node = start_node(world, "sso-laptop")
-        up, url = up_in_background(node, server)
+        up, url = node.up_interactive(server)
         assert "Machine added" in sign_in(world, url, "bob")
         assert up.wait(60) == 0 and node.status()["BackendState"] == "Running"
         assert nodes_by_name(server)["sso-laptop"]["user"]["email"] == "bob@example.com"
@@ -412,7 +397,7 @@ def test_github_sign_in_through_oauth_and_its_apis(world):
     server.start()
     try:
         node = start_node(world, "gh-laptop")
-        up, url = up_in_background(node, server)
+        up, url = node.up_interactive(server)
 
         def github_login(login: str) -> str:
             ctx = world["browser"].new_context()

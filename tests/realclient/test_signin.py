@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .harness import Node, Server, ssh_check_url, start_ssh, wait_until
+from .harness import Node, Server, http_get, ssh_check_url, start_ssh, wait_until
 
 POLICY = """{
   "tagOwners": {"tag:box": ["autogroup:admin"]},
@@ -48,22 +48,6 @@ def backend_state(node: Node) -> str:
     return node.status()["BackendState"]
 
 
-def start_interactive_up(node: Node, server: Server) -> tuple[subprocess.Popen, str]:
-    """`tailscale up` without a key, in the background; returns it and the AuthURL it printed."""
-    up = subprocess.Popen(
-        [str(node.cli_bin), f"--socket={node.socket}", "up", f"--login-server={server.url}",
-         f"--hostname={node.name}", "--timeout=120s"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=node.env,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = up.stdout.readline()
-        if f"{server.url}/register/" in line:
-            return up, line.strip()
-    up.kill()
-    raise AssertionError("no login URL printed")
-
-
 def nodes_by_name(server: Server) -> dict[str, dict]:
     return {n["givenName"]: n for n in server.cli_json("nodes", "list")}
 
@@ -73,7 +57,7 @@ def test_cli_registration_then_device_approval(signin, netns):
     laptop = Node(netns, signin["work"], "laptop", signin["binaries"], env=ENV)
     laptop.start()
     try:
-        up, url = start_interactive_up(laptop, server)
+        up, url = laptop.up_interactive(server)
         auth_id = url.rsplit("/", 1)[-1]
         assert backend_state(laptop) == "NeedsLogin"
         listed = server.cli_json("auth", "list")
@@ -102,7 +86,7 @@ def test_a_rejected_registration_leaves_no_node(signin, netns):
     intruder = Node(netns, signin["work"], "intruder", signin["binaries"], env=ENV)
     intruder.start()
     try:
-        up, url = start_interactive_up(intruder, server)
+        up, url = intruder.up_interactive(server)
         server.cli("auth", "reject", "--auth-id", url.rsplit("/", 1)[-1])
         out, _ = up.communicate(timeout=30)
         assert up.returncode != 0 and "rejected" in out, out
@@ -152,8 +136,7 @@ def test_ssh_check_without_oidc_waits_for_auth_approve(signin, netns):
         ssh = start_ssh(observer, box.ips()[0])
         url = ssh_check_url(ssh, server)
         auth_id = url.rsplit("/", 1)[-1]
-        page = subprocess.run(netns.wrap(["python3", "-c", f"import urllib.request;print(urllib.request.urlopen({url!r}).read().decode())"]),
-                              capture_output=True, text=True, timeout=20).stdout
+        page = http_get(netns, url)
         assert f"trioscale auth approve --auth-id {auth_id}" in page
         [pending] = server.cli_json("auth", "list")
         assert pending["kind"] == "ssh-check" and pending["localUser"] == "root"

@@ -14,7 +14,7 @@ import sys
 import pytest
 import yaml
 
-from .harness import REPO, make_certs, wait_until
+from .harness import REPO, make_certs
 
 HOSTS = ["accounts.google.com", "login.microsoftonline.com", "dev-42.okta.com", "github.com", "api.github.com",
          "gitlab.com", "sso.example.org", "auth.example.org"]

@@ -88,3 +88,21 @@ def test_settings_need_a_client_id_and_openid():
     gh = oidc_settings(config_from_dict({"oidc": {"issuer": "https://github.com", "client_id": "c",
                                                   "client_secret": "x", "provider": "github"}}))
     assert gh.github_api == "https://api.github.com"
+
+
+def test_the_authorization_request_carries_scope_pkce_and_extra_params():
+    from urllib.parse import parse_qs, urlsplit
+
+    from appliance.oidc.provider import Metadata, OIDCProvider
+
+    for method in ("S256", "plain"):
+        p = OIDCProvider(settings(scope=("openid", "email", "groups"), pkce_enabled=True, pkce_method=method,
+                                  extra_params={"domain_hint": "example.com", "prompt": "login"}),
+                         "https://hs.example.com/oidc/callback")
+        p.metadata = Metadata(issuer=ISSUER, authorization_endpoint=ISSUER + "/auth?tenant=x",
+                              token_endpoint=ISSUER + "/token")
+        q = {k: v[0] for k, v in parse_qs(urlsplit(p.authorization_url("st", "no", "v" * 43)).query).items()}
+        assert q["tenant"] == "x" and q["state"] == "st" and q["nonce"] == "no"
+        assert q["scope"] == "openid email groups" and q["redirect_uri"] == "https://hs.example.com/oidc/callback"
+        assert q["code_challenge_method"] == method and q["domain_hint"] == "example.com" and q["prompt"] == "login"
+        assert q["code_challenge"] == ("v" * 43 if method == "plain" else pkce_challenge("v" * 43, "S256"))
