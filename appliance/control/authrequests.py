@@ -94,6 +94,7 @@ class AuthRequest:
     dst_node_id: int | None = None  # SSH check: the node that asks us
     local_user: str = ""
     verdict: Verdict | None = None
+    deciding: bool = False  # a registration for it is being written (see AuthRequests.pending)
     done: trio.Event = field(default_factory=trio.Event)
 
     @property
@@ -193,6 +194,10 @@ class AuthRequests:
             raise NotFound("no pending auth request with that ID (it may have expired)")
         if r.verdict is not None:
             raise Conflict("this auth request was already " + ("approved" if r.verdict.accepted else "rejected"))
+        if r.deciding:
+            # A registration is being written for it: a reject now would leave the node made
+            # and the client told no.
+            raise Conflict("this auth request is being approved right now")
         return r
 
     def decide(self, req: AuthRequest, verdict: Verdict) -> None:

@@ -294,10 +294,14 @@ class ControlService:
         return await self._register_request(req, user, method, expiry)
 
     async def _register_request(self, req: AuthRequest, user, method: str, expiry) -> NodeRecord:
-        node = await self.tailnet.register_interactive(
-            user, machine_key=req.machine_key, node_key=req.node_key, hostinfo=req.hostinfo,
-            tags=self._requested_tags(req.hostinfo, user.id), method=method, expiry=expiry,
-        )
+        req.deciding = True
+        try:
+            node = await self.tailnet.register_interactive(
+                user, machine_key=req.machine_key, node_key=req.node_key, hostinfo=req.hostinfo,
+                tags=self._requested_tags(req.hostinfo, user.id), method=method, expiry=expiry,
+            )
+        finally:
+            req.deciding = False
         self.auth.decide(req, Verdict(True, node.id))
         log.info("auth request %s: node %d (%s) registered for %s (%s)", req.auth_id, node.id,
                  node.given_name, user.name, method)

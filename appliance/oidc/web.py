@@ -229,6 +229,9 @@ class SignIn:
             self.control.auth.decide(auth, Verdict(False, reason="the login was cancelled in the browser"))
             return message(200, "Cancelled", "The machine was not added.", "You can close this page.")
         node = await self.control.register_pending(auth.auth_id, user.id, method="oidc", expiry=c.node_expiry)
+        if not node.authorized:
+            return message(200, "Machine added", f"{node.given_name} is registered as {user.email or user.name}'s "
+                                                 "and waits for an administrator's approval.", "You can close this page.")
         return message(200, "Machine added", f"{node.given_name} is now on the tailnet as "
                                              f"{user.email or user.name}'s.", "You can close this page.")
 

@@ -93,3 +93,27 @@ async def test_a_waiting_login_keeps_a_trimmed_hostinfo_only(server, nursery):
     # 20 requests of ~250 KB of Hostinfo each: ~5 MB sent; what stays is connections and
     # the trimmed requests (well under 1 MB with the clients' own state).
     assert kept < 3 * 1024 * 1024, kept
+
+
+async def test_auth_approve_lets_a_known_machine_back_and_asks_a_user_for_a_new_one(server, nursery):
+    import pytest
+
+    from appliance.errors import Invalid
+
+    control, tailnet = server.running.control, server.running.tailnet
+    c = server.client("returning")
+    with trio.fail_after(WAIT):
+        await c.connect(nursery)
+        await c.register(server.auth_key)
+    first = tailnet.node_by_key(c.node_key)
+    c.node_key = "nodekey:" + "ab" * 32  # logged out; `tailscale up` again with a new node key
+    with trio.fail_after(WAIT):
+        doc = await c.login()
+    again = await control.approve(doc["AuthURL"].rsplit("/", 1)[-1])
+    node = tailnet.nodes[again.verdict.node_id]
+    assert (node.id, node.user_id, node.node_key) == (first.id, first.user_id, c.node_key)
+
+    _, _, new_id = await start_login(server, nursery, "stranger")
+    with pytest.raises(Invalid, match="auth register"):
+        await control.approve(new_id)
+    await control.register_pending(new_id, "alice")  # still undecided, so it can be
