@@ -128,3 +128,30 @@ def test_failed_key_attempts_from_one_source_get_429(api_server):
 def _no_tracebacks(api_server):
     yield
     assert "Traceback" not in api_server.log_text()
+
+
+def test_sign_in_verbs_answer_in_one_line(api_server):
+    s = api_server
+    assert json.loads(s.ok("auth", "list", "-o", "json")) == []
+    missing = "hskey-authreq-" + "0" * 24
+    for verb in (("auth", "approve", "--auth-id", missing), ("auth", "reject", "--auth-id", missing),
+                 ("auth", "register", "--auth-id", missing, "--user", "alice"),
+                 ("nodes", "register", "--key", missing, "--user", "alice")):
+        assert "no pending auth request" in one_line_error(s.cli(*verb))
+    assert "hskey-authreq-<24 hex digits>" in one_line_error(s.cli("auth", "reject", "--auth-id=rm -rf"))
+    assert "not found" in one_line_error(s.cli("nodes", "approve", "-i", "999"))
+    key = json.loads(s.ok("preauthkeys", "create", "--user", "alice", "--pre-approved", "-o", "json"))
+    assert key["preApproved"] is True
+    # Roles: one owner, handed over, never just dropped.
+    users = {u["name"]: u for u in json.loads(s.ok("users", "list", "-o", "json"))}
+    owner = next(name for name, u in users.items() if u["role"] == "owner")
+    s.ok("users", "create", "roly")
+    assert "owns the tailnet" in one_line_error(s.cli("users", "set-role", owner, "member"))
+    assert "not found" in one_line_error(s.cli("users", "set-role", "nobody", "admin"))
+    assert "roly is now network-admin" in s.ok("users", "set-role", "roly", "network-admin")
+    s.ok("users", "set-role", "roly", "owner")
+    roles = {u["name"]: u["role"] for u in json.loads(s.ok("users", "list", "-o", "json"))}
+    assert roles[owner] == "admin" and roles["roly"] == "owner"
+    s.ok("users", "set-role", owner, "owner")
+    s.ok("users", "set-role", "roly", "member")
+    s.ok("users", "destroy", "roly")
