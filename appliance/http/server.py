@@ -194,7 +194,8 @@ class HTTPServer:
                 with trio.move_on_after(1):
                     await self.send_simple(stream, conn, *text(408, "request body too slow\n"))
                 return
-            await self.send_simple(stream, conn, *await self.answer(ev, path, bytes(body), source))
+            await self.send_simple(stream, conn, *await self.answer(ev, path, bytes(body), source),
+                                   head=ev.method == b"HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
@@ -204,8 +205,10 @@ class HTTPServer:
 
     async def send_simple(
         self, stream: trio.abc.Stream, conn: h11.Connection, status: int,
-        headers: list[tuple[str, str]], body: bytes,
+        headers: list[tuple[str, str]], body: bytes, *, head: bool = False,
     ) -> None:
+        """Send one whole answer. ``head``: the request was a HEAD, so the body's length is
+        announced but the body is not sent (h11 refuses a body after a HEAD)."""
         hdrs = list(headers)
         if conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
             # The request is not read to its end: the next bytes would be taken for a new
@@ -215,7 +218,7 @@ class HTTPServer:
             hdrs.append(("content-type", "text/plain; charset=utf-8"))
         hdrs.append(("content-length", str(len(body))))
         data = conn.send(h11.Response(status_code=status, headers=hdrs))
-        if body:
+        if body and not head:
             data += conn.send(h11.Data(data=body))
         data += conn.send(h11.EndOfMessage())
         await stream.send_all(data)

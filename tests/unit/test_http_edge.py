@@ -77,6 +77,16 @@ async def test_slow_body_is_cut_at_the_whole_body_deadline(http, autojump_clock,
     assert "request body not complete" in caplog.text
 
 
+async def test_head_gets_the_answers_head_and_the_connection_goes_on(http):
+    connect, done = http
+    client = connect()
+    await client.send_all(b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    got = await read_all(client)
+    head, _, rest = got.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length: 6" in head
+    assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b"\r\n\r\ngot 0\n")  # no body after the HEAD
+
+
 async def test_slow_head_is_cut_at_the_head_deadline(http, autojump_clock):
     connect, done = http
     client = connect()
