@@ -3,7 +3,9 @@
 The real server (appliance.serve: ControlService, Tailnet on a tmp SQLite file, the policy
 with autoApprovers, its recompiler and auto-approver) runs in its own Trio thread; hypothesis
 draws bodies for every endpoint from the wire schemas, mutates them, and each is handed to
-ControlService.handle exactly as the HTTP/2 server hands a request over. For every example:
+ControlService.handle exactly as the HTTP/2 server hands a request over. The SSH check's
+action URL (/machine/ssh/action/SRC/to/DST?local_user=...&auth_id=...) takes its outside
+bytes in the path and query: those are drawn instead. For every example:
 nothing escapes the handler but what the HTTP/2 server expects (StreamGone), the answer is
 never a 500, a 400 says why, and no ERROR is logged. After the run the background tasks still
 work (a new node is compiled and mapped) and the memory the server holds stays bounded.
@@ -60,6 +62,8 @@ POLICY = """{
   "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
   "tagOwners": {"tag:fuzz": ["alice@example.com"]},
   "autoApprovers": {"routes": {"10.50.0.0/16": ["alice@example.com"]}, "exitNode": ["alice@example.com"]},
+  "ssh": [{"action": "check", "src": ["autogroup:member"], "dst": ["autogroup:self"], "users": ["root"],
+           "checkPeriod": "1h"}],
 }"""
 
 
@@ -70,6 +74,7 @@ class Machine:
     def __init__(self) -> None:
         self.peer = NoisePeer(key_text("mkey", public_of(new_private_key())), 133, "fuzz")
         self.node_keys = [key_text("nodekey", public_of(new_private_key()))]
+        self.node_id = 0  # once registered
 
 
 class Recorder:
@@ -156,6 +161,7 @@ def fuzzed(tmp_path_factory):
             body = json.dumps({"Version": 133, "NodeKey": key, "Auth": {"AuthKey": f.auth_key},
                                "Hostinfo": to_json_hostinfo(f"pool-{i}", [])}).encode()
             assert f.call(handle, running, "POST", "/machine/register", body, m.peer).status == 200
+        m.node_id = running.tailnet.node_by_key(m.node_keys[0]).id
     try:
         yield f
     finally:
@@ -241,15 +247,44 @@ def check_answer(resp: Recorder, body: bytes) -> None:
         assert resp.body.startswith(b"bad request: ") and len(resp.body) < 400, bytes(resp.body)
 
 
+SSH_PREFIX = "/machine/ssh/action/"
+# Values for the SSH action's path and query, as the client would %-encode them and worse.
+SSH_USERS = ["root", "", "alice", "a%20b", "%ff%fe", "%00", "x" * 300, "%E2%80%AEtoor", "user%0Aname", "%",
+             "a&b", "%25%25"]
+SSH_AUTH_IDS = [None, "", "garbage", "hskey-authreq-" + "0" * 24, "0" * 24, "hskey-authreq-" + "G" * 24,
+                "hskey-authreq-" + "0" * 23, "%ff", "hskey-authreq-" + "0" * 24 + "%00"]
+
+
+@st.composite
+def ssh_actions(draw, machines: list[Machine]):
+    """(method, path, b"", machine): the call a destination node makes for a check rule."""
+    machine = draw(st.sampled_from(machines))
+    ids = [m.node_id for m in machines]
+    src = draw(st.sampled_from(ids + [0, 999_999, 10**18 - 1]))
+    dst = machine.node_id if draw(st.integers(0, 9)) < 8 else draw(st.sampled_from(ids + [5, 10**19]))
+    pair = draw(st.sampled_from([f"{src}/to/{dst}"] * 6 + [f"x/to/{dst}", f"{src}/to/", f"{src}/to/{dst}/x",
+                                                            f"-{src}/to/{dst}", f"{src}/from/{dst}"]))
+    query = [f"local_user={draw(st.sampled_from(['root'] * 4 + SSH_USERS))}"]
+    auth = draw(st.sampled_from([None] * 3 + SSH_AUTH_IDS))
+    if auth is not None:
+        query.append(f"auth_id={auth}")
+    query += ["x=1"] * draw(st.sampled_from([0, 0, 0, 20]))
+    query = query if draw(st.integers(0, 9)) else list(reversed(query))
+    method = "GET" if draw(st.integers(0, 9)) < 9 else draw(st.sampled_from(["POST", "HEAD"]))
+    return method, f"/machine/ssh/action/{pair}?{'&'.join(query)}", b"", machine
+
+
 @settings(max_examples=EXAMPLES, derandomize=True, database=None, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                  HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much])
 @given(data=st.data())
 def test_handlers_take_any_body(fuzzed, data):
-    method, path, body, machine = data.draw(requests(fuzzed.machines, fuzzed.auth_key))
+    draw = ssh_actions(fuzzed.machines) if data.draw(st.integers(0, 9)) == 0 else requests(fuzzed.machines,
+                                                                                           fuzzed.auth_key)
+    method, path, body, machine = data.draw(draw)
     RECORDED.append((method, path, body, fuzzed.machines.index(machine)))
     resp = fuzzed.call(handle, fuzzed.running, method, path, body, machine.peer)
-    ANSWERS[(path.split("?")[0], resp.status)] += 1
+    ANSWERS[(path.split("?")[0] if not path.startswith(SSH_PREFIX) else SSH_PREFIX, resp.status)] += 1
     if path == "/machine/map" and resp.status == 200 and resp.body:
         check_netmap(bytes(resp.body))
     check_answer(resp, body)

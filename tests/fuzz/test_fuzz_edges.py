@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from appliance.config import config_from_dict
+from appliance.control.hostinfo import Hostinfo
 from appliance.control.service import NoisePeer
 from appliance.http.h2server import H2Server
 from appliance.noise.handshake import ClientHandshake
@@ -31,15 +32,22 @@ from bench.control_load import free_port
 from derp import frames as fr
 from derp.server import DerpServer
 
+from ..oidc.discovery_stub import serve_discovery
 from .mutate import chunks, mutated
 from .profile import fuzz, scaled
 
 HANDSHAKE = b"@@HANDSHAKE@@"  # replaced by a valid initiation for the server under test
+LOGIN = b"@@LOGIN@@"  # replaced by the auth ID of a registration waiting on the server
+CHECK = b"@@CHECK@@"  # and of an SSH check
 
 
 @pytest.fixture
 async def running(nursery, tmp_path):
+    """A server with sign-in through a provider that answers discovery (its /register/ID pages
+    send people there, /oidc/callback and /oidc/confirm take them back), a registration and an
+    SSH check waiting."""
     port = free_port()
+    issuer = await serve_discovery("127.0.0.1", free_port(), nursery)
     cfg = config_from_dict({
         "server_url": f"http://127.0.0.1:{port}",
         "listen_addr": f"127.0.0.1:{port}",
@@ -47,8 +55,14 @@ async def running(nursery, tmp_path):
         "unix_socket": str(tmp_path / "data" / "trioscale.sock"),
         "dns": {"base_domain": "ts.test", "override_local_dns": False},
         "derp": {"server": {"enabled": True, "stun_listen_addr": f"127.0.0.1:{free_port()}"}},
+        "oidc": {"issuer": issuer, "client_id": "fuzz", "client_secret": "s"},
     })
     running = await nursery.start(serve, cfg)
+    auth, now = running.control.auth, running.tailnet.clock()
+    running.login = auth.start_registration(machine_key="mkey:" + "44" * 32, node_key="nodekey:" + "55" * 32,
+                                            hostinfo=Hostinfo(hostname="<b>laptop</b>"), remote="192.0.2.9:1", now=now)
+    running.check = auth.start_ssh_check(src_node_id=1, dst_node_id=2, local_user="root", remote="192.0.2.9:1",
+                                         now=now)
     yield running
     running.cancel_scope.cancel()
 
@@ -71,7 +85,14 @@ def errors(caplog) -> list[str]:
 
 TARGETS = ["/key", "/key?v=106", "/ts2021", "/ts2021?X-Tailscale-Handshake=" + HANDSHAKE.decode(), "/derp",
            "/derp/probe", "/derp/latency-check", "/generate_204", "/health", "/", "/register/abc",
-           "/api/v1/user", "/api/v1/node?user=x", "/api/v1/policy", "*", "http://a/key", "/%00", "/" + "a" * 3000]
+           "/api/v1/user", "/api/v1/node?user=x", "/api/v1/policy", "*", "http://a/key", "/%00", "/" + "a" * 3000,
+           # sign-in: the AuthURL pages, the provider's way back and the confirmation
+           "/register/" + LOGIN.decode(), "/auth/" + CHECK.decode(), "/register/" + CHECK.decode(),
+           "/auth/" + LOGIN.decode() + "/x", "/register/hskey-authreq-" + "0" * 24, "/register/%ff%fe",
+           "/oidc/callback?state=x&code=y", "/oidc/callback?state=&code=", "/oidc/callback",
+           "/oidc/callback?error=access_denied&error_description=%3Cscript%3Ealert(1)%3C/script%3E",
+           "/oidc/callback?" + "&".join(f"a{i}=b" for i in range(40)), "/oidc/callback?state=%ff&code=" + "c" * 9000,
+           "/oidc/confirm", "/oidc/confirm?token=x"]
 HEADER_VALUES = {
     "host": ["a", "127.0.0.1:8080", ""],
     "upgrade": ["tailscale-control-protocol", "websocket", "DERP", "h2c", "x" * 100],
@@ -84,7 +105,8 @@ HEADER_VALUES = {
     "sec-websocket-version": ["13"],
     "authorization": ["Bearer tskey-api-nope", "Basic eA=="],
     "derp-fast-start": ["1"],
-    "content-type": ["application/json"],
+    "content-type": ["application/json", "application/x-www-form-urlencoded"],
+    "cookie": ["trioscale_oidc_state=x", "trioscale_oidc_confirm=x; trioscale_oidc_state=y", "=;;\"", "a" * 500],
 }
 
 
@@ -96,7 +118,8 @@ def http_requests(draw) -> bytes:
     lines = [f"{method} {target} HTTP/1.1"]
     for name in names:
         lines.append(f"{name}: {draw(st.sampled_from(HEADER_VALUES[name]))}")
-    body = draw(st.binary(max_size=300))
+    body = draw(st.binary(max_size=300) | st.sampled_from(
+        [b"token=x&action=add", b"action=cancel", b"token=%ff&action=add&" + b"x=1&" * 40, b"token=" + b"t" * 9000]))
     if draw(st.booleans()):
         body = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body) if body else b"0\r\n\r\n"
     raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
@@ -110,7 +133,8 @@ def http_requests(draw) -> bytes:
 async def test_http1_heads_into_the_front_door(running, caplog, request, cuts, pipelined):
     front = running.front
     init = ClientHandshake(front.noise_public, bytes([7] * 32), 106, bytes([9] * 32)).initiation
-    data = request.replace(HANDSHAKE, base64.b64encode(init))
+    data = request.replace(HANDSHAKE, base64.b64encode(init)).replace(LOGIN, running.login.auth_id.encode())
+    data = data.replace(CHECK, running.check.auth_id.encode())
     if pipelined:
         data += b"GET /key HTTP/1.1\r\nhost: a\r\n\r\n"
     client, server_end = trio.testing.memory_stream_pair()

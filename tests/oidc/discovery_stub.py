@@ -4,6 +4,9 @@ namespace's /etc/hosts) with a discovery document naming that host and path as i
 GitHub's API root. Only `sso setup`'s discovery check talks to it.
 
     python -m tests.oidc.discovery_stub CERT KEY PORT
+
+serve_discovery() is the in-process form, on plain HTTP, for tests whose server only needs a
+provider that answers discovery (nobody signs in through it).
 """
 
 from __future__ import annotations
@@ -12,6 +15,10 @@ import json
 import ssl
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import trio
+
+from appliance.http.server import HTTPServer
 
 SUFFIX = "/.well-known/openid-configuration"
 
@@ -41,6 +48,24 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+async def serve_discovery(host: str, port: int, nursery: trio.Nursery) -> str:
+    """A provider at http://HOST:PORT that answers its discovery document; returns the issuer."""
+    issuer = f"http://{host}:{port}"
+    doc = json.dumps({"issuer": issuer, "authorization_endpoint": issuer + "/authorize",
+                      "token_endpoint": issuer + "/token", "jwks_uri": issuer + "/jwks"}).encode()
+    stub = HTTPServer("stub")
+
+    async def route(req, body):
+        if req.target == SUFFIX.encode():
+            return 200, [("content-type", "application/json")], doc
+        return None
+
+    stub.plain_routes.append(route)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    nursery.start_soon(trio.serve_listeners, stub.handle, listeners)
+    return issuer
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """The hostile client's catalogue (issue 10's bar): malformed values for every field of
-RegisterRequest, MapRequest, Hostinfo, NetInfo and the minor bodies, bad encodings, and odd
-but valid values, each with the answer the server must give.
+RegisterRequest, MapRequest, Hostinfo, NetInfo and the minor bodies, bad encodings, odd but
+valid values, and the SSH check's action URL (its outside bytes are in the path and query),
+each with the answer the server must give.
 
 The per-field cases are generated from the wire dataclasses' own kinds, so a field added to
 the schema is attacked here without anyone remembering to: a value of the wrong JSON type,
@@ -35,12 +36,14 @@ class Keys:
     node_key: str
     disco_key: str
     auth_key: str
+    node_id: int = 0  # the hostile client's node
+    peer_id: int = 0  # a real node of the same user
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
-    path: str
+    path: str | Callable[[Keys], str]
     body: Callable[[Keys], bytes]
     status: int | None  # None: the stream is reset (a body over the size limit)
     names: str = ""  # what the 400's message must contain (the field)
@@ -267,6 +270,28 @@ def all_cases() -> list[Case]:
     raw("unknown-path", "/machine/id-token", b"{}", 404)
     cases.append(Case("wrong-method", "/machine/map", lambda k: b"", 405, method="GET"))
     checkpoint("valid")
+
+    # The SSH check's action URL (the policy's check rule covers a real node -> this node).
+    def ssh(name: str, path: Callable[[Keys], str], status: int, names: str = "", method: str = "GET") -> None:
+        cases.append(Case(name, path, lambda k: b"", status, names, method=method))
+
+    action = "/machine/ssh/action/"
+    ssh("ssh-action-hold", lambda k: f"{action}{k.peer_id}/to/{k.node_id}?local_user=root", 200)
+    ssh("ssh-action-unknown-auth-id", lambda k: f"{action}{k.peer_id}/to/{k.node_id}?local_user=root"
+                                                f"&auth_id=hskey-authreq-{'0' * 24}", 200)
+    ssh("ssh-action-not-the-destination", lambda k: f"{action}{k.node_id}/to/{k.peer_id}?local_user=root", 403)
+    ssh("ssh-action-unknown-node", lambda k: f"{action}999999/to/{k.node_id}?local_user=root", 404)
+    ssh("ssh-action-not-ids", lambda k: f"{action}a/to/{k.node_id}", 400, "SSH action")
+    ssh("ssh-action-id-too-long", lambda k: f"{action}{'9' * 19}/to/{k.node_id}", 400, "SSH action")
+    ssh("ssh-action-extra-segment", lambda k: f"{action}{k.peer_id}/to/{k.node_id}/x", 400, "SSH action")
+    ssh("ssh-action-user-not-utf8", lambda k: f"{action}{k.peer_id}/to/{k.node_id}?local_user=%ff%fe", 400, "SSH action")
+    ssh("ssh-action-user-newline", lambda k: f"{action}{k.peer_id}/to/{k.node_id}?local_user=a%0Ab", 400, "local_user")
+    ssh("ssh-action-user-too-long", lambda k: f"{action}{k.peer_id}/to/{k.node_id}?local_user={'u' * 300}", 400,
+        "local_user")
+    ssh("ssh-action-bad-auth-id", lambda k: f"{action}{k.peer_id}/to/{k.node_id}?auth_id=%00rm", 400, "auth_id")
+    ssh("ssh-action-many-fields", lambda k: f"{action}{k.peer_id}/to/{k.node_id}?" + "a=1&" * 50, 400, "SSH action")
+    ssh("ssh-action-post", lambda k: f"{action}{k.peer_id}/to/{k.node_id}?local_user=root", 405, method="POST")
+    checkpoint("ssh-action")
     return cases
 
 

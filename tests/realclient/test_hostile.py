@@ -29,6 +29,7 @@ from .hostile import CASES, Case, Keys, base_hostinfo, encoded, lite
 POLICY = """{
   "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
   "autoApprovers": {"routes": {"10.50.0.0/16": ["alice@example.com"]}, "exitNode": ["alice@example.com"]},
+  "ssh": [{"action": "check", "src": ["autogroup:member"], "dst": ["autogroup:self"], "users": ["root"]}],
 }"""
 PORT = 9931
 REQUEST_DEADLINE = 15
@@ -43,6 +44,9 @@ class Hostile:
         self.client: SimClient | None = None
         loop.call(self._join)
         self.keys = Keys(self.client.node_key, self.client.disco_key, auth_key)
+
+    def know_ids(self, node_id: int, peer_id: int) -> None:
+        self.keys = Keys(self.keys.node_key, self.keys.disco_key, self.keys.auth_key, node_id, peer_id)
 
     async def _join(self) -> None:
         with trio.fail_after(30):
@@ -62,7 +66,22 @@ class Hostile:
         return st.status, bytes(st.body), st.reset_code, c.h2.closed
 
     def send(self, case: Case) -> tuple[int | None, bytes, int | None, bool]:
-        return self.loop.call(self._send, case.method, case.path, case.body(self.keys))
+        path = case.path(self.keys) if callable(case.path) else case.path
+        return self.loop.call(self._send, case.method, path, case.body(self.keys))
+
+    async def _plain(self, raw: bytes) -> bytes:
+        """One plain HTTP/1.1 request on a connection of its own; the whole answer."""
+        with trio.fail_after(REQUEST_DEADLINE):
+            stream = await trio.open_tcp_stream("127.0.0.1", PORT)
+            async with stream:
+                await stream.send_all(raw)
+                out = b""
+                while part := await stream.receive_some(65536):
+                    out += part
+                return out
+
+    def plain(self, raw: bytes) -> bytes:
+        return self.loop.call(self._plain, raw)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +105,10 @@ def hostile_net(netns, client_binaries, tmp_path_factory):
     b_ip = nodes["b"].ips()[0]
     wait_until(lambda: "pong from b" in nodes["a"].ping(b_ip, count=1), 30, what="a to reach b")
     loop = TrioThread("hostile-client", netns=netns.name)
-    state = {"server": server, "nodes": nodes, "b_ip": b_ip, "hostile": Hostile(loop, authkey), "loop": loop}
+    hostile = Hostile(loop, authkey)
+    ids = {n["givenName"]: int(n["id"]) for n in server.cli_json("nodes", "list")}
+    hostile.know_ids(ids["hostile"], ids["a"])
+    state = {"server": server, "nodes": nodes, "b_ip": b_ip, "hostile": hostile, "loop": loop}
     yield state
     loop.close()
     for n in nodes.values():
@@ -131,11 +153,38 @@ def test_hostile_case(hostile_net, case):
             assert json.loads(body)["AuthURL"].startswith(server.url + "/register/"), body
         if case.name in ("register-tags-not-permitted", "register-wrong-auth-key"):
             assert json.loads(body)["Error"], body
+        if case.name in ("ssh-action-hold", "ssh-action-unknown-auth-id"):
+            action = json.loads(body)
+            assert "&auth_id=hskey-authreq-" in action["holdAndDelegate"], action
+            assert server.url + "/auth/hskey-authreq-" in action["message"], action
         if status == 400:
             text = body.decode()
             assert text.startswith("bad request: ") and case.names in text, text
     assert not closed, "a bad request ended the whole connection"
     assert server.proc.poll() is None, "the server exited"
+    real_nodes_reach_each_other(hostile_net)
+
+
+def test_sign_in_pages_take_hostile_requests(hostile_net):
+    """The pages an AuthURL opens are plain HTTP anyone can reach: a login waiting (from the
+    catalogue's interactive registration) and an SSH check, asked for in odd ways."""
+    server, hostile = hostile_net["server"], hostile_net["hostile"]
+    waiting = server.cli_json("auth", "list")
+    login = next(r["authId"] for r in waiting if r["kind"] == "register")
+    check = next(r["authId"] for r in waiting if r["kind"] == "ssh-check")
+    expect = {
+        f"GET /register/{login}": b"200", f"GET /auth/{check}": b"200", f"HEAD /register/{login}": b"200",
+        f"GET /auth/{login}": b"404", f"GET /register/{check}": b"404", f"GET /register/{login}%00": b"404",
+        f"GET /register/{login}/x": b"404", "GET /register/hskey-authreq-" + "0" * 24: b"404",
+        "GET /register/%ff%fe": b"404", "GET /register/" + "a" * 3000: b"404", "GET /auth/": b"404",
+        f"POST /register/{login}": b"200", "GET /oidc/callback?state=x&code=y": b"404",
+    }
+    for line, status in expect.items():
+        answer = hostile.plain(f"{line} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+        assert answer.split(b" ", 2)[1:2] == [status], (line, answer[:300])
+        assert b"<script" not in answer.lower() and b"\x1b" not in answer
+    page = hostile.plain(f"GET /register/{login} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())
+    assert b"trioscale auth register --auth-id " + login.encode() in page and b"x-frame-options: DENY" in page
     real_nodes_reach_each_other(hostile_net)
 
 

@@ -5,7 +5,6 @@ the provider answers."""
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import urllib.request
@@ -15,8 +14,9 @@ import trio
 
 from appliance.config import ConfigError, config_from_dict
 from appliance.control.hostinfo import Hostinfo
-from appliance.http.server import HTTPServer
 from appliance.serve import serve
+
+from ..oidc.discovery_stub import serve_discovery
 
 HOST = "127.0.0.1"
 
@@ -35,22 +35,6 @@ def config(tmp_path, port: int, issuer_port: int, only_start: bool):
         "oidc": {"issuer": f"http://{HOST}:{issuer_port}", "client_id": "c", "client_secret": "s",
                  "only_start_if_oidc_is_available": only_start},
     })
-
-
-async def discovery_stub(port: int, nursery: trio.Nursery) -> None:
-    issuer = f"http://{HOST}:{port}"
-    doc = {"issuer": issuer, "authorization_endpoint": issuer + "/authorize", "token_endpoint": issuer + "/token",
-           "jwks_uri": issuer + "/jwks"}
-    stub = HTTPServer("stub")
-
-    async def route(req, body):
-        if req.target == b"/.well-known/openid-configuration":
-            return 200, [("content-type", "application/json")], json.dumps(doc).encode()
-        return None
-
-    stub.plain_routes.append(route)
-    listeners = await trio.open_tcp_listeners(port, host=HOST)
-    nursery.start_soon(trio.serve_listeners, stub.handle, listeners)
 
 
 def get_no_redirect(url: str) -> tuple[int, str, str]:
@@ -84,7 +68,7 @@ async def test_without_only_start_it_serves_and_signs_in_once_the_provider_is_ba
     url = f"http://{HOST}:{port}/register/{req.auth_id}"
     status, body, _ = await trio.to_thread.run_sync(get_no_redirect, url)
     assert status == 200 and f"auth register --auth-id {req.auth_id}" in body  # the admin can still approve
-    await discovery_stub(issuer_port, nursery)
+    await serve_discovery(HOST, issuer_port, nursery)
     with trio.fail_after(20):
         while True:
             status, body, location = await trio.to_thread.run_sync(get_no_redirect, url)
