@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from datetime import datetime, timezone
 
@@ -12,6 +13,7 @@ from appliance.cli import main
 from appliance.migrate import snapshot as exportdoc
 from appliance.migrate.errors import ImportRefused
 from appliance.storage import Store
+from appliance.tailnet.model import Tailnet
 
 from . import hsfixture as hs
 from .test_headscale_import import exported, headscale_config, tailnet_for, trioscale_config
@@ -115,3 +117,35 @@ def test_bad_documents_are_refused_naming_the_value(change, message):
         exportdoc.loads(json.dumps(d))
     with pytest.raises(ImportRefused, match="not a JSON document"):
         exportdoc.loads("{nope")
+
+
+async def test_sign_in_state_travels_with_the_export(tmp_path):
+    """Roles, provider groups, device approval and pre-approved keys survive export → import
+    → export, and a Headscale user imported with its provider identity signs in again as
+    itself (one owner throughout: the first user's, as the store names none after the import)."""
+    db = hs.make_sqlite(tmp_path / "hs.sqlite", "0.30", tailnet_for("0.30"))
+    a, b = trioscale_config(tmp_path / "a"), trioscale_config(tmp_path / "b")
+    assert await _cli("-c", str(a), "import", "headscale", "--from", str(headscale_config(tmp_path / "hs", db))) == 0
+    store = Store(tmp_path / "a" / "data" / "db.sqlite")
+    t = Tailnet(store, v4=ipaddress.ip_network("100.64.0.0/10"), v6=None, approval_required=True)
+    await t.load()
+    alice, bob = (t.find_user(n) for n in ("alice@example.com", "bob"))
+    assert t.roles()[alice.id] == "owner" and {u.role for u in t.users.values()} == {"member"}
+    again = await t.sign_in_user(provider="oidc", provider_id="https://idp.example.org/bob", name_hint="robert",
+                                 display_name="Bob B", email="bob@example.org", picture="", groups=("eng", "Ops Team"))
+    assert again.id == bob.id and again.name == "bob" and again.groups == ("eng", "Ops Team")
+    await t.set_role(bob.id, "network-admin")
+    key, _ = await t.create_preauth_key("bob", pre_approved=True)
+    waiting = next(n for n in t.nodes.values() if n.user_id == alice.id)
+    await t.update_node(waiting.id, authorized=False)
+    store.close()
+    assert await _cli("-c", str(a), "export", str(tmp_path / "one.json")) == 0
+    assert await _cli("-c", str(b), "import", "trioscale", str(tmp_path / "one.json")) == 0
+    assert await _cli("-c", str(b), "export", str(tmp_path / "two.json")) == 0
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
+    s = await exported(tmp_path / "b" / "data" / "db.sqlite")
+    users = {u.id: u for u in s.users}
+    assert (users[bob.id].role, users[bob.id].groups) == ("network-admin", ("eng", "Ops Team"))
+    assert next(k for k in s.preauth_keys if k.id == key.id).pre_approved
+    assert not next(n for n in s.nodes if n.id == waiting.id).authorized
+    assert sum(n.authorized for n in s.nodes) == len(s.nodes) - 1
