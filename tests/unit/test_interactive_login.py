@@ -7,9 +7,11 @@ from __future__ import annotations
 import gc
 import tracemalloc
 
+import pytest
 import trio
 
 from appliance.control.authrequests import AUTH_ID_PREFIX
+from bench.controlclient import ControlClientError
 from .test_control_loopback import WAIT, server  # noqa: F401  (the fixture)
 
 
@@ -117,3 +119,38 @@ async def test_auth_approve_lets_a_known_machine_back_and_asks_a_user_for_a_new_
     with pytest.raises(Invalid, match="auth register"):
         await control.approve(new_id)
     await control.register_pending(new_id, "alice")  # still undecided, so it can be
+
+
+async def test_a_started_login_completes_while_its_address_is_rate_limited(server, nursery):
+    """The registration gate (2/s, burst 60 per source, for registrations without a valid key)
+    counts a login when it starts; its follow-up is not counted, so a person whose address is
+    flooded with new logins still gets in once an admin decides."""
+    control = server.running.control
+    c, url, auth_id = await start_login(server, nursery, "person")
+    flood = server.client("flood")
+    refused = 0
+    with trio.fail_after(WAIT):
+        await flood.connect(nursery)
+        for _ in range(200):
+            try:
+                await flood.login()
+            except ControlClientError as e:
+                assert "HTTP 429" in str(e)
+                refused += 1
+                break
+    assert refused, "the gate never refused"
+    answers = []
+
+    async def follow():
+        answers.append(await c.login(followup=url))
+
+    nursery.start_soon(follow)
+    await trio.sleep(0.2)
+    await control.register_pending(auth_id, "alice")
+    with trio.fail_after(WAIT):
+        while not answers:
+            await trio.sleep(0.01)
+    assert answers[0]["MachineAuthorized"]
+    with trio.fail_after(WAIT):  # and a new login from there is still refused meanwhile
+        with pytest.raises(ControlClientError, match="429"):
+            await flood.login()
