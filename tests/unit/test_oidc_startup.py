@@ -6,7 +6,6 @@ the provider answers."""
 from __future__ import annotations
 
 import logging
-import socket
 import urllib.request
 
 import pytest
@@ -17,14 +16,9 @@ from appliance.control.hostinfo import Hostinfo
 from appliance.serve import serve
 
 from ..oidc.discovery_stub import serve_discovery
+from ..ports import free_port
 
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def config(tmp_path, port: int, issuer_port: int, only_start: bool):
