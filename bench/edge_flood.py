@@ -2,7 +2,8 @@
 latency a new client sees measured (issue 10's bar).
 
 ``python -m bench.edge_flood [--seconds 30] [--slow-heads 2000] [--slow-bodies 400]
-[--half-open 200] [--noise-workers 4] [--api-workers 4] [--sources 8] [--json]``
+[--half-open 200] [--noise-workers 4] [--api-workers 4] [--login-workers 8] [--login-kb 64]
+[--sources 8] [--json]``
 
 The server runs as a child process on 127.0.0.1 (bench.control_load.ServerProcess: plain HTTP,
 DERP off, log level warning) in a temporary directory. The floods come from ``--sources`` loopback addresses (127.0.1.1, ...),
@@ -15,7 +16,10 @@ as an attacker with several addresses would; the probe, a new client, from 127.0
 - half-open HTTP/2: Noise connections that open 31 streams with headers and 1000 bytes of
   body each and never finish them (reset at 30 s, the connection closed when no request completed);
 - Noise handshakes: full ``/ts2021`` handshakes, closed at once, as fast as the workers go;
-- wrong API keys: ``GET /api/v1/node`` with a wrong Bearer key, as fast as the workers go.
+- wrong API keys: ``GET /api/v1/node`` with a wrong Bearer key, as fast as the workers go;
+- pending logins: interactive registrations (no key, a new machine each) with a Hostinfo of
+  ``--login-kb`` KiB, as fast as the workers go: they fill the pending-login table up to its
+  per-source bound, then the registration gate answers 429.
 
 Measured: the server's RSS (VmRSS from /proc) before the floods and at its peak during them,
 and ``GET /key`` from a fresh connection every 50 ms: p50 / p99 / max and failures (no answer
@@ -41,7 +45,8 @@ import h2.connection
 import trio
 
 from bench.control_load import ServerProcess
-from bench.controlclient import ControlClientError, dial_noise, new_private_key
+from bench.controlclient import ControlClientError, SimClient, dial_noise, new_private_key
+from bench.pending_logins import hostinfo
 
 HOST = "127.0.0.1"
 MB = 1 << 20
@@ -60,6 +65,8 @@ class Plan:
     half_open: int = 200
     noise_workers: int = 4
     api_workers: int = 4
+    login_workers: int = 8
+    login_kb: int = 64
     sources: int = 8
 
     def source(self, i: int) -> str:
@@ -236,6 +243,29 @@ async def wrong_api_keys(port: int, source: str, until: float, counts: Counter) 
             await trio.sleep(0.1)
 
 
+async def pending_logins(port: int, server_public: bytes, source: str, kb: int, until: float,
+                         counts: Counter) -> None:
+    body = hostinfo("flood", kb)
+    while time.monotonic() < until:
+        async with trio.open_nursery() as nursery:
+            c = SimClient(HOST, port, server_public, "flood", local_address=source)
+            try:
+                with trio.fail_after(10):
+                    await c.connect(nursery)
+                    doc = await c.login(hostinfo=body)
+                # A full table answers with an Error in the RegisterResponse.
+                counts["login_pending" if doc.get("AuthURL") else "login_table_full"] += 1
+            except ControlClientError as e:
+                counts["login_429" if "429" in str(e) else "login_refused"] += 1
+                await trio.sleep(0.05)
+            except (trio.TooSlowError, *GONE):
+                counts["login_cut"] += 1
+                await trio.sleep(0.05)
+            finally:
+                await c.aclose()
+                nursery.cancel_scope.cancel()
+
+
 async def server_key(port: int) -> bytes:
     stream = await trio.open_tcp_stream(HOST, port)
     async with stream:
@@ -280,6 +310,8 @@ async def flood(server: ServerProcess, plan: Plan) -> Result:
             nursery.start_soon(noise_handshakes, port, public, plan.source(i), until, counts)
         for i in range(plan.api_workers):
             nursery.start_soon(wrong_api_keys, port, plan.source(i), until, counts)
+        for i in range(plan.login_workers):
+            nursery.start_soon(pending_logins, port, public, plan.source(i), plan.login_kb, until, counts)
         await trio.sleep(plan.seconds + 1.5)
         nursery.cancel_scope.cancel()
     result.rss_peak_mb = peak
