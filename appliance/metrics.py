@@ -63,6 +63,7 @@ class Sources:
     relay: DerpServer | WorkerPool | None = None
     stun: StunStats | None = None
     tasks: Mapping[str, TaskState] | None = None  # the supervised tasks (supervise.py)
+    active: Callable[[], bool] | None = None  # this server's role (1 active, 0 standby)
 
 
 def _metric(out: list[str], name: str, kind: str, help_: str, samples: Iterable[tuple[str, object]]) -> None:
@@ -84,6 +85,9 @@ def render(src: Sources) -> str:
     _metric(out, "trioscale_nodes_online", "gauge", "nodes with an open map stream", [("", src.online_nodes())])
     _metric(out, "trioscale_noise_connections", "gauge", "open Noise (ts2021) connections",
             [("", src.noise_connections())])
+    if src.active is not None:
+        _metric(out, "trioscale_active", "gauge", "1 while this server is the active one, 0 on a standby",
+                [("", int(src.active()))])
     if src.relay is not None:
         m = src.relay.metrics()
         for key, (name, kind, help_) in _RELAY.items():

@@ -42,7 +42,6 @@ from .http.server import Answer
 from .keys import load_or_create_private_key
 from .outbound import FetchError, fetch
 from .supervise import Supervisor
-from .tailnet.model import Tailnet
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +59,10 @@ def relay_workers(cfg: Config) -> int:
     return cfg.derp.workers or default_workers()
 
 
-def make_relay(cfg: Config, tailnet: Tailnet, front_door: Handler | None = None) -> Relay:
+def make_relay(cfg: Config, verify: Callable[[bytes], Awaitable[bool]], front_door: Handler | None = None) -> Relay:
     """The embedded relay: a DerpServer, or with several workers a WorkerPool whose workers
-    give back to ``front_door`` the connections that are not DERP. Raises ConfigError."""
+    give back to ``front_door`` the connections that are not DERP. ``verify`` says whether a
+    node key may use it (``derp.server.verify_clients``). Raises ConfigError."""
     key = load_or_create_private_key(cfg.derp.private_key_path)
     if urlsplit(cfg.server_url).scheme != "https":
         # Clients dial DERP over TLS only (TS_DEBUG_USE_DERP_HTTP=1 aside).
@@ -73,11 +73,6 @@ def make_relay(cfg: Config, tailnet: Tailnet, front_door: Handler | None = None)
             mesh_key = Path(cfg.derp.mesh_key_path).read_text().strip()
         except OSError as e:
             raise ConfigError(f"derp.server.mesh_key_path: cannot read it: {e}", key="derp.server.mesh_key_path") from None
-
-    async def verify(node_public: bytes) -> bool:
-        # Only nodes of this tailnet whose key is still valid may use the relay.
-        n = tailnet.node_by_key("nodekey:" + node_public.hex())
-        return n is not None and tailnet.is_usable(n)
 
     workers = relay_workers(cfg)
     try:

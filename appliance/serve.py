@@ -14,6 +14,7 @@ import signal
 import socket
 import stat
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import trio
@@ -31,17 +32,19 @@ from .http.frontdoor import FrontDoor
 from .http.limits import ConnectionGate
 from .http.listeners import BatchListener
 from .http.server import HTTPServer
-from .keys import KeyFormatError, load_or_create_private_key
+from .logthrottle import LogThrottle
+from .keys import KeyFormatError, encode_key, load_or_create_private_key, public_key
 from .policy import PolicyError
 from derp.stun import StunStats
 
 from .metrics import Sources, serve_metrics
-from .oidc.provider import ProviderError, make_provider
-from .oidc.settings import oidc_settings
+from .oidc.provider import OIDCProvider, ProviderError, make_provider
+from .oidc.settings import OIDCSettings, oidc_settings
 from .oidc.web import SignIn
 from .relay import DerpMapSource, make_relay, relay_routes, run_stun, start_relay
-from .storage import Store
-from .storage.store import StoreError, StoreFailed
+from .role import Role, server_name
+from .storage import KeyMismatch, Lease, LeaseLost, Store, StoreError, StoreFailed, open_store
+from .storage.postgres import STANDBY_POLL
 from .supervise import Supervisor
 from .tailnet.haprobe import HAProber
 from .tailnet.housekeeping import run_housekeeping
@@ -50,6 +53,7 @@ from .tailnet.policy import PolicyManager
 from .tlsserve import certificate_source, start_tls
 
 log = logging.getLogger(__name__)
+throttled = LogThrottle(log)
 
 # Exit statuses of `trioscale serve` (README, "Running it"): systemd restarts on each but 0.
 EXIT_STOPPED = 0  # stopped by SIGTERM or SIGINT
@@ -81,6 +85,11 @@ class Running:
     dns_port: int | None = None  # where the embedded authoritative DNS server listens
     api: object = None  # the admin API (AdminAPI)
     supervisor: Supervisor | None = None
+    role: Role | None = None  # active or standby; the fields above are the first active term's
+
+    def live_tailnet(self) -> Tailnet | None:
+        """The tailnet of the term being served now (None on a standby)."""
+        return self.role.term.tailnet if self.role is not None and self.role.term is not None else self.tailnet
 
 
 async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
@@ -128,22 +137,212 @@ async def serve_unix(path: Path, mode: int, handler, *, task_status=trio.TASK_ST
     await trio.serve_listeners(handler, [listener])
 
 
+@dataclass
+class ActiveTerm:
+    """What a server builds each time it becomes active: the tailnet, loaded from the store,
+    and everything that serves it. A term ends when the server stops or loses the lease; the
+    next one starts from the database again."""
+
+    tailnet: Tailnet
+    control: ControlService
+    policy: PolicyManager
+    api: AdminAPI
+    zone: CertZone | None
+    dns_port: int | None
+
+
+@dataclass
+class _Process:
+    """The parts that live as long as the process, whatever its role."""
+
+    cfg: Config
+    store: Store
+    role: Role
+    front: FrontDoor
+    certs: object
+    supervisor: Supervisor
+    noise_public: str
+    oidc: "_OIDC | None"
+
+
 async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run the server until cancelled. ``task_status.started`` gets a ``Running``.
 
     Raises what stopped it before it was up (see CannotStart), and StoreFailed when the
-    database fails while it runs; nothing else ends it.
+    database fails while it runs; nothing else ends it. With PostgreSQL it may start as a
+    standby (role.py) and become active later, and step down again.
     """
-    store = Store(cfg.database.sqlite_path)
+    store = open_store(cfg.database)
     bound_socket = False
-    tailnet: Tailnet | None = None
-    supervisor = Supervisor(fatal=(StoreFailed,))
+    supervisor = Supervisor(fatal=(StoreFailed, LeaseLost))
+    role = Role(store, server_name(cfg.listen_addr))
     try:
         noise_key = load_or_create_private_key(cfg.noise_private_key_path)
-        tailnet = Tailnet(
-            store, v4=cfg.prefixes.v4, v6=cfg.prefixes.v6, allocation=cfg.prefixes.allocation,
-            node_expiry=cfg.node.expiry, approval_required=cfg.node.approval_required,
-        )
+        noise_public = encode_key("mkey", public_key(noise_key))
+        if store.elects:
+            await _check_noise_key(store, noise_public, cfg)
+        front = FrontDoor(noise_key)
+        front.health = role.health_answer
+        certs = certificate_source(cfg)  # ConfigError for unusable certificate files
+        oidc = await _start_oidc(cfg)
+        proc = _Process(cfg, store, role, front, certs, supervisor, noise_public, oidc)
+
+        async def verify(node_public: bytes) -> bool:
+            # Only nodes of this tailnet whose key is still valid may use the relay; a
+            # standby's relay asks the database.
+            key = "nodekey:" + node_public.hex()
+            term = role.term
+            if term is None:
+                return await store.node_key_usable(key, datetime.now(timezone.utc))
+            n = term.tailnet.node_by_key(key)
+            return n is not None and term.tailnet.is_usable(n)
+
+        relay = None
+        if cfg.derp.server_enabled:
+            relay = make_relay(cfg, verify, front.handle)
+            derp_plain, derp_upgrade = relay_routes(relay)
+            front.plain_routes.append(derp_plain)
+            front.upgrade_routes["/derp"] = derp_upgrade
+        front.plain_routes.append(role.routes("public"))
+        admin = HTTPServer("admin")
+        admin.plain_routes.append(backup_route(store, _workdir(cfg)))
+        admin.plain_routes.append(role.routes("admin"))
+        stun_stats = StunStats()
+        sup = supervisor.start
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_when_store_fails, store)
+            if oidc is not None and not oidc.provider.ready:
+                await sup(nursery, "OIDC discovery", oidc.provider.keep_discovering)
+            # Active at once when nobody else is (SQLite: always): the tailnet is loaded before
+            # the listener opens, as before there were standbys.
+            lease = await _try_lease(proc)
+            first = await nursery.start(_run_terms, proc, lease) if lease is not None else None
+            # Certificates before listeners: a cached one is served from the first connection.
+            public = await start_tls(cfg, certs, nursery, front.handle, supervisor)
+            if relay is not None:  # and the relay's workers, which may take the connections
+                public = await start_relay(cfg, relay, certs, public, front.handle, nursery, supervisor)
+            # Caps before TLS: a refused connection costs no handshake.
+            gate = ConnectionGate(cfg.limits.max_connections, cfg.limits.max_connections_per_source,
+                                  exempt=cfg.trusted_proxies)
+            public = gate.wrap(public)
+            ports = await sup(nursery, "listener " + cfg.listen_addr, serve_tcp, "listen_addr", cfg.listen_addr,
+                              public)
+            await sup(nursery, "admin socket", serve_unix, cfg.unix_socket, cfg.unix_socket_permission, admin.handle)
+            bound_socket = True
+            if relay is not None:
+                if cfg.derp.stun_listen_addr:
+                    await sup(nursery, "STUN", run_stun, cfg, stun_stats)
+            metrics_port = None
+            if cfg.metrics_listen_addr:
+                sources = Sources(
+                    nodes=lambda: len(role.term.tailnet.nodes) if role.term else 0,
+                    online_nodes=lambda: len(role.term.tailnet.online) if role.term else 0,
+                    noise_connections=lambda: front.noise_connections, relay=relay,
+                    stun=stun_stats if relay is not None and cfg.derp.stun_listen_addr else None,
+                    tasks=supervisor.tasks, active=lambda: role.active,
+                )
+                metrics_port = await sup(nursery, "metrics", serve_metrics, cfg.metrics_listen_addr, sources)
+            if first is None:
+                log.info("trioscale standing by on %s: %s", store.description,
+                         "another server is active" if store.elects else "")
+                nursery.start_soon(_run_terms, proc, None)
+            log.info(
+                "trioscale serving %s on %s (admin socket %s, %s, %s)", cfg.server_url, cfg.listen_addr,
+                cfg.unix_socket, store.description,
+                f"{len(first.tailnet.nodes)} nodes, {len(first.tailnet.users)} users" if first else "standby",
+            )
+            task_status.started(Running(
+                cfg, first.tailnet if first else None, first.control if first else None,
+                first.policy if first else None, front, ports, nursery.cancel_scope, metrics_port, certs,
+                first.zone if first else None, first.dns_port if first else None, first.api if first else None,
+                supervisor, role))
+    finally:
+        with trio.CancelScope(shield=True):
+            if bound_socket:  # never another running server's socket
+                try:
+                    Path(cfg.unix_socket).unlink(missing_ok=True)
+                except OSError:
+                    pass
+            term = role.term  # the term being served when the server stopped
+            if term is not None and store.failure is None:
+                with trio.move_on_after(5):
+                    try:
+                        await term.tailnet.flush_soft_state()
+                    except LeaseLost:
+                        pass  # another server is active: what it holds is the truth now
+                    except StoreError as e:
+                        log.error("soft state (last seen, endpoints) not written at shutdown: %s", e)
+            store.close()
+
+
+def _workdir(cfg: Config) -> Path:
+    """Where a backup is made before it is sent (beside the SQLite file, or the data dir)."""
+    return Path(cfg.database.sqlite_path).parent if cfg.database.type == "sqlite" else Path(cfg.data_dir)
+
+
+async def _check_noise_key(store: Store, noise_public: str, cfg: Config) -> None:
+    """Every server on one database must serve the same Noise key, or clients moved to it
+    would not know it: refused at start (CannotStart), before anything is served."""
+    stored = await store.noise_public()
+    if stored and stored != noise_public:
+        raise StoreError(f"{cfg.noise_private_key_path}: this server's Noise key is not the one the tailnet in "
+                         f"{store.description} is served with: copy the key file from the server that runs it")
+
+
+async def _try_lease(proc: _Process) -> Lease | None:
+    """One try for the active role. A key that is not the tailnet's (a race the start check
+    could not see) ends the server; a database that cannot be reached is one more try later."""
+    try:
+        return await proc.store.try_become_active(proc.role.name, proc.noise_public)
+    except KeyMismatch as e:
+        raise StoreFailed(str(e)) from None
+    except StoreError as e:
+        throttled.warning("standby-try", "standby: cannot take the active role now: %s", e)
+        return None
+
+
+async def _run_terms(proc: _Process, lease: Lease | None, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve active terms one after the other: wait for the lease (a standby), serve until it is
+    lost, step down, wait again. ``task_status.started`` gets the first term, when ``lease`` is
+    given (it must start: its failure is the server's)."""
+    store, role = proc.store, proc.role
+    first = lease is not None
+    while True:
+        if lease is None:
+            role.become_standby()
+            while (lease := await _try_lease(proc)) is None:
+                await trio.sleep(STANDBY_POLL)
+        try:
+            async with trio.open_nursery() as term:
+                parts = await term.start(_active_term, proc, lease)
+                if first:
+                    task_status.started(parts)
+                    first = False
+        except* LeaseLost as lost:
+            log.error("stepping down to standby: %s", lost.exceptions[0])
+        except* Exception as failed:
+            if first:
+                raise
+            log.error("this server could not serve as the active one; stepping down", exc_info=failed)
+            await trio.sleep(STANDBY_POLL * 5)  # another server may take it meanwhile
+        # Here only when the term ended by itself; a shutdown (a cancellation) goes straight up
+        # and serve() flushes the term's soft state before it closes the store.
+        proc.front.set_control(None)
+        role.become_standby()
+        await store.step_down()
+        lease = None
+
+
+async def _active_term(proc: _Process, lease: Lease, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """One active term: load the tailnet, start what serves it, hand control traffic to it; runs
+    until cancelled or the lease is lost (LeaseLost)."""
+    cfg, store, supervisor, front = proc.cfg, proc.store, proc.supervisor, proc.front
+    tailnet = Tailnet(
+        store, v4=cfg.prefixes.v4, v6=cfg.prefixes.v6, allocation=cfg.prefixes.allocation,
+        node_expiry=cfg.node.expiry, approval_required=cfg.node.approval_required,
+    )
+    try:
         await tailnet.load()
         dns = DNSConfigSource(cfg.dns, lambda: tailnet.bus.part_changed("dns"))
         derp_maps = DerpMapSource(cfg)
@@ -167,46 +366,20 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         control.set_dns.zone = zone
         control.ssh.check_period = (
             lambda src, dst: policy.engine.ssh_check_period(src, dst) if policy.engine is not None else None)
-        front = FrontDoor(noise_key, control)
-        sign_in = await _start_oidc(cfg, control)
-        front.plain_routes.append(login_page_route(control, sign_in.handler if sign_in else lambda: None))
+        sign_in = SignIn(proc.oidc.settings, proc.oidc.provider, control, cfg.server_url) if proc.oidc else None
+        public_routes = [login_page_route(control, sign_in.handler if sign_in else lambda: None)]
         if sign_in is not None:
-            front.plain_routes.append(sign_in.route)
-        relay = None
-        if cfg.derp.server_enabled:
-            relay = make_relay(cfg, tailnet, front.handle)
-            derp_plain, derp_upgrade = relay_routes(relay)
-            front.plain_routes.append(derp_plain)
-            front.upgrade_routes["/derp"] = derp_upgrade
-        certs = certificate_source(cfg)  # ConfigError for unusable certificate files
+            public_routes.append(sign_in.route)
         runtime = RuntimeSettings(store, cfg, dns, derp_maps, lambda: tailnet.bus.part_changed("derp"),
                                   clock=tailnet.clock)
-        api = AdminAPI(tailnet, control, policy, certs=certs, zone=zone, runtime=runtime, config=cfg)
-        admin = HTTPServer("admin")
-        admin.plain_routes.append(api)
-        front.plain_routes.append(api.public_route())
-        stun_stats = StunStats()
-
-        admin.plain_routes.insert(0, backup_route(store, Path(cfg.database.sqlite_path).parent))
+        api = AdminAPI(tailnet, control, policy, certs=proc.certs, zone=zone, runtime=runtime, config=cfg)
         sup = supervisor.start
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stop_when_store_fails, store)
+            await nursery.start(store.keep_active)  # raises LeaseLost when the lease is gone
             await sup(nursery, "soft-state flusher", tailnet.run_flusher)
             await sup(nursery, "DERP map refresh", derp_maps.run, lambda: tailnet.bus.part_changed("derp"))
             await sup(nursery, "API keys and settings", api.run)
-            # Certificates before listeners: a cached one is served from the first connection.
-            public = await start_tls(cfg, certs, nursery, front.handle, supervisor)
-            if relay is not None:  # and the relay's workers, which may take the connections
-                public = await start_relay(cfg, relay, certs, public, front.handle, nursery, supervisor)
-            # Caps before TLS: a refused connection costs no handshake.
-            gate = ConnectionGate(cfg.limits.max_connections, cfg.limits.max_connections_per_source,
-                                  exempt=cfg.trusted_proxies)
-            public = gate.wrap(public)
-            ports = await sup(nursery, "listener " + cfg.listen_addr, serve_tcp, "listen_addr", cfg.listen_addr,
-                              public)
-            await sup(nursery, "admin socket", serve_unix, cfg.unix_socket, cfg.unix_socket_permission, admin.handle)
-            bound_socket = True
             await sup(nursery, "housekeeping", run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
             await sup(nursery, "policy file watcher", policy.watch_file)
             await sup(nursery, "route auto-approver", policy.run_auto_approver)
@@ -214,40 +387,17 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             await sup(nursery, "HA route prober", prober.run)
             await sup(nursery, "DNS records watcher", dns.watch)
             dns_port = await sup(nursery, "certificate DNS zone", zone.run) if zone is not None else None
-            if sign_in is not None and not sign_in.provider.ready:
-                await sup(nursery, "OIDC discovery", sign_in.provider.keep_discovering)
-            if relay is not None:
-                if cfg.derp.stun_listen_addr:
-                    await sup(nursery, "STUN", run_stun, cfg, stun_stats)
-            metrics_port = None
-            if cfg.metrics_listen_addr:
-                sources = Sources(
-                    nodes=lambda: len(tailnet.nodes), online_nodes=lambda: len(tailnet.online),
-                    noise_connections=lambda: front.noise_connections, relay=relay,
-                    stun=stun_stats if relay is not None and cfg.derp.stun_listen_addr else None,
-                    tasks=supervisor.tasks,
-                )
-                metrics_port = await sup(nursery, "metrics", serve_metrics, cfg.metrics_listen_addr, sources)
-            log.info(
-                "trioscale serving %s on %s (admin socket %s, %d nodes, %d users)",
-                cfg.server_url, cfg.listen_addr, cfg.unix_socket, len(tailnet.nodes), len(tailnet.users),
-            )
-            task_status.started(Running(cfg, tailnet, control, policy, front, ports, nursery.cancel_scope,
-                                        metrics_port, certs, zone, dns_port, api, supervisor))
+            term = ActiveTerm(tailnet, control, policy, api, zone, dns_port)
+            proc.role.become_active(lease.epoch, term, [*public_routes, api.public_route()], [api])
+            front.set_control(control)
+            if store.elects:
+                log.info("active (epoch %d): serving %d nodes, %d users from %s", lease.epoch, len(tailnet.nodes),
+                         len(tailnet.users), store.description)
+            task_status.started(term)
     finally:
-        with trio.CancelScope(shield=True):
-            if bound_socket:  # never another running server's socket
-                try:
-                    Path(cfg.unix_socket).unlink(missing_ok=True)
-                except OSError:
-                    pass
-            if tailnet is not None and store.failure is None:
-                with trio.move_on_after(5):
-                    try:
-                        await tailnet.flush_soft_state()
-                    except StoreError as e:
-                        log.error("soft state (last seen, endpoints) not written at shutdown: %s", e)
-            store.close()
+        # The term's tailnet is left behind: the ends of its streams are recorded (last seen,
+        # flushed by serve() at shutdown) but announced to no one.
+        tailnet.stopping = True
 
 
 async def _stop_when_store_fails(store: Store) -> None:
@@ -266,11 +416,20 @@ def leaves(exc: BaseException):
 OIDC_START_TIMEOUT = 15.0
 
 
-async def _start_oidc(cfg: Config, control: ControlService) -> SignIn | None:
+@dataclass
+class _OIDC:
+    """The identity provider, found once per process (a term's sign-in uses it)."""
+
+    settings: OIDCSettings
+    provider: OIDCProvider
+
+
+async def _start_oidc(cfg: Config) -> _OIDC | None:
     """Sign-in through the identity provider, if oidc.issuer is set. A provider that cannot be
     reached stops the start with oidc.only_start_if_oidc_is_available (Headscale's default);
     otherwise the server serves, says so, and keeps trying (the login page then shows the
-    admin's command)."""
+    admin's command). Done at process start, so a standby refuses to start as an active
+    server would."""
     settings = oidc_settings(cfg)
     if settings is None:
         return None
@@ -288,7 +447,7 @@ async def _start_oidc(cfg: Config, control: ControlService) -> SignIn | None:
                     settings.issuer, reason)
     else:
         log.info("OIDC sign-in through %s (redirect URI %s)", settings.issuer, provider.redirect_uri)
-    return SignIn(settings, provider, control, cfg.server_url)
+    return _OIDC(settings, provider)
 
 
 async def serve_until_signalled(cfg: Config) -> None:
@@ -324,7 +483,9 @@ async def serve_until_signalled(cfg: Config) -> None:
                         log.exception("policy reload failed; the previous policy stays")
                     continue
                 log.info("received %s, shutting down", signal.Signals(signum).name)
-                running.tailnet.stopping = True
+                live = running.live_tailnet()
+                if live is not None:
+                    live.stopping = True
                 # A thousand cancelled connections leave cycles whose collection only delays
                 # the exit (seconds at that size); the process is ending.
                 gc.disable()

@@ -18,7 +18,7 @@ def routes(r: Router, b: Backend) -> None:
 
     @r.get("/api/v1/health", "health", "Health, including the database", tag="Server", response=Health)
     async def health(call: Call) -> Health:
-        await b.tailnet.store.run_sync(lambda c: c.execute("SELECT 1").fetchone())
+        await b.tailnet.store.ping()
         return Health(True)
 
     @r.get("/api/v1/certs", "getCertificates", "The served TLS certificate", tag="Server", response=Certs,

@@ -73,6 +73,7 @@ def config_to_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
                 "write_ahead_log": cfg.database.write_ahead_log,
                 "wal_autocheckpoint": cfg.database.wal_autocheckpoint,
             },
+            **_postgres(cfg, redact),
         },
         "acme_url": cfg.tls.acme_url,
         "acme_email": cfg.tls.acme_email or "",
@@ -110,6 +111,20 @@ def config_to_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
             value = REDACTED
         _put(out, key, _plain(value))
     return out
+
+
+def _postgres(cfg: Config, redact: bool) -> dict[str, Any]:
+    pg = cfg.database.postgres
+    if pg is None:
+        return {}
+    password = "" if pg.password_path else (REDACTED if redact and pg.password else pg.password)
+    return {"postgres": {
+        "host": pg.host, "port": pg.port, "name": pg.name, "user": pg.user, "pass": password,
+        "pass_path": str(pg.password_path) if pg.password_path else "", "ssl": pg.ssl,
+        "max_open_conns": pg.max_open_conns, "max_idle_conns": pg.max_idle_conns,
+        "conn_max_idle_time_secs": int(pg.conn_max_idle_time),
+        "lease_timeout": format_duration(timedelta(seconds=pg.lease_timeout)),
+    }}
 
 
 def _certificates(cfg: Config, redact: bool) -> dict[str, Any]:

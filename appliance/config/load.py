@@ -28,6 +28,7 @@ from .model import (
     LogSettings,
     NodeConfig,
     PolicySettings,
+    PostgresConfig,
     PrefixesConfig,
     RFC2136Settings,
     TLSSettings,
@@ -310,20 +311,66 @@ def _prefixes(r: _Reader) -> PrefixesConfig:
 
 
 def _database(r: _Reader, data_dir: Path) -> DatabaseConfig:
-    kind = r.get("database.type", v.parse_str, "sqlite")
-    if kind.lower() == "postgres":
-        raise ConfigError(
-            f"{r.name('database.type')}: only sqlite is supported for now, got 'postgres'", key="database.type"
-        )
-    if kind.lower() not in ("sqlite", "sqlite3"):
-        raise key_error(r.name("database.type"), "'sqlite'", kind)
+    kind = r.get("database.type", lambda x, k: v.parse_choice(x, k, ("sqlite", "sqlite3", "postgres")), "sqlite")
     return DatabaseConfig(
-        type="sqlite",
+        type="postgres" if kind == "postgres" else "sqlite",
         sqlite_path=r.path("database.sqlite.path", data_dir / "db.sqlite"),
         write_ahead_log=r.get("database.sqlite.write_ahead_log", v.parse_bool, True),
         wal_autocheckpoint=r.get(
             "database.sqlite.wal_autocheckpoint", lambda x, k: v.parse_int(x, k, minimum=0), 1000
         ),
+        postgres=_postgres(r, needed=kind == "postgres"),
+    )
+
+
+# libpq's sslmode values; Headscale's ssl key also takes true (require) and false (disable).
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _ssl_mode(value: object, key: str) -> str:
+    if isinstance(value, bool):
+        return "require" if value else "disable"
+    text = v.parse_str(value, key).strip().lower()
+    text = {"true": "require", "false": "disable"}.get(text, text)
+    return v.parse_choice(text, key, SSL_MODES)
+
+
+def _postgres(r: _Reader, *, needed: bool) -> PostgresConfig | None:
+    """database.postgres.*: checked whenever present, required with type postgres; None when
+    no database is named (``db migrate`` reads them with type sqlite too)."""
+    p = "database.postgres."
+    host = r.text(p + "host", v.parse_str, None) or ""
+    port = r.get(p + "port", lambda x, k: v.parse_int(x, k, minimum=1), None)
+    if port is not None and port > 65535:
+        raise key_error(r.name(p + "port"), "a port number (1 to 65535)", port)
+    socket_name = Path(host).name if host.startswith("/") else ""
+    if socket_name.startswith(".s.PGSQL."):
+        # Headscale's example says to put the socket's path in host: libpq wants its directory,
+        # and the port is in the file's name.
+        suffix = socket_name.removeprefix(".s.PGSQL.")
+        if not suffix.isdigit():
+            raise key_error(r.name(p + "host"), "a unix socket directory or a .s.PGSQL.<port> file", host)
+        host, port = str(Path(host).parent), port or int(suffix)
+    name = r.text(p + "name", v.parse_str, None) or ""
+    user = r.text(p + "user", v.parse_str, None) or ""
+    password = _secret(r, p + "pass", needed=needed or bool(name), optional=True)
+    password_path = r.path(p + "pass_path", None)
+    ssl = r.text(p + "ssl", _ssl_mode, None) or ""
+    max_open = r.get(p + "max_open_conns", lambda x, k: v.parse_int(x, k, minimum=2), 10)
+    max_idle = r.get(p + "max_idle_conns", lambda x, k: v.parse_int(x, k, minimum=0), 10)
+    idle_time = r.get(p + "conn_max_idle_time_secs", lambda x, k: v.parse_int(x, k, minimum=0), 3600)
+    lease = r.get(p + "lease_timeout", v.parse_duration, timedelta(seconds=5))
+    if not timedelta(seconds=2) <= lease <= timedelta(minutes=10):
+        raise key_error(r.name(p + "lease_timeout"), "a duration from 2s to 10m", lease)
+    if not name:
+        if not needed:
+            return None  # (then nothing names a database: `db migrate` says what is missing)
+        raise ConfigError(f"{p}name: needed with database.type postgres (the database trioscale keeps its "
+                          "state in)", key=p + "name")
+    return PostgresConfig(
+        host=host, port=port or 5432, name=name, user=user, password=password, password_path=password_path,
+        ssl=ssl, max_open_conns=max_open, max_idle_conns=max_idle, conn_max_idle_time=float(idle_time),
+        lease_timeout=lease.total_seconds(),
     )
 
 
@@ -529,8 +576,9 @@ def _cloudflare(r: _Reader, *, needed: bool) -> CloudflareSettings | None:
     return CloudflareSettings(api_token=token, zone_id=zone_id or None, api_url=api_url.rstrip("/"))
 
 
-def _secret(r: _Reader, key: str, *, needed: bool) -> str:
-    """A secret given inline as ``key`` or in the file ``key_path`` (exactly one)."""
+def _secret(r: _Reader, key: str, *, needed: bool, optional: bool = False) -> str:
+    """A secret given inline as ``key`` or in the file ``key_path`` (exactly one; with
+    ``optional``, neither gives "")."""
     inline = r.text(key, v.parse_str, None)
     path = r.path(key + "_path", None)
     if inline and path is not None:
@@ -543,6 +591,8 @@ def _secret(r: _Reader, key: str, *, needed: bool) -> str:
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{r.name(key + '_path')}: cannot read {path}: {e}", key=key + "_path") from None
     if not inline or not inline.strip():
+        if optional and path is None:
+            return ""
         raise ConfigError(f"{key}: needed (or {key}_path, a file holding it)", key=key)
     return inline.strip()
 

@@ -31,11 +31,29 @@ class PrefixesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PostgresConfig:
+    """database.postgres.* (Headscale's keys, and the lease of an active/standby pair)."""
+
+    host: str  # "" for libpq's default (the local socket); a directory: a unix socket's
+    port: int
+    name: str
+    user: str  # "" for libpq's default (the login user)
+    password: str = field(repr=False)
+    password_path: Path | None  # where ``password`` was read from (pass_path), if there
+    ssl: str  # libpq's sslmode; "" for its default (prefer)
+    max_open_conns: int
+    max_idle_conns: int
+    conn_max_idle_time: float  # seconds a pooled connection may stay unused; 0: no limit
+    lease_timeout: float  # seconds after which a silent active server loses the active role
+
+
+@dataclass(frozen=True, slots=True)
 class DatabaseConfig:
-    type: Literal["sqlite"]
+    type: Literal["sqlite", "postgres"]
     sqlite_path: Path
     write_ahead_log: bool
     wal_autocheckpoint: int  # pages; 0 turns automatic checkpoints off
+    postgres: PostgresConfig | None = None  # with type postgres
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,17 @@ MAIN_KEYS: frozenset[str] = frozenset(
         "database.sqlite.path",
         "database.sqlite.write_ahead_log",
         "database.sqlite.wal_autocheckpoint",
+        "database.postgres.host",
+        "database.postgres.port",
+        "database.postgres.name",
+        "database.postgres.user",
+        "database.postgres.pass",
+        "database.postgres.pass_path",  # ours, not Headscale's
+        "database.postgres.ssl",
+        "database.postgres.max_open_conns",
+        "database.postgres.max_idle_conns",
+        "database.postgres.conn_max_idle_time_secs",
+        "database.postgres.lease_timeout",  # ours, not Headscale's
         "unix_socket",
         "unix_socket_permission",
         "node.expiry",
@@ -104,16 +115,6 @@ def _str_map(value: object, key: str) -> dict[str, str]:
     return dict(mapping)
 
 
-def _scalar(value: object, key: str) -> object:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return int(value)  # not the YAML reader's SourceInt
-    if isinstance(value, (str, float)):
-        return value
-    raise v.key_error(key, "a string, number or true/false", value)
-
-
 def _positive_int(value: object, key: str) -> int:
     return v.parse_int(value, key, minimum=1)
 
@@ -153,15 +154,6 @@ EXTRA_KEYS: dict[str, tuple[Parser, Any]] = {
     "database.gorm.parameterized_queries": (v.parse_bool, True),
     "database.gorm.skip_err_record_not_found": (v.parse_bool, True),
     "database.gorm.slow_threshold": (_non_negative_int, 1000),
-    "database.postgres.host": (v.parse_str, _OPT),
-    "database.postgres.port": (_non_negative_int, _OPT),
-    "database.postgres.name": (v.parse_str, _OPT),
-    "database.postgres.user": (v.parse_str, _OPT),
-    "database.postgres.pass": (v.parse_str, _OPT),
-    "database.postgres.ssl": (_scalar, _OPT),
-    "database.postgres.max_open_conns": (_non_negative_int, _OPT),
-    "database.postgres.max_idle_conns": (_non_negative_int, _OPT),
-    "database.postgres.conn_max_idle_time_secs": (_non_negative_int, _OPT),
     "oidc.enabled": (v.parse_bool, _OPT),
     "oidc.only_start_if_oidc_is_available": (v.parse_bool, True),
     "oidc.issuer": (v.parse_str, _OPT),

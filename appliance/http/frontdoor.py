@@ -8,6 +8,7 @@ import binascii
 import itertools
 import json
 import logging
+from typing import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import h11
@@ -34,17 +35,34 @@ _ids = itertools.count(1)
 
 
 class FrontDoor(HTTPServer):
+    """Args: the server's Noise private key; the control service, or None while this server
+    is a standby (see role.py: ``/ts2021`` is then refused, and ``health`` says so)."""
+
     max_body = 1 << 20  # anyone can send these: the admin socket's 4 MiB is for local admins
 
-    def __init__(self, noise_private: bytes, control: ControlService) -> None:
+    def __init__(self, noise_private: bytes, control: ControlService | None = None) -> None:
         super().__init__("http", BodyBudget())
         self.noise_private = noise_private
         self.noise_public = public_key(noise_private)
-        self.control = control
         self.noise_connections = 0
         self.rates = SourceRates()
         self.heavy = trio.CapacityLimiter(HEAVY_STEPS)
-        control.register_gate = RegisterGate(self.rates.unkeyed_register)
+        self._sessions: set[trio.CancelScope] = set()
+        self.control: ControlService | None = None
+        # GET /health; replaced by the server's role (role.py) where there are standbys.
+        self.health: Callable[[], Awaitable[Answer]] = _always_active
+        self.set_control(control)
+
+    def set_control(self, control: ControlService | None) -> None:
+        """Serve control traffic with ``control`` (this server became active), or refuse it
+        (None: it stepped down, and every open Noise session is ended: its clients reconnect
+        to the active server)."""
+        if control is not None:
+            control.register_gate = RegisterGate(self.rates.unkeyed_register)
+        else:
+            for scope in self._sessions:
+                scope.cancel()
+        self.control = control
 
     async def answer(self, req: h11.Request, path: str, body: bytes, source: str) -> Answer:
         if path == "/key":
@@ -57,7 +75,7 @@ class FrontDoor(HTTPServer):
             }
             return 200, [("content-type", "application/json")], json.dumps(doc).encode()
         if path == "/health":
-            return 200, [("content-type", "application/json")], b'{"status":"pass"}'
+            return await self.health()
         got = await super().answer(req, path, body, source)
         if got[0] == 404 and path == "/":
             return text(200, "trioscale: a Tailscale control server. Point clients here with "
@@ -68,6 +86,12 @@ class FrontDoor(HTTPServer):
                       name: str, source: str) -> bool:
         if path != "/ts2021":
             return False
+        control = self.control
+        if control is None:
+            await self.send_simple(stream, conn, 503, [("content-type", "text/plain; charset=utf-8"),
+                                                       ("retry-after", "5")],
+                                   b"this trioscale server is a standby; the active one serves control traffic\n")
+            return True
         if not self.rates.noise_handshake.allow(source):
             throttled.warning("rate-noise", "%s: too many Noise handshakes from %s, answering 429", name, source)
             await self.send_simple(stream, conn, *too_many())
@@ -79,7 +103,7 @@ class FrontDoor(HTTPServer):
             return True
         upgrade = header(req, b"upgrade")
         if upgrade is not None and upgrade.lower() == "websocket":
-            await self._websocket(stream, conn, req, name)
+            await self._websocket(stream, conn, req, name, control)
             return True
         if req.method != b"POST" or upgrade is None:
             await self.send_simple(stream, conn, *text(400, "missing next protocol\n"))
@@ -98,10 +122,11 @@ class FrontDoor(HTTPServer):
         transport = NoiseTransport(hs.tx_key, hs.rx_key)
         # The 101, the Noise response and the early payload go out in one write.
         await stream.send_all(head + hs.response + transport.encrypt(_early_payload()))
-        await self._serve_noise(stream, NoiseStream(stream, transport, conn.trailing_data[0]), hs)
+        await self._serve_noise(stream, NoiseStream(stream, transport, conn.trailing_data[0]), hs, control)
         return True
 
-    async def _websocket(self, stream: trio.abc.Stream, conn: h11.Connection, req: h11.Request, name: str) -> None:
+    async def _websocket(self, stream: trio.abc.Stream, conn: h11.Connection, req: h11.Request, name: str,
+                         control: ControlService) -> None:
         """The browser client's variant: WebSocket with subprotocol tailscale-control-protocol,
         the initiation in the query string, every later byte in binary messages."""
         protocols = [p.strip() for p in (header(req, b"sec-websocket-protocol") or "").split(",")]
@@ -129,7 +154,7 @@ class FrontDoor(HTTPServer):
         await ws.send_all(hs.response)
         # No early payload on this path, as the reference server does.
         transport = NoiseTransport(hs.tx_key, hs.rx_key)
-        await self._serve_noise(stream, NoiseStream(ws, transport), hs)
+        await self._serve_noise(stream, NoiseStream(ws, transport), hs, control)
 
     async def _handshake(self, stream: trio.abc.Stream, conn: h11.Connection, b64: str | None, name: str):
         try:
@@ -141,16 +166,26 @@ class FrontDoor(HTTPServer):
             await self.send_simple(stream, conn, *text(400, "bad handshake\n"))
             return None
 
-    async def _serve_noise(self, raw: trio.abc.Stream, noise: NoiseStream, hs) -> None:
+    async def _serve_noise(self, raw: trio.abc.Stream, noise: NoiseStream, hs, control: ControlService) -> None:
         machine = encode_key("mkey", hs.machine_key)
         cname = f"noise-{next(_ids)}[{peer_name(raw)} {machine[5:13]}]"
         peer = NoisePeer(machine_key=machine, version=hs.version, remote=peer_name(raw))
         self.noise_connections += 1
-        try:
-            await H2Server(noise, self.control.handle, cname, peer, body_budget=self.body_budget,
-                           cpu=self.heavy).serve()
-        finally:
-            self.noise_connections -= 1
+        # Ended when this server steps down: its tailnet is gone, the client must reconnect.
+        with trio.CancelScope() as scope:
+            self._sessions.add(scope)
+            if self.control is not control:
+                scope.cancel()
+            try:
+                await H2Server(noise, control.handle, cname, peer, body_budget=self.body_budget,
+                               cpu=self.heavy).serve()
+            finally:
+                self._sessions.discard(scope)
+                self.noise_connections -= 1
+
+
+async def _always_active() -> Answer:
+    return 200, [("content-type", "application/json")], b'{"status":"pass","role":"active"}'
 
 
 def too_many() -> Answer:

@@ -1,5 +1,24 @@
-"""The SQLite store: one file, WAL, reached from Trio through one worker thread."""
+"""The store: the tailnet's state in SQLite (one file, the default) or PostgreSQL (shared by an
+active server and its standbys)."""
 
-from .store import Store, StoreError
+from __future__ import annotations
 
-__all__ = ["Store", "StoreError"]
+from typing import TYPE_CHECKING
+
+from .errors import Conflict, KeyMismatch, LeaseLost, StoreError, StoreFailed
+from .store import ClusterStatus, Lease, Store
+
+if TYPE_CHECKING:
+    from ..config.model import DatabaseConfig
+
+__all__ = ["Store", "StoreError", "Conflict", "StoreFailed", "LeaseLost", "KeyMismatch", "Lease", "ClusterStatus", "open_store"]
+
+
+def open_store(db: "DatabaseConfig", *, migrate: bool = True) -> Store:
+    """The store the configuration names (``database.type``), opened and migrated. Raises
+    StoreError when it cannot be used."""
+    if db.type == "postgres":
+        from .postgres import PostgresEngine
+
+        return Store(PostgresEngine(db.postgres, migrate=migrate))
+    return Store(db.sqlite_path)

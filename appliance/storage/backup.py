@@ -17,8 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import quote
 
+from .errors import StoreError
 from .migrations import LATEST
-from .store import StoreError
+from .records import Snapshot
+from .sqlite import keep_id_marks, open_database
 
 
 class BackupError(StoreError):
@@ -64,17 +66,51 @@ def copy_database(src: sqlite3.Connection, dest: Path) -> None:
     Written to a temporary name beside ``dest`` and renamed, so ``dest`` is the whole copy or
     absent. Raises BackupError (``dest`` exists, cannot be written, or the copy fails its check).
     """
-    dest = Path(dest)
+
+    def fill(out: sqlite3.Connection) -> None:
+        # One step (pages=-1): the source's read transaction spans the whole copy.
+        src.backup(out)
+
+    _write_checked(Path(dest), fill)
+
+
+def write_sqlite_copy(snapshot: Snapshot, dest: Path) -> None:
+    """Write ``snapshot`` (from any engine: a PostgreSQL store's backup) as a new trioscale
+    SQLite database at ``dest``, with the same guarantees as copy_database."""
+    from .store import write_snapshot
+
+    def fill(out: sqlite3.Connection) -> None:
+        out.close()  # the file is made by open_database, with the current schema
+        conn = open_database(tmp_of(Path(dest)))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            write_snapshot(conn, snapshot, keep_id_marks)
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+    _write_checked(Path(dest), fill)
+
+
+def tmp_of(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+
+
+def _write_checked(dest: Path, fill) -> None:
     if dest.exists():
         raise BackupError(f"{dest} exists; choose a new file name")
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp = tmp_of(dest)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
         out = sqlite3.connect(tmp, isolation_level=None)
         try:
-            # One step (pages=-1): the source's read transaction spans the whole copy.
-            src.backup(out)
+            fill(out)
+        finally:
+            out.close()
+        out = sqlite3.connect(tmp, isolation_level=None)
+        try:
             out.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal needed to read it
         finally:
             out.close()
@@ -83,10 +119,12 @@ def copy_database(src: sqlite3.Connection, dest: Path) -> None:
             os.fsync(f.fileno())
         os.rename(tmp, dest)
         _fsync_dir(dest.parent)
-    except (OSError, sqlite3.Error) as e:
+    except (OSError, sqlite3.Error, StoreError) as e:
+        if isinstance(e, BackupError):
+            raise
         raise BackupError(f"backup to {dest} failed: {getattr(e, 'strerror', None) or e}") from None
     finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+        for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
             try:
                 leftover.unlink()
             except OSError:

@@ -107,3 +107,6 @@ class Snapshot:
     nodes: tuple[NodeRecord, ...] = ()
     policies: tuple[PolicyRecord, ...] = ()
     settings: tuple[SettingRecord, ...] = ()
+    # (table, the highest ID it ever handed out, deleted rows included): kept by a copy so
+    # that an ID retired in one database is never handed out again by the other.
+    id_marks: tuple[tuple[str, int], ...] = ()

@@ -1,70 +1,65 @@
-"""One SQLite connection behind a worker thread.
+"""The store: every read and write of the tailnet's state, one short transaction each.
 
-Every public method is async and runs one short transaction in a worker thread through a
-CapacityLimiter(1), so the connection is never used by two threads at once. A transaction is
-committed before the method returns: whatever a caller acknowledges is on disk.
+The SQL is written once for both engines (the portable subset of SQLite and PostgreSQL:
+``?`` placeholders, ``INSERT ... RETURNING``, ``TRUE``/``FALSE``); the engine runs it:
+
+- SQLite (sqlite.py, the default): one file, one connection behind a worker thread;
+- PostgreSQL (postgres.py): a small pool of connections behind worker threads, and a lease that
+  makes exactly one of the processes sharing the database the active one, which alone writes.
+
+Every public method is async and runs one transaction; a write is committed before the method
+returns: whatever a caller acknowledges is stored.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, Protocol, TypeVar
 
 import trio
 
 from ..control.codec import to_json
 from ..control.hostinfo import stored_hostinfo
-from .migrations import LATEST, MIGRATIONS
+from .errors import Conflict, LeaseLost, StoreError, StoreFailed
+from .leases import ClusterStatus, Lease
+from .sqlite import SQLiteEngine
 from .records import (
     ApiKeyRecord, NodeRecord, PolicyRecord, PreAuthKeyRecord, SettingRecord, Snapshot, UserRecord,
 )
 
+__all__ = ["Store", "StoreError", "Conflict", "StoreFailed", "LeaseLost", "Lease", "ClusterStatus"]
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Row = Mapping[str, Any]
 
 
-class StoreError(Exception):
-    """The database cannot be used (newer schema, unreadable file)."""
+class Tx(Protocol):
+    """What a transaction function is given: an sqlite3 connection, or the PostgreSQL engine's
+    equivalent (same ``execute``/``executemany``, rows read by column name)."""
 
+    def execute(self, sql: str, params: Any = ...) -> Any: ...
 
-class Conflict(StoreError):
-    """A write would break a uniqueness rule (name taken, address taken)."""
-
-
-class StoreFailed(StoreError):
-    """The database failed while the server ran: the file is corrupt, unreadable, read-only or
-    gone, or the disk reports I/O errors. Nothing more can be acknowledged, so the server stops
-    and says why (``serve``); a full disk or a busy lock is not this: that write fails alone."""
-
-
-# SQLite's primary result codes that mean the database itself can no longer be trusted or
-# reached; sqlite3 exceptions carry the (extended) code in ``sqlite_errorcode``.
-_FATAL_CODES = {
-    sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT,
-    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_NOTADB,
-}
-
-
-def is_fatal(e: BaseException) -> bool:
-    code = getattr(e, "sqlite_errorcode", None)
-    return isinstance(e, sqlite3.DatabaseError) and code is not None and (code & 0xFF) in _FATAL_CODES
+    def executemany(self, sql: str, seq: Any) -> Any: ...
 
 
 def _ts(t: datetime | None) -> str | None:
     return None if t is None else t.astimezone(timezone.utc).isoformat()
 
 
-def _dt(s: str | None) -> datetime | None:
-    return None if s is None else datetime.fromisoformat(s)
+def _dt(s: str | datetime | None) -> datetime | None:
+    """A stored time: ISO text (SQLite) or a timestamptz (PostgreSQL), in UTC."""
+    if s is None:
+        return None
+    if isinstance(s, datetime):
+        return s.astimezone(timezone.utc)
+    return datetime.fromisoformat(s)
 
 
-def _user(r: sqlite3.Row) -> UserRecord:
+def _user(r: Row) -> UserRecord:
     return UserRecord(
         id=r["id"], name=r["name"], display_name=r["display_name"], email=r["email"],
         created_at=_dt(r["created_at"]), provider=r["provider"], provider_id=r["provider_id"],
@@ -82,7 +77,7 @@ def _groups(text: str) -> tuple[str, ...]:
     return tuple(g for g in groups if isinstance(g, str)) if isinstance(groups, list) else ()
 
 
-def _preauth(r: sqlite3.Row) -> PreAuthKeyRecord:
+def _preauth(r: Row) -> PreAuthKeyRecord:
     return PreAuthKeyRecord(
         id=r["id"], prefix=r["prefix"], hash=r["hash"], user_id=r["user_id"],
         reusable=bool(r["reusable"]), ephemeral=bool(r["ephemeral"]), used=bool(r["used"]),
@@ -91,14 +86,14 @@ def _preauth(r: sqlite3.Row) -> PreAuthKeyRecord:
     )
 
 
-def _apikey(r: sqlite3.Row) -> ApiKeyRecord:
+def _apikey(r: Row) -> ApiKeyRecord:
     return ApiKeyRecord(
         id=r["id"], prefix=r["prefix"], hash=r["hash"], created_at=_dt(r["created_at"]),
         expiration=_dt(r["expiration"]), last_seen=_dt(r["last_seen"]),
     )
 
 
-def _node(r: sqlite3.Row) -> NodeRecord:
+def _node(r: Row) -> NodeRecord:
     return NodeRecord(
         id=r["id"], machine_key=r["machine_key"], node_key=r["node_key"],
         disco_key=r["disco_key"], ipv4=r["ipv4"], ipv6=r["ipv6"], hostname=r["hostname"],
@@ -112,7 +107,7 @@ def _node(r: sqlite3.Row) -> NodeRecord:
     )
 
 
-def _readable(c: sqlite3.Connection, table: str, convert: Callable[[sqlite3.Row], T]) -> list[T]:
+def _readable(c: Tx, table: str, convert: Callable[[Row], T]) -> list[T]:
     """Every row of ``table`` that converts; a row written by an older version or an import
     that does not (bad JSON, a bad time) is logged and left out, never fatal at start."""
     out = []
@@ -136,103 +131,33 @@ def _node_values(n: NodeRecord) -> tuple:
         n.id, n.machine_key, n.node_key, n.disco_key, n.ipv4, n.ipv6, n.hostname, n.given_name,
         n.user_id, n.auth_key_id, json.dumps(list(n.tags)), json.dumps(to_json(n.hostinfo)),
         json.dumps(list(n.endpoints)), _ts(n.expiry), _ts(n.last_seen), _ts(n.created_at),
-        json.dumps(list(n.approved_routes)), int(n.ephemeral), n.register_method, int(n.authorized),
+        json.dumps(list(n.approved_routes)), bool(n.ephemeral), n.register_method, bool(n.authorized),
     )
 
 
-def open_database(path: Path) -> sqlite3.Connection:
-    """Open (creating if needed) and migrate; raises StoreError for a newer schema."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    existed = path.exists() and path.stat().st_size > 0
-    if not path.exists():
-        # Create it private; SQLite gives its -wal and -shm files the same mode.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        # FULL: a commit is on disk before we acknowledge it, even across power loss.
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > LATEST:
-            raise StoreError(
-                f"{path}: database schema version {version} is newer than this trioscale "
-                f"knows ({LATEST}); run the newer trioscale that wrote it, or restore a backup"
-            )
-        if version < LATEST and existed:
-            backup = path.with_name(f"{path.name}.backup-v{version}")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            shutil.copy2(path, backup)
-            log.info("migrating %s from schema %d to %d; backup at %s", path, version, LATEST, backup)
-        for number in range(version + 1, LATEST + 1):
-            _migrate(conn, number)
-    except sqlite3.DatabaseError as e:
-        conn.close()
-        raise StoreError(f"{path}: {e}") from e
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _migrate(conn: sqlite3.Connection, number: int) -> None:
-    """Apply migration ``number`` in one transaction (see migrations.py for the rules)."""
-    # Both pragmas are no-ops inside a transaction, so they go around it.
-    conn.execute("PRAGMA foreign_keys=OFF")
-    conn.execute("PRAGMA legacy_alter_table=ON")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for statement in _statements(MIGRATIONS[number - 1]):
-            conn.execute(statement)
-        broken = conn.execute("PRAGMA foreign_key_check").fetchall()
-        if broken:
-            raise StoreError(f"migration {number} would break {len(broken)} foreign keys: {list(map(tuple, broken))[:5]}")
-        conn.execute(f"PRAGMA user_version={number}")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    finally:
-        conn.execute("PRAGMA legacy_alter_table=OFF")
-        conn.execute("PRAGMA foreign_keys=ON")
-
-
-def _statements(script: str) -> list[str]:
-    """Split a migration script into statements (sqlite3.complete_statement knows the rules)."""
-    out, cur = [], ""
-    for line in script.splitlines(keepends=True):
-        if line.lstrip().startswith("--") and not cur.strip():
-            continue
-        cur += line
-        if sqlite3.complete_statement(cur):
-            out.append(cur.strip())
-            cur = ""
-    if cur.strip():
-        out.append(cur.strip())
-    return out
-
-
 class Store:
-    """Async facade over the connection. Owns it; ``close()`` checkpoints and closes it."""
+    """The tailnet's state in a database. Owns the engine; ``close()`` closes it.
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._conn = open_database(self.path)
-        self._limiter = trio.CapacityLimiter(1)
+    ``Store(path)`` opens (or creates) the SQLite file at ``path``; ``open_store(config)``
+    (storage/__init__.py) picks the engine the configuration names.
+    """
+
+    def __init__(self, where: "Path | str | Any") -> None:
+        if isinstance(where, (str, Path)):
+            where = SQLiteEngine(Path(where))
+        self._engine = where
+        self.kind: str = where.kind
+        self.description: str = where.description
         self.failure: StoreFailed | None = None
         self._failed = trio.Event()
 
+    @property
+    def elects(self) -> bool:
+        """True when processes share the database and one of them is elected active."""
+        return self._engine.elects
+
     def close(self) -> None:
-        try:
-            if self.failure is None:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as e:
-            log.warning("%s: no checkpoint at close: %s", self.path, e)
-        finally:
-            self._conn.close()
+        self._engine.close(checkpoint=self.failure is None)
 
     async def wait_failed(self) -> StoreFailed:
         """Wait until the database fails (see StoreFailed); returns the failure."""
@@ -242,51 +167,64 @@ class Store:
 
     def _fail(self, e: BaseException) -> StoreFailed:
         if self.failure is None:
-            self.failure = StoreFailed(f"{self.path}: {e}")
+            self.failure = StoreFailed(f"{self.description}: {e}")
             log.critical("the database failed: %s", self.failure)
             self._failed.set()
         return self.failure
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in one transaction in the worker thread; committed when this returns."""
+    async def _run(self, fn: Callable[[Tx], T], *, write: bool = True) -> T:
+        """Run ``fn`` in one transaction; committed when this returns. ``write=False``: it only
+        reads (PostgreSQL runs it on a pooled connection, on a standby too)."""
         if self.failure is not None:
             raise StoreFailed(str(self.failure))
-
-        def txn() -> T:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except sqlite3.IntegrityError as e:
-                conn.execute("ROLLBACK")
-                raise Conflict(str(e)) from e
-            except BaseException:
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass  # the original error says more
-                raise
-            conn.execute("COMMIT")
-            return result
-
         try:
-            return await trio.to_thread.run_sync(txn, limiter=self._limiter)
-        except sqlite3.DatabaseError as e:
-            if is_fatal(e):
+            return await self._engine.run(fn, write=write)
+        except (Conflict, LeaseLost):
+            raise
+        except Exception as e:
+            if self._engine.is_fatal(e):
                 raise self._fail(e) from e
             raise
+
+    # --- the active role (see postgres.py for the lease) ---------------------------------
+
+    async def try_become_active(self, name: str, noise_public: str) -> Lease | None:
+        """Take the active role if no other process holds it; None when one does. ``name``
+        says who holds it (status); ``noise_public`` is this server's Noise public key, which
+        must be the one the database was first served with (StoreError otherwise)."""
+        return await self._engine.try_become_active(name, noise_public)
+
+    async def keep_active(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Renew the lease for as long as this process holds it; raises LeaseLost when it is
+        lost (the database is unreachable, or it passed to another process)."""
+        await self._engine.keep_active(task_status=task_status)
+
+    async def step_down(self) -> None:
+        """Give the active role up (a clean stop, or after LeaseLost)."""
+        await self._engine.step_down()
+
+    async def cluster_status(self) -> ClusterStatus:
+        return await self._engine.cluster_status()
+
+    async def noise_public(self) -> str:
+        """The Noise public key the tailnet on a shared database is served with ("" when none
+        yet, or with SQLite, where the key file is the only truth)."""
+        return await self._engine.noise_public() if self.elects else ""
+
+    async def ping(self) -> None:
+        """One round trip to the database (health checks)."""
+        await self._run(lambda c: c.execute("SELECT 1").fetchall(), write=False)
 
     # --- loading ------------------------------------------------------------------------
 
     async def load_all(self) -> tuple[list[UserRecord], list[NodeRecord], list[PreAuthKeyRecord]]:
-        def fn(c: sqlite3.Connection):
+        def fn(c: Tx):
             users = _readable(c, "users", _user)
             nodes = _readable(c, "nodes", _node)
             keys = _readable(c, "pre_auth_keys", _preauth)
             return users, nodes, keys
 
-        return await self._run(fn)
+        return await self._run(fn, write=False)
 
     # --- users --------------------------------------------------------------------------
 
@@ -294,18 +232,17 @@ class Store:
         self, name: str, display_name: str, email: str, now: datetime, profile_pic_url: str = "", *,
         provider: str = "", provider_id: str = "", groups: tuple[str, ...] = (),
     ) -> UserRecord:
-        """The first user of the tailnet is its owner (in the same transaction, so two
-        concurrent first users cannot both be)."""
+        """The first user of the tailnet is its owner (in the same transaction, and only the
+        active server writes, so two concurrent first users cannot both be)."""
 
-        def fn(c: sqlite3.Connection) -> UserRecord:
-            first = c.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 0
-            cur = c.execute(
+        def fn(c: Tx) -> UserRecord:
+            first = c.execute("SELECT COUNT(*) AS n FROM users").fetchone()["n"] == 0
+            return _user(c.execute(
                 "INSERT INTO users (name, display_name, email, created_at, provider, provider_id,"
-                " profile_pic_url, groups, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " profile_pic_url, groups, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 (name, display_name, email, _ts(now), provider, provider_id, profile_pic_url,
                  json.dumps(list(groups)), "owner" if first else "member"),
-            )
-            return _user(c.execute("SELECT * FROM users WHERE id = ?", (cur.lastrowid,)).fetchone())
+            ).fetchall()[0])
 
         return await self._run(fn)
 
@@ -316,7 +253,7 @@ class Store:
     async def update_users(self, users: list[UserRecord]) -> list[UserRecord]:
         """update_user for several users in one transaction (an ownership handover)."""
 
-        def fn(c: sqlite3.Connection) -> list[UserRecord]:
+        def fn(c: Tx) -> list[UserRecord]:
             for u in users:
                 c.execute(
                     "UPDATE users SET name = ?, display_name = ?, email = ?, provider = ?, provider_id = ?,"
@@ -340,15 +277,13 @@ class Store:
         self, prefix: str, hash_: str, user_id: int | None, reusable: bool, ephemeral: bool,
         tags: tuple[str, ...], now: datetime, expiration: datetime | None, pre_approved: bool = False,
     ) -> PreAuthKeyRecord:
-        def fn(c: sqlite3.Connection) -> PreAuthKeyRecord:
-            cur = c.execute(
+        def fn(c: Tx) -> PreAuthKeyRecord:
+            return _preauth(c.execute(
                 "INSERT INTO pre_auth_keys (prefix, hash, user_id, reusable, ephemeral, tags,"
-                " created_at, expiration, pre_approved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (prefix, hash_, user_id, int(reusable), int(ephemeral), json.dumps(list(tags)),
-                 _ts(now), _ts(expiration), int(pre_approved)),
-            )
-            row = c.execute("SELECT * FROM pre_auth_keys WHERE id = ?", (cur.lastrowid,)).fetchone()
-            return _preauth(row)
+                " created_at, expiration, pre_approved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                (prefix, hash_, user_id, bool(reusable), bool(ephemeral), json.dumps(list(tags)),
+                 _ts(now), _ts(expiration), bool(pre_approved)),
+            ).fetchall()[0])
 
         return await self._run(fn)
 
@@ -366,10 +301,10 @@ class Store:
         """Insert or update a node (id 0 = insert); optionally mark a pre-auth key used in the
         same transaction, so a single-use key can never register two nodes."""
 
-        def fn(c: sqlite3.Connection) -> NodeRecord:
+        def fn(c: Tx) -> NodeRecord:
             if mark_key_used is not None:
                 cur = c.execute(
-                    "UPDATE pre_auth_keys SET used = 1 WHERE id = ? AND (used = 0 OR reusable = 1)",
+                    "UPDATE pre_auth_keys SET used = TRUE WHERE id = ? AND (used = FALSE OR reusable = TRUE)",
                     (mark_key_used,),
                 )
                 if cur.rowcount != 1:
@@ -377,16 +312,16 @@ class Store:
             values = _node_values(node)
             if node.id == 0:
                 cols = _NODE_COLUMNS[1:]
-                cur = c.execute(
-                    f"INSERT INTO nodes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                rows = c.execute(
+                    f"INSERT INTO nodes ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) RETURNING *",
                     values[1:],
-                )
-                node_id = cur.lastrowid
+                ).fetchall()
             else:
                 sets = ", ".join(f"{col} = ?" for col in _NODE_COLUMNS[1:])
-                c.execute(f"UPDATE nodes SET {sets} WHERE id = ?", values[1:] + (node.id,))
-                node_id = node.id
-            return _node(c.execute("SELECT * FROM nodes WHERE id = ?", (node_id,)).fetchone())
+                rows = c.execute(f"UPDATE nodes SET {sets} WHERE id = ? RETURNING *", values[1:] + (node.id,)).fetchall()
+                if not rows:
+                    raise StoreError(f"node {node.id} is not in the database")
+            return _node(rows[0])
 
         return await self._run(fn)
 
@@ -397,7 +332,7 @@ class Store:
         """Write the soft columns of these nodes (what clients report often: last seen,
         endpoints, disco key, hostinfo) in one transaction. A node deleted meanwhile is skipped."""
 
-        def fn(c: sqlite3.Connection) -> None:
+        def fn(c: Tx) -> None:
             c.executemany(
                 "UPDATE nodes SET last_seen = ?, endpoints = ?, disco_key = ?, hostinfo = ? WHERE id = ?",
                 [(_ts(n.last_seen), json.dumps(list(n.endpoints)), n.disco_key, json.dumps(to_json(n.hostinfo)), n.id)
@@ -409,17 +344,17 @@ class Store:
     # --- API keys -----------------------------------------------------------------------
 
     async def create_api_key(self, prefix: str, hash_: str, now: datetime, expiration: datetime | None) -> ApiKeyRecord:
-        def fn(c: sqlite3.Connection) -> ApiKeyRecord:
-            cur = c.execute(
-                "INSERT INTO api_keys (prefix, hash, created_at, expiration) VALUES (?, ?, ?, ?)",
+        def fn(c: Tx) -> ApiKeyRecord:
+            return _apikey(c.execute(
+                "INSERT INTO api_keys (prefix, hash, created_at, expiration) VALUES (?, ?, ?, ?) RETURNING *",
                 (prefix, hash_, _ts(now), _ts(expiration)),
-            )
-            return _apikey(c.execute("SELECT * FROM api_keys WHERE id = ?", (cur.lastrowid,)).fetchone())
+            ).fetchall()[0])
 
         return await self._run(fn)
 
     async def list_api_keys(self) -> list[ApiKeyRecord]:
-        return await self._run(lambda c: [_apikey(r) for r in c.execute("SELECT * FROM api_keys ORDER BY id")])
+        return await self._run(lambda c: [_apikey(r) for r in c.execute("SELECT * FROM api_keys ORDER BY id")],
+                               write=False)
 
     async def expire_api_key(self, key_id: int, now: datetime) -> None:
         await self._run(lambda c: c.execute("UPDATE api_keys SET expiration = ? WHERE id = ?", (_ts(now), key_id)))
@@ -430,7 +365,7 @@ class Store:
     async def touch_api_keys(self, last_seen: dict[int, datetime]) -> None:
         """Record API keys' last use in one transaction (batched: not a write per request)."""
 
-        def fn(c: sqlite3.Connection) -> None:
+        def fn(c: Tx) -> None:
             c.executemany(
                 "UPDATE api_keys SET last_seen = ? WHERE id = ?",
                 [(_ts(t), i) for i, t in last_seen.items()],
@@ -441,15 +376,15 @@ class Store:
     # --- settings changed at run time (DNS, DERP regions), as JSON per name ---------------
 
     async def get_settings(self) -> dict[str, Any]:
-        def fn(c: sqlite3.Connection) -> dict[str, Any]:
+        def fn(c: Tx) -> dict[str, Any]:
             return {r["name"]: json.loads(r["value"]) for r in c.execute("SELECT name, value FROM settings")}
 
-        return await self._run(fn)
+        return await self._run(fn, write=False)
 
     async def put_setting(self, name: str, value: Any, now: datetime) -> None:
         """Store ``value`` (JSON) under ``name``; None deletes it."""
 
-        def fn(c: sqlite3.Connection) -> None:
+        def fn(c: Tx) -> None:
             if value is None:
                 c.execute("DELETE FROM settings WHERE name = ?", (name,))
             else:
@@ -464,11 +399,11 @@ class Store:
     # --- policy -------------------------------------------------------------------------
 
     async def get_policy(self) -> str | None:
-        def fn(c: sqlite3.Connection) -> str | None:
+        def fn(c: Tx) -> str | None:
             row = c.execute("SELECT data FROM policies ORDER BY id DESC LIMIT 1").fetchone()
             return None if row is None else row["data"]
 
-        return await self._run(fn)
+        return await self._run(fn, write=False)
 
     async def set_policy(self, data: str, now: datetime) -> None:
         await self._run(
@@ -479,24 +414,41 @@ class Store:
 
     async def export_snapshot(self) -> Snapshot:
         """Everything, read in one transaction (a consistent backup of a running server)."""
-        return await self._run(read_snapshot)
+        engine = self._engine
+        return await self._run(lambda c: read_snapshot(c, engine.id_marks(c)), write=False)
 
     async def import_snapshot(self, snapshot: Snapshot) -> None:
         """Write ``snapshot`` into this store in one transaction, keeping every ID.
 
         Raises StoreError when the store already holds users, nodes, keys or a policy (an
         import never merges), Conflict when the snapshot breaks a uniqueness rule; either
-        way nothing is written."""
-        await self._run(lambda c: write_snapshot(c, snapshot))
+        way nothing is written. The snapshot's ``id_marks`` (and its highest IDs) become the
+        tables' ID counters here, so an ID retired where it came from stays retired."""
+        await self._run(lambda c: write_snapshot(c, snapshot, self._engine.keep_id_marks))
 
     async def backup(self, dest: Path) -> None:
-        """Write a consistent copy of the database to ``dest`` (see backup.copy_database). It is
-        taken between two transactions, so it holds every write acknowledged before it began."""
-        from .backup import copy_database
+        """Write a consistent copy of the database to ``dest``: an SQLite file, mode 0600,
+        checked (see backup.py), whatever the engine. It holds every write acknowledged before
+        it began."""
+        await self._engine.backup(Path(dest), self)
 
-        await trio.to_thread.run_sync(copy_database, self._conn, Path(dest), limiter=self._limiter)
+    async def node_key_usable(self, node_key: str, now: datetime) -> bool:
+        """Whether a stored node has ``node_key`` and has not expired (a standby's relay asks)."""
 
-    async def run_sync(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        def fn(c: Tx) -> bool:
+            row = c.execute("SELECT expiry FROM nodes WHERE node_key = ?", (node_key,)).fetchone()
+            return row is not None and (row["expiry"] is None or _dt(row["expiry"]) > now)
+
+        return await self._run(fn, write=False)
+
+    async def held_identities(self) -> list[tuple[str | None, str | None, str]]:
+        """(ipv4, ipv6, given name) of every stored node, readable or not: what a new node
+        must not be given."""
+        return await self._run(
+            lambda c: [(r["ipv4"], r["ipv6"], r["given_name"]) for r in c.execute("SELECT ipv4, ipv6, given_name FROM nodes")],
+            write=False)
+
+    async def run_sync(self, fn: Callable[[Tx], Any]) -> Any:
         """Escape hatch for maintenance code: ``fn`` runs inside one transaction."""
         return await self._run(fn)
 
@@ -505,7 +457,7 @@ class Store:
 _SNAPSHOT_TABLES = ("users", "pre_auth_keys", "api_keys", "nodes", "policies", "settings")
 
 
-def read_snapshot(c: sqlite3.Connection) -> Snapshot:
+def read_snapshot(c: Tx, id_marks: dict[str, int] | None = None) -> Snapshot:
     return Snapshot(
         users=tuple(_user(r) for r in c.execute("SELECT * FROM users ORDER BY id")),
         preauth_keys=tuple(_preauth(r) for r in c.execute("SELECT * FROM pre_auth_keys ORDER BY id")),
@@ -519,11 +471,14 @@ def read_snapshot(c: sqlite3.Connection) -> Snapshot:
             SettingRecord(name=r["name"], value=json.loads(r["value"]), updated_at=_dt(r["updated_at"]))
             for r in c.execute("SELECT * FROM settings ORDER BY name")
         ),
+        id_marks=tuple(sorted((id_marks or {}).items())),
     )
 
 
-def write_snapshot(c: sqlite3.Connection, s: Snapshot) -> None:
-    """Insert a whole snapshot into an empty store (the caller holds the transaction).
+def write_snapshot(c: Tx, s: Snapshot, keep_id_marks: Callable[[Tx, dict[str, int]], None]) -> None:
+    """Insert a whole snapshot into an empty store (the caller holds the transaction), then set
+    each table's ID counter with ``keep_id_marks`` (the engine's) to the highest ID it holds or
+    the snapshot says was handed out.
 
     The one place that knows every column an import writes: a schema change extends it."""
     held = [t for t in _SNAPSHOT_TABLES if c.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()]
@@ -538,8 +493,8 @@ def write_snapshot(c: sqlite3.Connection, s: Snapshot) -> None:
     c.executemany(
         "INSERT INTO pre_auth_keys (id, prefix, hash, user_id, reusable, ephemeral, used, tags, created_at,"
         " expiration, pre_approved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [(k.id, k.prefix, k.hash, k.user_id, int(k.reusable), int(k.ephemeral), int(k.used),
-          json.dumps(list(k.tags)), _ts(k.created_at), _ts(k.expiration), int(k.pre_approved))
+        [(k.id, k.prefix, k.hash, k.user_id, bool(k.reusable), bool(k.ephemeral), bool(k.used),
+          json.dumps(list(k.tags)), _ts(k.created_at), _ts(k.expiration), bool(k.pre_approved))
          for k in s.preauth_keys],
     )
     c.executemany(
@@ -558,3 +513,8 @@ def write_snapshot(c: sqlite3.Connection, s: Snapshot) -> None:
         "INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?)",
         [(st.name, json.dumps(st.value), _ts(st.updated_at)) for st in s.settings],
     )
+    marks = dict(s.id_marks)
+    for table, rows in (("users", s.users), ("pre_auth_keys", s.preauth_keys), ("api_keys", s.api_keys),
+                        ("nodes", s.nodes), ("policies", s.policies)):
+        marks[table] = max([marks.get(table, 0), *(r.id for r in rows)])
+    keep_id_marks(c, marks)

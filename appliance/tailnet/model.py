@@ -133,7 +133,7 @@ class Tailnet:
                     pool.mark_used([addr])
         # Rows left out above keep their addresses and names in the database, where they are
         # unique: never hand them out again (a new node would fail to be stored).
-        held = await self.store.run_sync(lambda c: c.execute("SELECT ipv4, ipv6, given_name FROM nodes").fetchall())
+        held = await self.store.held_identities()
         self._held_names = {r[2] for r in held} - {n.given_name for n in nodes}
         for pool in (self.pool4, self.pool6):
             if pool:

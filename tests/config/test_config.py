@@ -220,7 +220,10 @@ def test_headscale_example_loads_without_warnings(caplog):
     assert cfg.extras["oidc.issuer"] == "https://id.example.org/realm"
     assert cfg.extras["oidc.extra_params"] == {"domain_hint": "example.com"}
     assert cfg.extras["oidc.allowed_groups"] == ("/headscale",)
-    assert cfg.extras["database.postgres.port"] == 5432
+    assert cfg.database.type == "sqlite"
+    assert (cfg.database.postgres.host, cfg.database.postgres.port, cfg.database.postgres.name) == (
+        "localhost", 5432, "headscale")
+    assert cfg.database.postgres.ssl == "disable" and cfg.database.postgres.password == "secret"
     assert cfg.extras["tuning.node_store_batch_timeout"] == timedelta(milliseconds=500)
 
 
@@ -547,10 +550,38 @@ def test_prefixes():
         build({"prefixes": {"v4": "", "v6": ""}})
 
 
-def test_postgres_is_not_supported_yet():
-    with pytest.raises(ConfigError, match=r"^database\.type: only sqlite is supported for now"):
+def test_postgres_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"^database\.postgres\.name: needed with database\.type postgres"):
         build({"database": {"type": "postgres"}})
     assert build({"database": {"type": "sqlite3"}}).database.type == "sqlite"
+    pg = build({"database": {"type": "postgres", "postgres": {"name": "ts"}}}).database.postgres
+    assert (pg.host, pg.port, pg.user, pg.password, pg.ssl) == ("", 5432, "", "", "")
+    assert (pg.max_open_conns, pg.max_idle_conns, pg.conn_max_idle_time, pg.lease_timeout) == (10, 10, 3600, 5)
+    # Headscale's advice for a socket: its path in host, which libpq wants as a directory and port.
+    pg = build({"database": {"type": "postgres", "postgres": {"name": "ts", "host": "/run/pg/.s.PGSQL.5433"}}})
+    assert (pg.database.postgres.host, pg.database.postgres.port) == ("/run/pg", 5433)
+    for ssl, mode in ((True, "require"), (False, "disable"), ("verify-full", "verify-full"), ("false", "disable")):
+        assert build({"database": {"postgres": {"name": "x", "ssl": ssl}}}).database.postgres.ssl == mode
+    with pytest.raises(ConfigError, match=r"^database\.postgres\.ssl: "):
+        build({"database": {"postgres": {"name": "x", "ssl": "sometimes"}}})
+    secret = tmp_path / "pg.pass"
+    secret.write_text("from-a-file\n")
+    pg = build({"database": {"type": "postgres", "postgres": {"name": "ts", "pass_path": str(secret)}}}).database.postgres
+    assert pg.password == "from-a-file" and pg.password_path == secret
+    with pytest.raises(ConfigError, match=r"^database\.postgres\.pass_path: set either"):
+        build({"database": {"postgres": {"name": "ts", "pass": "a", "pass_path": str(secret)}}})
+    with pytest.raises(ConfigError, match=r"^database\.postgres\.pass_path: cannot read"):
+        build({"database": {"type": "postgres", "postgres": {"name": "ts", "pass_path": str(tmp_path / "nope")}}})
+    with pytest.raises(ConfigError, match=r"^database\.postgres\.lease_timeout: "):
+        build({"database": {"postgres": {"name": "ts", "lease_timeout": "1s"}}})
+    with pytest.raises(ConfigError, match=r"^database\.postgres\.max_open_conns: "):
+        build({"database": {"postgres": {"name": "ts", "max_open_conns": 1}}})
+    # The password never shows in a redacted dump, and a dump loads back to the same settings.
+    cfg = build({"database": {"type": "postgres", "postgres": {"name": "ts", "pass": "pw", "host": "db"}}})
+    assert config_to_dict(cfg, redact=True)["database"]["postgres"]["pass"] == "<redacted>"
+    from appliance.config import config_from_dict
+
+    assert config_from_dict(config_to_dict(cfg)).database == cfg.database
 
 
 def test_ephemeral_timeout_floor():
@@ -823,9 +854,9 @@ def test_unknown_key_warning_names_the_file(tmp_path, caplog):
 
 
 def test_dump_of_integers_from_yaml_is_plain_yaml(tmp_path):
-    path = write(tmp_path, "database:\n  postgres:\n    ssl: 1\n    port: 5432\n")
+    path = write(tmp_path, "database:\n  postgres:\n    name: x\n    max_open_conns: 7\n    port: 5432\n")
     text = config_to_yaml(load_config(path, env=ENV))
-    assert "ssl: 1" in text and "port: 5432" in text
+    assert "max_open_conns: 7" in text and "port: 5432" in text
 
 
 def test_pre_023_database_keys_are_read_as_aliases(tmp_path):

@@ -104,9 +104,9 @@ class _DiskThatFails:
 _real_init = _store.Store.__init__
 
 
-def _init(self, path):
-    _real_init(self, path)
-    self._conn = _DiskThatFails(self._conn)
+def _init(self, where):
+    _real_init(self, where)
+    self._engine.conn = _DiskThatFails(self._engine.conn)
 
 
 _store.Store.__init__ = _init

@@ -368,7 +368,7 @@ def test_hsfixture_keeps_headscale_dumps_unchanged():
 @pytest.mark.parametrize("version", ["0.23", "0.30"])
 async def test_postgresql_backed_headscale(tmp_path, version):
     """The same tailnet in a real PostgreSQL, in the column types gorm gives it there."""
-    from .pgserver import running_postgres
+    from tests.pgserver import running_postgres
 
     t = tailnet_for(version)
     with running_postgres() as pg:

@@ -145,7 +145,7 @@ def test_switch_over_from_a_sqlite_headscale(world):
 
 
 def test_switch_over_from_a_postgresql_headscale(world):
-    from tests.migrate.pgserver import running_postgres
+    from tests.pgserver import running_postgres
 
     tailnet, noise = _headscale_state(world, "0.23")
     with running_postgres() as pg:
