@@ -139,6 +139,11 @@ class AdminClient:
             raise APIError(status, _problem_text(status, doc))
         return doc
 
+    def fetch(self, method: str, path: str) -> tuple[int, Any]:
+        """(status, JSON) whatever the status (``/health`` answers 503 on a standby)."""
+        status, _, data = self._exchange(method, path)
+        return status, _decoded(data)
+
     def download(self, method: str, path: str) -> bytes:
         """A call whose answer is not JSON (a backup): its bytes. Errors as ``call``."""
         status, ctype, data = self._exchange(method, path)

@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(sub, "restore", do_restore, "replace the database by a backup (the server must be stopped)")
     p.add_argument("file")
     cmd(sub, "version", do_version, "print the version", output=True)
+    cmd(sub, "status", do_status, "this server's role (active or standby) and which server is active",
+        output=True)
     # Its flags are derp.cli's (like Tailscale's derper); main() hands them over unparsed.
     sub.add_parser("derp", help="run a standalone DERP relay and STUN server (see `trioscale derp --help`)",
                    add_help=False)
@@ -315,8 +317,9 @@ def do_serve(args) -> int:
 
 
 def do_backup(args) -> int:
-    """Through the running server's admin socket (an online copy), or from the database file
-    when no server answers there."""
+    """Through the running server's admin socket (an online copy), or from the database itself
+    when no server answers there (on PostgreSQL another server may still be running: the copy
+    is one consistent read). Either way the backup is one SQLite file."""
     from .storage.backup import BackupError, backup_file, check_database
     from pathlib import Path
 
@@ -328,10 +331,13 @@ def do_backup(args) -> int:
         data = AdminClient(cfg.unix_socket, timeout=300).download("POST", "/api/v1/backup")
     except ServerUnreachable:
         try:
-            backup_file(cfg.database.sqlite_path, dest)
+            if cfg.database.type == "postgres":
+                _postgres_backup(cfg, dest)
+            else:
+                backup_file(cfg.database.sqlite_path, dest)
         except BackupError as e:
             raise SystemExit(f"trioscale: backup failed: {e}") from None
-        print(f"Backup of {cfg.database.sqlite_path} written to {dest} (no server was running)")
+        print(f"Backup of {_database_name(cfg)} written to {dest} (no server was running here)")
         return 0
     tmp = dest.with_name(f".{dest.name}.part")
     try:
@@ -349,6 +355,31 @@ def do_backup(args) -> int:
     return 0
 
 
+def _database_name(cfg) -> str:
+    from .migrate.importer import database_name
+
+    return database_name(cfg)
+
+
+def _postgres_backup(cfg, dest) -> None:
+    import trio
+
+    from .storage import StoreError, open_store
+    from .storage.backup import BackupError
+
+    async def run() -> None:
+        store = open_store(cfg.database, migrate=False)
+        try:
+            await store.backup(dest)
+        finally:
+            store.close()
+
+    try:
+        trio.run(run)
+    except StoreError as e:
+        raise BackupError(str(e)) from None
+
+
 def do_restore(args) -> int:
     from .storage.backup import BackupError, restore_file
 
@@ -357,14 +388,87 @@ def do_restore(args) -> int:
         AdminClient(cfg.unix_socket, timeout=5).call("GET", "/api/v1/version")
     except ServerUnreachable:
         pass
+    except APIError:  # a standby answers, refusing
+        raise SystemExit("trioscale: a server is running here: stop it first, then restore, then start it") from None
     else:
         raise SystemExit("trioscale: the server is running: stop it first (systemctl stop trioscale), "
                          "then restore, then start it")
     try:
-        kept = restore_file(args.file, cfg.database.sqlite_path)
+        if cfg.database.type == "postgres":
+            kept = _postgres_restore(cfg, args.file)
+        else:
+            kept = restore_file(args.file, cfg.database.sqlite_path)
     except BackupError as e:
         raise SystemExit(f"trioscale: restore refused: {e}") from None
-    print(f"Restored {args.file} to {cfg.database.sqlite_path}" + (f"; the previous database is kept as {kept}" if kept else ""))
+    print(f"Restored {args.file} to {_database_name(cfg)}" + (f"; the previous database is kept as {kept}" if kept else ""))
+    return 0
+
+
+def _postgres_restore(cfg, backup):
+    """Replace the PostgreSQL database's contents by a checked backup, in one transaction, once
+    every server on it has stopped; what it held is first kept as an SQLite file in the data
+    directory. Returns that file."""
+    import shutil
+    from pathlib import Path
+
+    import trio
+
+    from .keys import encode_key, load_or_create_private_key, public_key
+    from .migrate.importer import take_store
+    from .storage import Store, StoreError, open_store
+    from .storage.backup import BackupError, check_database
+
+    check_database(Path(backup))
+    kept = Path(cfg.data_dir) / f"postgres-before-restore-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.sqlite"
+
+    # Read from a copy, which opening migrates to this version's schema: the backup stays as it was.
+    copy = Path(cfg.data_dir) / f".restore-{os.getpid()}.sqlite"
+
+    async def run() -> None:
+        Path(cfg.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copyfile(backup, copy)
+        source = Store(copy)
+        target = open_store(cfg.database)
+        try:
+            snapshot = await source.export_snapshot()
+            noise = load_or_create_private_key(cfg.noise_private_key_path)
+            await take_store(target, encode_key("mkey", public_key(noise)))
+            await target.backup(kept)
+            await target.replace_all(snapshot)
+        finally:
+            source.close()
+            target.close()
+
+    try:
+        trio.run(run)
+    except (StoreError, OSError) as e:
+        raise BackupError(str(getattr(e, "strerror", None) or e)) from None
+    finally:
+        for leftover in Path(cfg.data_dir).glob(f"{copy.name}*"):
+            leftover.unlink(missing_ok=True)
+    return kept
+
+
+def do_status(args) -> int:
+    """This server's role (active or standby) and which server is active, from GET /health."""
+    client = _client(args)
+    status, doc = client.fetch("GET", "/health")
+    if not isinstance(doc, dict) or "role" not in doc:
+        raise APIError(status, f"unexpected answer from {client.where}: HTTP {status}")
+    if args.output != "table":
+        _emit(args, doc)
+        return 0
+    rows = [["Role", f"{doc['role']} (since {doc.get('since')})"], ["Server", doc.get("server", "")],
+            ["Database", doc.get("database", "")]]
+    if doc["role"] == "active" and "epoch" in doc:
+        rows.append(["Epoch", doc["epoch"]])
+    if doc["role"] != "active":
+        active = doc.get("active") or "none (a standby takes over within seconds)"
+        rows.append(["Active server", active + (f" (since {doc['activeSince']}, epoch {doc.get('epoch')})"
+                                                 if doc.get("active") else "")])
+        if doc.get("databaseError"):
+            rows.append(["Database error", doc["databaseError"]])
+    _emit(args, doc, rows, ["Status", ""])
     return 0
 
 

@@ -92,11 +92,17 @@ class Role:
             headers.append(("retry-after", RETRY_AFTER))
         return status, headers, json.dumps(doc).encode()
 
-    def refusal(self) -> Answer:
+    async def refusal(self) -> Answer:
         """What a standby answers to what only the active server does."""
-        body = {"title": "standby", "status": 503,
-                "detail": "this trioscale server is a standby: another server on the same database is active; "
-                          "`trioscale status` (or GET /health) there says which"}
+        active = ""
+        if self.store.elects:
+            try:
+                active = (await self.store.cluster_status()).active
+            except Exception:  # noqa: BLE001 - the refusal stands without the name
+                pass
+        detail = "this trioscale server is a standby: " + (
+            f"the active one is {active}" if active else "no server is active yet (one takes over within seconds)")
+        body = {"title": "standby", "status": 503, "detail": detail, "message": detail}
         return (503, [("content-type", "application/problem+json"), ("retry-after", RETRY_AFTER)],
                 json.dumps(body).encode())
 
@@ -113,7 +119,7 @@ class Role:
                 if got is not None:
                     return got
             if not self.active and (which == "admin" or path.startswith(("/api/", "/register/", "/oidc/"))):
-                return self.refusal()
+                return await self.refusal()
             return None
 
         return route

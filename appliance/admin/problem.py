@@ -13,6 +13,7 @@ from ..errors import AuthFailed, Conflict, Forbidden, Invalid, NotFound
 from ..logthrottle import LogThrottle
 from ..http.server import Answer
 from ..policy import PolicyError
+from ..storage import LeaseLost
 from ..storage.store import Conflict as StoreConflict
 from .schema import FieldError
 
@@ -65,6 +66,9 @@ _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (Invalid, 422),
     (PolicyError, 422),
     (AuthFailed, 422),
+    # This server lost the active role mid-request (PostgreSQL with standbys): nothing was
+    # written; the active server takes the retry.
+    (LeaseLost, 503),
 )
 
 

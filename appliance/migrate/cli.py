@@ -1,4 +1,4 @@
-"""The CLI verbs: ``import headscale``, ``import trioscale`` and ``export``."""
+"""The CLI verbs: ``import headscale``, ``import trioscale``, ``export`` and ``db migrate``."""
 
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ def add_verbs(sub, cmd, with_config) -> None:
     p = cmd(which, "trioscale", do_import_trioscale, "read a `trioscale export` document into this (empty) server")
     p.add_argument("file")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the report, write nothing")
+    db = with_config(sub.add_parser("db", help="the database: move the tailnet between SQLite and PostgreSQL"))
+    dbverbs = db.add_subparsers(dest="sub", required=True)
+    p = cmd(dbverbs, "migrate", do_db_migrate, "copy the tailnet from SQLite (database.sqlite.path) into PostgreSQL "
+            "(database.postgres.*), or back with --to sqlite; every server must be stopped")
+    p.add_argument("--to", required=True, choices=["postgres", "sqlite"], help="the engine to copy into")
     p = cmd(sub, "export", do_export, "write everything (users, nodes, keys, policy, the server's private keys) "
             "to one JSON document, mode 0600")
     p.add_argument("file")
@@ -56,6 +61,20 @@ def do_import_trioscale(args) -> int:
     from .importer import plan_trioscale
 
     return _run(lambda: plan_trioscale(Path(args.file), config=getattr(args, "config", None)), args.dry_run)
+
+
+def do_db_migrate(args) -> int:
+    from ..config import ConfigError, load_config
+    from .dbcopy import copy_between_engines
+
+    try:
+        cfg = load_config(getattr(args, "config", None))
+        report = copy_between_engines(cfg, args.to)
+    except (MigrateError, ConfigError) as e:
+        print(f"trioscale: db migrate refused: {e}", file=sys.stderr)
+        return 1
+    print(report.render(str(cfg.path or "the configuration"), args.to), end="")
+    return 0
 
 
 def do_export(args) -> int:

@@ -22,9 +22,9 @@ import yaml
 from ..config import ConfigError, load_config
 from ..config.load import SYSTEM_CONFIG_PATH, config_from_dict, find_config_file
 from ..config.model import Config
-from ..keys import KeyFormatError, decode_key, public_key
+from ..keys import KeyFormatError, decode_key, encode_key, public_key
 from ..policy import PolicyEngine, PolicyError
-from ..storage import Store, StoreError
+from ..storage import KeyMismatch, Store, StoreError, open_store
 from ..storage.records import Snapshot
 from ..tailnet.policy import policy_node, policy_user
 from . import snapshot as exportdoc
@@ -134,7 +134,7 @@ def plan_headscale(from_config: Path, *, config: str | None, db: str | None = No
         config_path=target, config_document=converted.document,
     )
     plan.steps = [
-        f"database:  {cfg.database.sqlite_path} (new; one transaction)",
+        f"database:  {database_name(cfg)} (new; one transaction)",
         f"noise key: {noise_path} -> {cfg.noise_private_key_path} (public key "
         f"mkey:{public_key(noise).hex()[:16]}...)",
         *([f"derp key:  {derp_path} -> {cfg.derp.private_key_path}"] if derp else []),
@@ -156,7 +156,7 @@ def plan_trioscale(file: Path, *, config: str | None) -> Plan:
     _check_policy(cfg, s)
     plan = Plan(what=f"import {report.source} into trioscale", snapshot=s, report=report, config=cfg,
                 noise_key=export.noise_private_key, derp_key=export.derp_private_key)
-    plan.steps = [f"database:  {cfg.database.sqlite_path} (new; one transaction)",
+    plan.steps = [f"database:  {database_name(cfg)} (new; one transaction)",
                   f"noise key: -> {cfg.noise_private_key_path}",
                   *([f"derp key:  -> {cfg.derp.private_key_path}"] if export.derp_private_key else [])]
     return plan
@@ -197,6 +197,28 @@ def _check_policy(cfg: Config, s: Snapshot) -> PolicyEngine | None:
 # --- writing ----------------------------------------------------------------------------
 
 
+def database_name(cfg: Config) -> str:
+    """The configured database, for messages: the SQLite file, or the PostgreSQL database."""
+    if cfg.database.type == "postgres":
+        from ..storage.postgres import describe
+
+        return describe(cfg.database.postgres)
+    return str(cfg.database.sqlite_path)
+
+
+async def take_store(store: Store, noise_public: str, name: str = "trioscale (a command line tool)") -> None:
+    """Hold ``store``'s active role for a command that writes (an import, a copy): refused,
+    StoreError, while a server holds it, so nothing is written under a running server."""
+    try:
+        lease = await store.try_become_active(name, noise_public)
+    except KeyMismatch as e:
+        raise StoreError(str(e)) from None
+    if lease is None:
+        active = (await store.cluster_status()).active
+        raise StoreError(f"a trioscale server is active on it ({active or 'another process'}): stop every "
+                         "server that uses this database first")
+
+
 def _server_running(cfg: Config) -> bool:
     if not cfg.unix_socket.exists():
         return False
@@ -234,11 +256,12 @@ def execute(plan: Plan) -> None:
     cfg = plan.config
     if _server_running(cfg):
         raise ImportRefused(f"trioscale is running (it answers on {cfg.unix_socket}): stop it first")
-    db = cfg.database.sqlite_path
+    noise_public = encode_key("mkey", public_key(plan.noise_key))
 
     async def write() -> None:
-        store = Store(db)
+        store = open_store(cfg.database)
         try:
+            await take_store(store, noise_public)
             await store.import_snapshot(plan.snapshot)
         finally:
             store.close()
@@ -246,8 +269,8 @@ def execute(plan: Plan) -> None:
     try:
         trio.run(write)
     except StoreError as e:
-        raise ImportRefused(f"{db}: {e}") from None
-    written = [db]
+        raise ImportRefused(f"{database_name(cfg)}: {e}") from None
+    written = [cfg.database.sqlite_path] if cfg.database.type == "sqlite" else []
     key_text = f"privkey:{plan.noise_key.hex()}\n".encode()
     _write_file(cfg.noise_private_key_path, key_text, 0o600, keep_old=True)
     written.append(cfg.noise_private_key_path)
@@ -283,13 +306,13 @@ def export_to(file: Path, *, config: str | None) -> Report:
     running: the database is read in one transaction."""
     cfg = _load(config)
     db = cfg.database.sqlite_path
-    if not db.exists():
+    if cfg.database.type == "sqlite" and not db.exists():
         raise ImportRefused(f"{db}: no trioscale database here (is -c the server's configuration?)")
     noise = _read_private_key(cfg.noise_private_key_path, "the Noise key")
     derp = _read_private_key(cfg.derp.private_key_path, "the DERP key") if cfg.derp.private_key_path.exists() else None
 
     async def read() -> Snapshot:
-        store = Store(db)
+        store = open_store(cfg.database)
         try:
             return await store.export_snapshot()
         finally:
@@ -301,4 +324,4 @@ def export_to(file: Path, *, config: str | None) -> Report:
         raise ImportRefused(str(e)) from None
     text = exportdoc.dumps(exportdoc.Export(s, noise, derp))
     _write_file(Path(file), text.encode(), 0o600, keep_old=False)
-    return Report(source=str(db), counts=counts(s))
+    return Report(source=database_name(cfg), counts=counts(s))

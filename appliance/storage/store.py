@@ -426,6 +426,17 @@ class Store:
         tables' ID counters here, so an ID retired where it came from stays retired."""
         await self._run(lambda c: write_snapshot(c, snapshot, self._engine.keep_id_marks))
 
+    async def replace_all(self, snapshot: Snapshot) -> None:
+        """Make the store hold exactly ``snapshot`` (a restore), in one transaction. ID
+        counters only go up: an ID handed out after the snapshot was taken stays retired."""
+
+        def fn(c: Tx) -> None:
+            for table in reversed(_SNAPSHOT_TABLES):
+                c.execute(f"DELETE FROM {table}")
+            write_snapshot(c, snapshot, self._engine.keep_id_marks)
+
+        await self._run(fn)
+
     async def backup(self, dest: Path) -> None:
         """Write a consistent copy of the database to ``dest``: an SQLite file, mode 0600,
         checked (see backup.py), whatever the engine. It holds every write acknowledged before

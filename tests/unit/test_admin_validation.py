@@ -19,7 +19,7 @@ from appliance.admin.schema import ID, UNSET, FieldError, List, Prefix, Str, Tim
 from appliance.admin.types import CreatePreAuthKeyBody, CreateUserBody
 from appliance.errors import Invalid
 from appliance.policy import PolicyEngine
-from appliance.storage import Store
+from tests.stores import new_store, open_store_again, pg_database, store_engine  # noqa: F401
 from appliance.tailnet import names
 from appliance.tailnet.model import Tailnet
 from appliance.tailnet.policy import policy_user
@@ -128,14 +128,13 @@ def test_objects_report_every_bad_field_and_ignore_unknown_ones():
 
 
 @pytest.fixture
-async def api(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
-    tailnet = Tailnet(store, v4=None, v6=None, clock=lambda: NOW)
+async def api(new_store):
+    """On each engine (tests/stores.py)."""
+    tailnet = Tailnet(new_store, v4=None, v6=None, clock=lambda: NOW)
     await tailnet.load()
     a = AdminAPI(tailnet)
     await a.apikeys.load()
-    yield a
-    store.close()
+    return a
 
 
 async def call(api, method: str, target: str, body: bytes = b"", *, public: bool = False,

@@ -7,9 +7,9 @@ import pytest
 
 from appliance.control.hostinfo import Hostinfo
 from appliance.control.mapper import Mapper, SessionView
-from appliance.storage import Store
 from appliance.tailnet.changes import FULL, Pending, patch_fields
 from appliance.tailnet.model import Tailnet
+from tests.stores import new_store, open_store_again, pg_database, store_engine  # noqa: F401
 
 
 def test_pending_merges_patches_and_full_wins():
@@ -33,12 +33,11 @@ def test_pending_merges_patches_and_full_wins():
 
 
 @pytest.fixture
-async def tailnet(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
-    t = Tailnet(store, v4=ipaddress.ip_network("100.64.0.0/10"), v6=ipaddress.ip_network("fd7a:115c:a1e0::/48"))
+async def tailnet(new_store):
+    """On each engine (tests/stores.py)."""
+    t = Tailnet(new_store, v4=ipaddress.ip_network("100.64.0.0/10"), v6=ipaddress.ip_network("fd7a:115c:a1e0::/48"))
     await t.load()
-    yield t
-    store.close()
+    return t
 
 
 async def register(t: Tailnet, name: str, n: int):
