@@ -172,10 +172,11 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     database fails while it runs; nothing else ends it. With PostgreSQL it may start as a
     standby (role.py) and become active later, and step down again.
     """
-    store = open_store(cfg.database)
+    name = server_name(cfg.listen_addr)
+    store = open_store(cfg.database, name=name)
     bound_socket = False
     supervisor = Supervisor(fatal=(StoreFailed, LeaseLost))
-    role = Role(store, server_name(cfg.listen_addr))
+    role = Role(store, name)
     try:
         noise_key = load_or_create_private_key(cfg.noise_private_key_path)
         noise_public = encode_key("mkey", public_key(noise_key))

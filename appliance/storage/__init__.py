@@ -14,11 +14,12 @@ if TYPE_CHECKING:
 __all__ = ["Store", "StoreError", "Conflict", "StoreFailed", "LeaseLost", "KeyMismatch", "Lease", "ClusterStatus", "open_store"]
 
 
-def open_store(db: "DatabaseConfig", *, migrate: bool = True) -> Store:
-    """The store the configuration names (``database.type``), opened and migrated. Raises
-    StoreError when it cannot be used."""
+def open_store(db: "DatabaseConfig", *, migrate: bool = True, name: str = "trioscale") -> Store:
+    """The store the configuration names (``database.type``), opened and migrated. ``name``
+    tells PostgreSQL who is connected (its application_name). Raises StoreError when it cannot
+    be used."""
     if db.type == "postgres":
         from .postgres import PostgresEngine
 
-        return Store(PostgresEngine(db.postgres, migrate=migrate))
+        return Store(PostgresEngine(db.postgres, migrate=migrate, name=name))
     return Store(db.sqlite_path)

@@ -200,8 +200,9 @@ class PostgresEngine:
     kind = "postgres"
     elects = True
 
-    def __init__(self, cfg: "PostgresConfig", *, migrate: bool = True) -> None:
+    def __init__(self, cfg: "PostgresConfig", *, migrate: bool = True, name: str = "trioscale") -> None:
         self.cfg = cfg
+        self.app_name = name[:63]  # PostgreSQL's limit (NAMEDATALEN - 1)
         self.description = describe(cfg)
         self.lease_timeout = cfg.lease_timeout
         first = self._connect()
@@ -247,7 +248,7 @@ class PostgresEngine:
         cfg = self.cfg
         params: dict[str, Any] = {
             "dbname": cfg.name, "port": cfg.port, "connect_timeout": CONNECT_TIMEOUT,
-            "application_name": "trioscale", "options": "-c TimeZone=UTC",
+            "application_name": self.app_name, "options": "-c TimeZone=UTC",
         }
         if cfg.host:
             params["host"] = cfg.host

@@ -119,7 +119,7 @@ def statements(script: str) -> list[str]:
 
 def id_marks(c: sqlite3.Connection) -> dict[str, int]:
     """The highest ID each table ever handed out (deleted ones included)."""
-    return {r[0]: r[1] for r in c.execute("SELECT name, seq FROM sqlite_sequence") if r[0] in ID_TABLES}
+    return {r[0]: r[1] for r in c.execute("SELECT name, seq FROM sqlite_sequence") if r[0] in ID_TABLES and r[1] > 0}
 
 
 def keep_id_marks(c: sqlite3.Connection, marks: dict[str, int]) -> None:

@@ -1,6 +1,6 @@
 """``python3 -m tests.realclient.derpprobe URL CA_FILE PRIVATE_KEY``: try a DERP handshake as
-the node key ``PRIVATE_KEY`` (``privkey:<hex>``) against the relay at ``URL`` (https), trusting
-``CA_FILE``. Prints ``accepted`` (exit 0) or ``refused: <why>`` (exit 3).
+the node key ``PRIVATE_KEY`` (``privkey:<hex>``) against the relay at ``URL`` (https, trusting
+``CA_FILE``; or http, with ``-`` for CA_FILE). Prints ``accepted`` (exit 0) or ``refused: <why>`` (exit 3).
 
 Runs inside the test network namespace, so it is a separate process.
 """
@@ -15,7 +15,7 @@ from derp.errors import DerpError
 
 
 async def probe(url: str, cafile: str, private: bytes) -> str:
-    ctx = ssl.create_default_context(cafile=cafile)
+    ctx = ssl.create_default_context(cafile=cafile) if cafile != "-" else None
     try:
         with trio.fail_after(10):
             client = await connect_url(url, private, ssl_context=ctx)

@@ -175,13 +175,15 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log_path = self.dir / "server.log"
 
-    def start(self) -> None:
+    def start(self, ready: tuple[str, ...] = ("users", "list")) -> None:
+        """Start it and wait until the CLI command ``ready`` succeeds (``("status",)`` for a
+        server that may come up as a standby, which refuses the others)."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.ns.wrap([sys.executable, "-m", "appliance", "serve", "-c", str(self.config_path), *self.serve_args]),
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env, "PYTHONPATH": str(REPO)},
         )
-        wait_until(lambda: self.proc.poll() is None and self.cli_ok("users", "list"), 20,
+        wait_until(lambda: self.proc.poll() is None and self.cli_ok(*ready), 20,
                    what="trioscale to answer on its socket")
 
     def stop(self) -> None:
