@@ -85,7 +85,9 @@ class ServerProcess:
     def env(self) -> dict:
         return {**os.environ, "PYTHONPATH": str(REPO)}
 
-    def start(self) -> None:
+    def start(self, ready: tuple[str, ...] = ("users", "list")) -> None:
+        """Start it; return once the CLI command ``ready`` succeeds (``("status",)`` for a
+        server that may be a standby)."""
         argv = [sys.executable]
         if self.profile:
             argv += ["-m", "cProfile", "-o", self.profile]
@@ -94,7 +96,7 @@ class ServerProcess:
             argv, cwd=REPO, env=self.env(), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + START_TIMEOUT
-        while self.cli("users", "list", check=False).returncode != 0:
+        while self.cli(*ready, check=False).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"server did not start; see {self.log}")
             time.sleep(0.2)
