@@ -25,6 +25,7 @@ import yaml
 
 from appliance.serve import EXIT_CANNOT_START
 from tests.pgserver import PostgresServer
+from tests.stores import pg_database  # noqa: F401
 
 from .test_serve_process import HOST, REPO, free_port
 
@@ -79,11 +80,8 @@ class PgServer:
 
 
 @pytest.fixture
-def db():
-    server = PostgresServer.shared()
-    database = server.new_database()
-    yield database
-    server.drop_database(database)
+def db(pg_database):
+    return pg_database
 
 
 @pytest.fixture
