@@ -87,6 +87,31 @@ async def test_every_kind_of_write_reads_back(new_store):
     assert await store.load_all() == ([], [], [])
 
 
+async def test_sign_in_columns_read_back(new_store):
+    """Migration 4 (issue 11): the first user owns the tailnet, roles and provider groups are
+    written, one provider identity is one user, keys may be pre-approved, nodes may wait for
+    approval."""
+    store = new_store
+    a = await store.create_user("alice", "", "", NOW, provider="oidc", provider_id="https://id/1", groups=("eng", "ops"))
+    b = await store.create_user("bob", "", "", NOW)
+    assert (a.role, a.groups, a.provider_id, b.role, b.groups) == ("owner", ("eng", "ops"), "https://id/1", "member", ())
+    with pytest.raises(Conflict):
+        await store.create_user("mallory", "", "", NOW, provider="oidc", provider_id="https://id/1")
+    await store.create_user("carol", "", "", NOW)  # no provider identity: "" is not unique
+    a2, b2 = await store.update_users([replace(a, role="admin", groups=()), replace(b, role="owner", email="b@x")])
+    assert (a2.role, a2.groups, b2.role, b2.email) == ("admin", (), "owner", "b@x")
+    assert (await store.update_user(replace(a2, display_name="Alice"))).display_name == "Alice"
+    k = await store.create_preauth_key("abcdefabcdef", "h" * 64, b.id, False, False, (), NOW, None, pre_approved=True)
+    n = await store.save_node(_node(user_id=b.id, authorized=False))
+    assert k.pre_approved and not n.authorized
+    assert (await store.save_node(replace(n, authorized=True))).authorized
+    users, nodes, keys = await store.load_all()
+    assert [(u.name, u.role, u.groups) for u in users] == [("alice", "admin", ()), ("bob", "owner", ()),
+                                                          ("carol", "member", ())]
+    assert [x.authorized for x in nodes] == [True] and [x.pre_approved for x in keys] == [True]
+    assert store.failure is None
+
+
 async def test_single_use_key_cannot_register_twice(new_store):
     store = new_store
     k = await store.create_preauth_key("abcdefabcdef", "h" * 64, None, False, False, ("tag:a",), NOW, None)
@@ -179,17 +204,23 @@ async def test_a_copy_to_the_other_engine_keeps_everything_and_retired_ids(open_
 
     store = open_store_again()
     await store.try_become_active("test", "k")
-    u = await store.create_user("alice", "", "a@example.com", NOW)
-    k = await store.create_preauth_key("abcdefabcdef", "h" * 64, u.id, True, False, ("tag:t",), NOW, None)
+    u = await store.create_user("alice", "", "a@example.com", NOW, provider="oidc", provider_id="https://id/1",
+                                groups=("eng",))
+    await store.create_user("bob", "", "", NOW)
+    k = await store.create_preauth_key("abcdefabcdef", "h" * 64, u.id, True, False, ("tag:t",), NOW, None,
+                                       pre_approved=True)
     for i in range(1, 4):
         await store.save_node(_node(node_key=f"nodekey:{i:064x}", ipv4=f"100.64.0.{i}", ipv6=None, given_name=f"n{i}",
-                                    user_id=u.id, auth_key_id=k.id), mark_key_used=k.id)
+                                    user_id=u.id, auth_key_id=k.id, authorized=i != 2), mark_key_used=k.id)
     await store.delete_node(3)  # ID 3 is retired
     await store.set_policy("{}", NOW)
     await store.put_setting("dns", {"x": 1}, NOW)
     await store.create_api_key("apikeyprefix", "h" * 64, NOW, None)
     snapshot = await store.export_snapshot()
     assert dict(snapshot.id_marks)["nodes"] == 3
+    assert [(x.role, x.groups, x.provider_id) for x in snapshot.users] == [
+        ("owner", ("eng",), "https://id/1"), ("member", (), "")]
+    assert [x.authorized for x in snapshot.nodes] == [True, False] and snapshot.preauth_keys[0].pre_approved
     other_engine = "sqlite" if store.kind == "postgres" else "postgres"
     other = open_store(database_config(other_engine, tmp_path / "other", postgres_config(pg_database)))
     try:
@@ -429,6 +460,34 @@ async def test_postgres_migrations_produce_schema_postgres_sql(pg_database):
             assert conn.execute("SELECT version FROM trioscale_schema").fetchone()[0] == LATEST
     finally:
         PostgresServer.shared().drop_database(fresh)
+
+
+async def test_postgres_migrating_to_sign_in_keeps_nodes_approved_and_gives_the_first_user_the_tailnet(pg_database):
+    """A database at schema 3 (the first PostgreSQL one) with a tailnet in it takes migration 4
+    as SQLite's does."""
+    from appliance.storage import open_store
+    from appliance.storage.migrations import POSTGRES_MIGRATIONS
+    from tests.stores import database_config
+
+    with pg_database.connect() as conn:
+        conn.execute(f"SET ROLE {pg_database.user}")
+        conn.execute("CREATE TABLE trioscale_schema (version integer NOT NULL); INSERT INTO trioscale_schema VALUES (3)")
+        conn.execute(POSTGRES_MIGRATIONS[3])
+        for i in (1, 2):
+            conn.execute("INSERT INTO users (name, created_at) VALUES (%s, now())", (f"u{i}",))
+            conn.execute("INSERT INTO pre_auth_keys (prefix, hash, user_id, created_at) VALUES (%s, 'h', %s, now())",
+                         (f"prefix{i}", i))
+            conn.execute("INSERT INTO nodes (machine_key, node_key, given_name, user_id, created_at)"
+                         " VALUES (%s, %s, %s, %s, now())", (f"mkey:{i}", f"nodekey:{i}", f"n{i}", i))
+    store = open_store(database_config("postgres", None, postgres_config(pg_database)))
+    try:
+        users, nodes, keys = await store.load_all()
+        assert [(u.name, u.role, u.groups) for u in users] == [("u1", "owner", ()), ("u2", "member", ())]
+        assert [n.authorized for n in nodes] == [True, True] and not any(k.pre_approved for k in keys)
+    finally:
+        store.close()
+    with pg_database.connect() as conn:
+        assert conn.execute("SELECT version FROM trioscale_schema").fetchone()[0] == LATEST
 
 
 def test_postgres_schema_holds_what_sqlite_schema_holds(pg_database):

@@ -8,17 +8,16 @@ import ipaddress
 import pytest
 
 from appliance.errors import Conflict, Invalid
-from appliance.storage import Store
 from appliance.tailnet.model import Tailnet
+from tests.stores import new_store, open_store_again, pg_database, store_engine  # noqa: F401
 
 
 @pytest.fixture
-async def tailnet(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
-    t = Tailnet(store, v4=ipaddress.ip_network("100.64.0.0/10"), v6=None)
+async def tailnet(new_store):
+    """On each engine (tests/stores.py)."""
+    t = Tailnet(new_store, v4=ipaddress.ip_network("100.64.0.0/10"), v6=None)
     await t.load()
-    yield t
-    store.close()
+    return t
 
 
 async def reload(t: Tailnet) -> Tailnet:
