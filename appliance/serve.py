@@ -89,7 +89,16 @@ class Running:
 
     def live_tailnet(self) -> Tailnet | None:
         """The tailnet of the term being served now (None on a standby)."""
-        return self.role.term.tailnet if self.role is not None and self.role.term is not None else self.tailnet
+        if self.role is None:
+            return self.tailnet
+        return self.role.term.tailnet if self.role.term is not None else None
+
+    def live_policy(self) -> PolicyManager | None:
+        """The policy of the term being served now (None on a standby, which loads the policy
+        when it takes over)."""
+        if self.role is None:
+            return self.policy
+        return self.role.term.policy if self.role.term is not None else None
 
 
 async def open_unix_listener(path: Path, mode: int) -> trio.SocketListener:
@@ -477,9 +486,13 @@ async def serve_until_signalled(cfg: Config) -> None:
             gc.set_threshold(*GC_THRESHOLDS)
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    policy = running.live_policy()
+                    if policy is None:
+                        log.info("received SIGHUP on a standby: the policy is read when this server takes over")
+                        continue
                     log.info("received SIGHUP, reloading the policy")
                     try:
-                        await running.policy.reload()
+                        await policy.reload()
                     except Exception:  # a reload never ends the server; the old policy stays
                         log.exception("policy reload failed; the previous policy stays")
                     continue

@@ -6,13 +6,16 @@ an admin does around it (issue 16).
 - `backup` with the server running and without it, and `restore` into PostgreSQL, which keeps
   what it replaces as an SQLite file;
 - a server whose Noise key is not the tailnet's, or a database that holds other tables, cannot
-  start, and says why.
+  start, and says why;
+- SIGHUP reloads the policy of the term being served: a standby has none and keeps running, and
+  a server that took over reloads its own.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -33,7 +36,7 @@ from .test_serve_process import HOST, REPO, free_port
 class PgServer:
     """A trioscale process on ``db`` (over the unix socket)."""
 
-    def __init__(self, tmp: Path, db, name: str) -> None:
+    def __init__(self, tmp: Path, db, name: str, **extra) -> None:
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -42,7 +45,7 @@ class PgServer:
             "server_url": f"http://{HOST}:{self.port}", "listen_addr": f"{HOST}:{self.port}",
             "data_dir": str(self.dir / "data"), "unix_socket": str(self.dir / "data" / "trioscale.sock"),
             "derp": {"server": {"enabled": False}}, "log": {"level": "info"},
-            "database": db.config(socket=True, lease_timeout="2s"),
+            "database": db.config(socket=True, lease_timeout="2s"), **extra,
         }))
         self.log = self.dir / "server.log"
         self.proc: subprocess.Popen | None = None
@@ -166,3 +169,38 @@ def test_a_server_with_another_noise_key_or_a_foreign_database_cannot_start(serv
         assert "holds tables that are not trioscale's" in stranger.log.read_text()
     finally:
         PostgresServer.shared().drop_database(foreign)
+
+
+ALLOW_ALL = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}\n'
+ONLY_WEB = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:443"]}]}\n'
+
+
+def test_sighup_reloads_the_policy_of_the_term_being_served(db, tmp_path):
+    policy = tmp_path / "policy.hujson"
+    policy.write_text(ALLOW_ALL)
+    extra = {"policy": {"mode": "file", "path": str(policy)}}
+    a = PgServer(tmp_path, db, "a", **extra)
+    a.start()
+    b = None
+    try:
+        a.wait_for(lambda: a.role() == "active", "the first server to be active")
+        b = PgServer(tmp_path, db, "b", **extra)
+        (b.dir / "data").mkdir(parents=True, exist_ok=True)
+        shutil.copy(a.dir / "data" / "noise_private.key", b.dir / "data" / "noise_private.key")
+        b.start()
+        b.wait_for(lambda: b.role() == "standby", "the second server to stand by")
+        b.proc.send_signal(signal.SIGHUP)
+        b.wait_for(lambda: "received SIGHUP on a standby" in b.log.read_text(), "the standby to take the SIGHUP")
+        a.proc.kill()
+        a.proc.wait()
+        b.wait_for(lambda: b.role() == "active", "the standby to take over")
+        mtime = policy.stat().st_mtime
+        policy.write_text(ONLY_WEB)
+        os.utime(policy, (mtime, mtime))  # same mtime: only SIGHUP, not the file watcher, picks it up
+        b.proc.send_signal(signal.SIGHUP)
+        b.wait_for(lambda: b.cli("policy", "get").stdout == ONLY_WEB, "the new active server to reload its policy")
+        assert b.proc.poll() is None and "Traceback" not in b.log.read_text()
+    finally:
+        a.stop()
+        if b is not None:
+            b.stop()
