@@ -8,12 +8,14 @@ from datetime import datetime, timezone
 
 import pytest
 import trio
+import yaml
 
 from appliance.cli import main
 from appliance.migrate import snapshot as exportdoc
 from appliance.migrate.errors import ImportRefused
-from appliance.storage import Store
+from appliance.storage import Store, open_store
 from appliance.tailnet.model import Tailnet
+from tests.stores import database_config, pg_database, postgres_config, store_engine  # noqa: F401
 
 from . import hsfixture as hs
 from .test_headscale_import import exported, headscale_config, tailnet_for, trioscale_config
@@ -119,12 +121,18 @@ def test_bad_documents_are_refused_naming_the_value(change, message):
         exportdoc.loads("{nope")
 
 
-async def test_sign_in_state_travels_with_the_export(tmp_path):
+async def test_sign_in_state_travels_with_the_export(tmp_path, store_engine, request):
     """Roles, provider groups, device approval and pre-approved keys survive export → import
     → export, and a Headscale user imported with its provider identity signs in again as
-    itself (one owner throughout: the first user's, as the store names none after the import)."""
+    itself (one owner throughout: the first user's, as the store names none after the import).
+    The second server is on each engine: the import and the export go through PostgreSQL too."""
     db = hs.make_sqlite(tmp_path / "hs.sqlite", "0.30", tailnet_for("0.30"))
     a, b = trioscale_config(tmp_path / "a"), trioscale_config(tmp_path / "b")
+    b_store = lambda: Store(tmp_path / "b" / "data" / "db.sqlite")  # noqa: E731
+    if store_engine == "postgres":
+        pg = request.getfixturevalue("pg_database")
+        b.write_text(yaml.safe_dump({**yaml.safe_load(b.read_text()), "database": pg.config(socket=True)}))
+        b_store = lambda: open_store(database_config("postgres", None, postgres_config(pg, socket=True)))  # noqa: E731
     assert await _cli("-c", str(a), "import", "headscale", "--from", str(headscale_config(tmp_path / "hs", db))) == 0
     store = Store(tmp_path / "a" / "data" / "db.sqlite")
     t = Tailnet(store, v4=ipaddress.ip_network("100.64.0.0/10"), v6=None, approval_required=True)
@@ -143,7 +151,11 @@ async def test_sign_in_state_travels_with_the_export(tmp_path):
     assert await _cli("-c", str(b), "import", "trioscale", str(tmp_path / "one.json")) == 0
     assert await _cli("-c", str(b), "export", str(tmp_path / "two.json")) == 0
     assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
-    s = await exported(tmp_path / "b" / "data" / "db.sqlite")
+    store = b_store()
+    try:
+        s = await store.export_snapshot()
+    finally:
+        store.close()
     users = {u.id: u for u in s.users}
     assert (users[bob.id].role, users[bob.id].groups) == ("network-admin", ("eng", "Ops Team"))
     assert next(k for k in s.preauth_keys if k.id == key.id).pre_approved
