@@ -6,8 +6,11 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+import trio
 
+from appliance.control.hostinfo import Hostinfo
 from appliance.errors import Conflict, Invalid
+from appliance.storage.records import NodeRecord
 from appliance.tailnet.model import Tailnet
 from tests.stores import new_store, open_store_again, pg_database, store_engine  # noqa: F401
 
@@ -76,3 +79,39 @@ async def test_roles_resolve_as_the_policy_engine_does(tailnet):
     c = await tailnet.create_user("carol")
     assert (await tailnet.set_role("carol", "owner")).role == "owner"
     assert tailnet.roles() == {b.id: "admin", c.id: "owner"}
+
+
+@pytest.mark.parametrize("store_engine", ["postgres"])
+async def test_a_server_that_takes_over_has_the_sign_in_state(open_store_again):
+    """What a standby that takes over loads (issue 16): who owns the tailnet and the roles, a
+    person's provider identity (the same person signs in as the same user), and a device that
+    waits for approval still waits, until it is approved through the new active server."""
+    net = ipaddress.ip_network("100.64.0.0/10")
+    old, new = open_store_again(), open_store_again()
+    assert await old.try_become_active("old", "k") is not None
+    t = Tailnet(old, v4=net, v6=None, approval_required=True)
+    await t.load()
+    alice = await t.sign_in_user(provider="oidc", provider_id="https://id/1", name_hint="alice", display_name="",
+                                 email="", picture="", groups=("eng",))
+    bob = await t.create_user("bob")
+    await t.set_role("bob", "admin")
+    waiting = await old.save_node(NodeRecord(
+        id=0, machine_key="mkey:" + "1" * 64, node_key="nodekey:" + "2" * 64, disco_key="", ipv4="100.64.0.1",
+        ipv6=None, hostname="laptop", given_name="laptop", user_id=bob.id, auth_key_id=None, tags=(),
+        hostinfo=Hostinfo(hostname="laptop"), endpoints=(), expiry=None, last_seen=None,
+        created_at=t.clock(), authorized=False))
+    old.close()  # the old active server dies
+    lease = None
+    with trio.fail_after(10):
+        while lease is None:
+            lease = await new.try_become_active("new", "k")
+            await trio.sleep(0.1)
+    t2 = Tailnet(new, v4=net, v6=None, approval_required=True)
+    await t2.load()
+    assert t2.roles() == {alice.id: "owner", bob.id: "admin"}
+    assert not t2.is_usable(t2.nodes[waiting.id])
+    again = await t2.sign_in_user(provider="oidc", provider_id="https://id/1", name_hint="other", display_name="",
+                                  email="", picture="", groups=("eng", "ops"))
+    assert (again.id, again.name, again.groups) == (alice.id, "alice", ("eng", "ops"))
+    await t2.update_node(waiting.id, authorized=True)
+    assert t2.is_usable(t2.nodes[waiting.id])
