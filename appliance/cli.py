@@ -181,6 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
         which.add_argument("-p", "--prefix", help="the key's prefix, as listed (or the whole key)")
         which.add_argument("-i", "--id", type=int)
 
+    adm = _with_config(sub.add_parser("admin", help="the web console")).add_subparsers(dest="sub", required=True)
+    p = cmd(adm, "login", admin_login, "print a one-time link into the web console (/admin)")
+    p.add_argument("-u", "--user", help="sign in as this user (ID, name or email), with their role; "
+                   "default: the server's operator, an owner")
+
     dns = _with_config(sub.add_parser("dns", help="DNS settings clients get")).add_subparsers(dest="sub", required=True)
     cmd(dns, "show", dns_show, "the DNS settings in force (config.yaml's with the API's changes)",
         aliases=["get"], output=True)
@@ -733,6 +738,12 @@ def apikeys_create(args) -> int:
     when = datetime.now(timezone.utc) + parse_duration(args.expiration, "--expiration")
     doc = _client(args).call("POST", api_path("apikey"), {"expiration": when.strftime("%Y-%m-%dT%H:%M:%SZ")})
     print(doc["apiKey"])
+    return 0
+
+
+def admin_login(args) -> int:
+    doc = _client(args).call("POST", api_path("console", "login"), {"user": args.user})
+    print(doc["url"])
     return 0
 
 

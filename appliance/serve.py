@@ -20,6 +20,8 @@ from pathlib import Path
 import trio
 
 from .admin.api import AdminAPI
+from .console.sessions import Sessions
+from .console.web import Console
 from .admin.backup import backup_route
 from .admin.runtime import RuntimeSettings
 from .certdns.zone import CertZone
@@ -382,7 +384,10 @@ async def _active_term(proc: _Process, lease: Lease, *, task_status=trio.TASK_ST
             public_routes.append(sign_in.route)
         runtime = RuntimeSettings(store, cfg, dns, derp_maps, lambda: tailnet.bus.part_changed("derp"),
                                   clock=tailnet.clock)
-        api = AdminAPI(tailnet, control, policy, certs=proc.certs, zone=zone, runtime=runtime, config=cfg)
+        sessions = Sessions(tailnet, cfg.server_url)
+        api = AdminAPI(tailnet, control, policy, certs=proc.certs, zone=zone, runtime=runtime, config=cfg,
+                       console=sessions)
+        console = Console(api.router, sessions, sign_in)
         sup = supervisor.start
 
         async with trio.open_nursery() as nursery:
@@ -398,7 +403,7 @@ async def _active_term(proc: _Process, lease: Lease, *, task_status=trio.TASK_ST
             await sup(nursery, "DNS records watcher", dns.watch)
             dns_port = await sup(nursery, "certificate DNS zone", zone.run) if zone is not None else None
             term = ActiveTerm(tailnet, control, policy, api, zone, dns_port)
-            proc.role.become_active(lease.epoch, term, [*public_routes, api.public_route()], [api])
+            proc.role.become_active(lease.epoch, term, [*public_routes, api.public_route(), console.route], [api])
             front.set_control(control)
             if store.elects:
                 log.info("active (epoch %d): serving %d nodes, %d users from %s", lease.epoch, len(tailnet.nodes),

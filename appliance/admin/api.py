@@ -15,7 +15,7 @@ import trio
 
 from ..http.server import Answer, peer_host
 from ..tailnet.model import Tailnet
-from . import auth, keys, nodes, policyops, runtime, server, users
+from . import auth, console, keys, nodes, policyops, runtime, server, users
 from .apikeys import ApiKeys
 from .backend import Backend
 from .docs import docs_page
@@ -23,7 +23,7 @@ from .openapi import openapi_document
 from .problem import problem
 from .router import Actor, Router
 
-MODULES = [users, nodes, auth, keys, policyops, runtime, server]
+MODULES = [users, nodes, auth, keys, policyops, runtime, server, console]
 PREFIX = "/api/v1/"
 
 
@@ -39,10 +39,10 @@ class AdminAPI:
     may be None in tests that need neither DNS/DERP changes nor settings."""
 
     def __init__(self, tailnet: Tailnet, control: Any = None, policy: Any = None, *, certs: Any = None,
-                 zone: Any = None, runtime: Any = None, config: Any = None) -> None:
+                 zone: Any = None, runtime: Any = None, config: Any = None, console: Any = None) -> None:
         self.apikeys = ApiKeys(tailnet.store, tailnet.clock)
         self.backend = Backend(tailnet, self.apikeys, control=control, policy=policy, certs=certs, zone=zone,
-                               runtime=runtime, config=config)
+                               runtime=runtime, config=config, console=console)
         self.router = build_router(self.backend)
         self.openapi = openapi_document(self.router)
         self._openapi_json = json.dumps(self.openapi).encode()

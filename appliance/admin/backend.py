@@ -19,3 +19,4 @@ class Backend:
     zone: Any = None  # certdns.CertZone when dns.certificates is on
     runtime: Any = None  # admin.runtime.RuntimeSettings: DNS and DERP changed at run time
     config: Any = None  # config.Config
+    console: Any = None  # console.sessions.Sessions: the web console's login links

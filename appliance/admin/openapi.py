@@ -20,6 +20,7 @@ TAG_DOCS = {
     "DNS": "DNS settings clients get; changes are stored and applied at once.",
     "DERP": "Relays clients use when no direct path works.",
     "Server": "The server itself: version, health, TLS certificate, settings.",
+    "Console": "The built-in web console at /admin.",
 }
 
 DESCRIPTION = """trioscale's admin API, in the shapes of Headscale's v1 API (camelCase fields, IDs as

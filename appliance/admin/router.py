@@ -27,6 +27,7 @@ from urllib.parse import unquote_to_bytes
 import h11
 
 from ..http.server import Answer
+from . import permissions
 from .problem import Malformed, MethodNotAllowed, UnknownPath, answer_for
 from .schema import FieldError, Spec
 
@@ -39,11 +40,20 @@ MAX_QUERY_FIELDS = 32
 @dataclass(frozen=True)
 class Actor:
     """Who asked: ``kind`` is "cli" (the admin socket), "apikey" (a Bearer key; ``id`` is its
-    ID) or, later, "console"; ``source`` is the peer address."""
+    ID) or "console" (a person signed in to the web console: ``id`` is their user ID, empty for
+    a CLI login link without --user, ``name`` their login and ``role`` their role, which
+    decides what they may change: permissions.py); ``source`` is the peer address."""
 
     kind: str
     id: str = ""
     source: str = "local"
+    name: str = ""
+    role: str = ""
+
+    def describe(self) -> str:
+        """How history and logs name who did something: "console:alice", "apikey:3", "cli"."""
+        who = self.name or self.id
+        return f"{self.kind}:{who}" if who else self.kind
 
 
 @dataclass(frozen=True)
@@ -163,6 +173,7 @@ class Router:
             op, raw_params = self.find(req.method.decode("latin-1"), raw_path)
             if authenticate is not None:
                 actor = await authenticate(req)
+            permissions.check(actor.kind, actor.role, op.id, op.tag, op.changes)
             kwargs = self.read(op, raw_params, raw_query, body)
             result = await op.handler(Call(actor, op), **kwargs)
             out = op.response.spec.dump(result) if op.response is not None else {}
@@ -171,6 +182,24 @@ class Router:
         if op.changes:
             self._report(actor, op, kwargs, out)
         return 200, [("content-type", "application/json")], json.dumps(out).encode()
+
+    async def invoke(self, op_id: str, actor: Actor, **kwargs: Any) -> Any:
+        """Call an operation in-process (the console's pages), with the same permission check
+        and change report as over HTTP; returns the answer as JSON. Raises what the handler
+        raises, or Forbidden."""
+        op = self.by_id(op_id)
+        permissions.check(actor.kind, actor.role, op.id, op.tag, op.changes)
+        result = await op.handler(Call(actor, op), **kwargs)
+        out = op.response.spec.dump(result) if op.response is not None else {}
+        if op.changes:
+            self._report(actor, op, kwargs, out)
+        return out
+
+    def by_id(self, op_id: str) -> Operation:
+        for o in self.operations:
+            if o.id == op_id:
+                return o
+        raise KeyError(op_id)
 
     def _report(self, actor: Actor, op: Operation, kwargs: dict[str, Any], out: Any) -> None:
         try:

@@ -49,6 +49,8 @@ def node_of(tailnet: Tailnet, n: NodeRecord) -> Node:
         subnet_routes=tuple(r for r in routable if r in n.approved_routes),
         tags=tuple(n.tags), primary_routes=tuple(tailnet.routes.primaries_of(n.id)),
         ephemeral=n.ephemeral, expired=tailnet.is_expired(n), approved=n.authorized,
+        os=" ".join(x for x in (n.hostinfo.os, n.hostinfo.os_version) if x), client_version=n.hostinfo.ipn_version,
+        derp_region=n.hostinfo.net_info.preferred_derp if n.hostinfo.net_info is not None else 0,
     )
 
 

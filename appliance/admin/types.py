@@ -175,6 +175,9 @@ class Node:
     ephemeral: bool = fld(Bool(), doc="trioscale")
     expired: bool = fld(Bool(), doc="trioscale")
     approved: bool = fld(Bool(), doc="trioscale: false while it waits for device approval")
+    os: str = fld(Str(max_len=1024), doc="trioscale: the client's OS and version, as it reports them")
+    client_version: str = fld(Str(max_len=256), doc="trioscale: the Tailscale client's version")
+    derp_region: int = fld(Int(minimum=0, maximum=1 << 30), doc="trioscale: the client's home DERP region (0: none)")
 
 
 @api_type
@@ -307,6 +310,66 @@ class PolicyResponse:
 class ReachResponse:
     allowed: bool = fld(Bool())
     reason: str = fld(Str(max_len=1 << 16))
+
+
+@api_type
+class PolicyProblem:
+    message: str = fld(Str(max_len=1 << 16))
+    line: int | None = fld(Nullable(Int(minimum=1, maximum=1 << 31)), doc="1-based, when known")
+    column: int | None = fld(Nullable(Int(minimum=1, maximum=1 << 31)))
+
+
+@api_type
+class PolicyValidation:
+    valid: bool = fld(Bool())
+    errors: tuple = fld(List(PolicyProblem.spec, max_items=64))
+
+
+@api_type
+class PolicyVersionInfo:
+    """trioscale: one saved version of the policy (policy.mode: database)."""
+
+    id: int = fld(ID())
+    created_at: datetime | None = fld(Nullable(Time()))
+    author: str = fld(Str(max_len=1024), doc="who saved it: console:LOGIN, apikey:ID or cli")
+    size: int = fld(Int(minimum=0, maximum=1 << 31), doc="characters")
+    current: bool = fld(Bool(), doc="the version in force")
+
+
+@api_type
+class PolicyHistory:
+    versions: tuple = fld(List(PolicyVersionInfo.spec, max_items=1000), doc="newest first")
+
+
+@api_type
+class PolicyVersionResponse:
+    version: PolicyVersionInfo = fld(PolicyVersionInfo.spec)
+    policy: str = fld(Str(max_len=1 << 21))
+
+
+@api_type
+class Reacher:
+    node_id: int = fld(ID())
+    name: str = fld(Str(max_len=256), doc="the node's MagicDNS name")
+    reason: str = fld(Str(max_len=1 << 16), doc="the rule that allows it")
+
+
+@api_type
+class ReachersResponse:
+    sources: tuple = fld(List(Reacher.spec, max_items=1 << 20),
+                         doc="every node that may open a connection to the node on the port")
+
+
+@api_type
+class ConsoleLoginBody:
+    user: str | None = fld(Nullable(Ref("the user to sign in as: ID, name or email; null: the server's "
+                                        "operator, an owner")), default=None)
+
+
+@api_type
+class ConsoleLoginResponse:
+    url: str = fld(Str(max_len=4096), doc="open it once, within its lifetime")
+    expiration: datetime | None = fld(Nullable(Time()))
 
 
 @api_type

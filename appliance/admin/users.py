@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import Forbidden
 from .backend import Backend
 from .router import Call, Router
 from .schema import ID, Str
@@ -42,6 +43,8 @@ def routes(r: Router, b: Backend) -> None:
                         "A tailnet has one owner: making a user owner hands ownership over; the owner "
                         "cannot step down otherwise (409).")
     async def set_role(call: Call, id: int, body: SetRoleBody) -> UserResponse:
+        if call.actor.kind == "console" and body.role == "owner" and call.actor.role != "owner":
+            raise Forbidden("only the owner may hand ownership of the tailnet over")
         return UserResponse(user_of(b.tailnet, await b.tailnet.set_role(id, body.role)))
 
     @r.delete("/api/v1/user/{id}", "deleteUser", "Delete a user", tag="Users", params={"id": ID()},

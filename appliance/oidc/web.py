@@ -15,6 +15,7 @@ import logging
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 from datetime import datetime, timedelta
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +28,7 @@ from ..control.service import ControlService
 from ..http.pages import esc, message, page
 from ..http.server import Answer, header
 from ..logthrottle import LogThrottle
+from ..storage.records import UserRecord
 from .provider import OIDCProvider, ProviderError, TokenRejected
 from .rules import Refusal, check_allowed
 from .settings import CALLBACK_PATH, OIDCSettings
@@ -46,7 +48,7 @@ MAX_FIELD = 8192  # an authorization code or state; providers' codes are far sho
 
 @dataclass(frozen=True, slots=True)
 class LoginState:
-    auth_id: str
+    auth_id: str  # empty for a sign-in to the web console
     nonce: str
     verifier: str | None
     created: datetime
@@ -109,6 +111,8 @@ class SignIn:
         self._states = _Bounded(MAX_STATES)
         self._confirmations = _Bounded(MAX_STATES)
         self.throttle = LogThrottle(log)
+        # The web console's hook: (user) -> the answer that starts their session.
+        self.console_signed_in: Callable[[UserRecord], Awaitable[Answer]] | None = None
 
     def _cookie(self, name: str, value: str, path: str, max_age: int) -> tuple[str, str]:
         attrs = f"{name}={value}; Path={path}; HttpOnly; SameSite=Lax; Max-Age={max_age}"
@@ -119,13 +123,17 @@ class SignIn:
         (then the page with the admin's command is shown, so nobody is locked out)."""
         return self.begin if self.provider.ready else None
 
-    async def begin(self, req: h11.Request, auth: AuthRequest) -> Answer:
+    async def begin(self, req: h11.Request | None, auth: AuthRequest | None) -> Answer:
         state, nonce = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         verifier = secrets.token_urlsafe(48) if self.settings.pkce_enabled else None
-        self._states.put(state, LoginState(auth.auth_id, nonce, verifier, self.tailnet.clock()))
+        self._states.put(state, LoginState(auth.auth_id if auth else "", nonce, verifier, self.tailnet.clock()))
         url = self.provider.authorization_url(state, nonce, verifier)
         return 302, [("location", url), ("cache-control", "no-store"),
                      self._cookie(STATE_COOKIE, state, "/oidc/", int(STATE_LIFETIME.total_seconds()))], b""
+
+    async def begin_console(self) -> Answer:
+        """Sign in to the web console: the same flow as a machine's login, without one."""
+        return await self.begin(None, None)
 
     async def route(self, req: h11.Request, body: bytes) -> Answer | None:
         target = urlsplit(req.target.decode("latin-1"))
@@ -163,10 +171,16 @@ class SignIn:
             return self._refuse(400, "Sign-in link expired",
                                 "This sign-in was started in another browser, or your browser refused our cookie.",
                                 again, "the state cookie is missing or different (auth request %s)", st.auth_id)
-        auth = self.control.auth.get(st.auth_id, now)
-        if auth is None or auth.verdict is not None:
-            return message(410, "Sign-in link expired", "The machine's login request has expired or was "
-                                                        "already decided.", again)
+        console = not st.auth_id
+        if console:
+            if self.console_signed_in is None:
+                return message(404, "Not found", "The web console is not served here.")
+            again = "Open /admin/login again to sign in to the console."
+        else:
+            auth = self.control.auth.get(st.auth_id, now)
+            if auth is None or auth.verdict is not None:
+                return message(410, "Sign-in link expired", "The machine's login request has expired or was "
+                                                            "already decided.", again)
         try:
             with trio.fail_after(PROVIDER_TIMEOUT):
                 who = await self.provider.login(q["code"], st.verifier, st.nonce, now)
@@ -189,6 +203,9 @@ class SignIn:
             name_hint=who.username or (trusted_email.partition("@")[0] if trusted_email else "") or "user",
             display_name=who.name, email=trusted_email, picture=who.picture, groups=who.groups,
         )
+        if console:
+            assert self.console_signed_in is not None
+            return await self.console_signed_in(user)
         log.info("OIDC: %s signed in as user %d (%s) for auth request %s", who.provider_id, user.id, user.name,
                  auth.auth_id)
         if auth.is_registration:

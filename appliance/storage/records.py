@@ -88,6 +88,29 @@ class PolicyRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyVersion:
+    """A stored policy version without its text: its history entry."""
+
+    id: int
+    created_at: datetime
+    author: str  # who saved it: "console:alice", "apikey:3", "cli"; empty before the console
+    size: int  # characters
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A web console session; ``hash`` is the SHA-256 of the cookie's secret. ``user_id`` None:
+    signed in with a CLI link made without --user (the server's operator, an owner)."""
+
+    hash: str
+    user_id: int | None
+    method: str  # "link" or "oidc"
+    source: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class SettingRecord:
     """A setting an admin changed at run time through the API (DNS, DERP regions): JSON."""
 

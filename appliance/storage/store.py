@@ -27,7 +27,8 @@ from .errors import Conflict, LeaseLost, StoreError, StoreFailed
 from .leases import ClusterStatus, Lease
 from .sqlite import SQLiteEngine
 from .records import (
-    ApiKeyRecord, NodeRecord, PolicyRecord, PreAuthKeyRecord, SettingRecord, Snapshot, UserRecord,
+    ApiKeyRecord, ConsoleSession, NodeRecord, PolicyRecord, PolicyVersion, PreAuthKeyRecord, SettingRecord,
+    Snapshot, UserRecord,
 )
 
 __all__ = ["Store", "StoreError", "Conflict", "StoreFailed", "LeaseLost", "Lease", "ClusterStatus"]
@@ -405,10 +406,73 @@ class Store:
 
         return await self._run(fn, write=False)
 
-    async def set_policy(self, data: str, now: datetime) -> None:
-        await self._run(
-            lambda c: c.execute("INSERT INTO policies (data, created_at) VALUES (?, ?)", (data, _ts(now)))
+    async def set_policy(self, data: str, now: datetime, author: str = "") -> int:
+        """Store a new version (the newest is in force); returns its ID."""
+        return await self._run(
+            lambda c: c.execute("INSERT INTO policies (data, created_at, author) VALUES (?, ?, ?) RETURNING id",
+                                (data, _ts(now), author)).fetchall()[0]["id"]
         )
+
+    async def policy_versions(self, limit: int) -> list[PolicyVersion]:
+        """The newest ``limit`` versions, newest first, without their text."""
+        def fn(c: Tx) -> list[PolicyVersion]:
+            rows = c.execute("SELECT id, created_at, author, length(data) AS size FROM policies"
+                             " ORDER BY id DESC LIMIT ?", (limit,))
+            return [PolicyVersion(r["id"], _dt(r["created_at"]), r["author"], r["size"]) for r in rows]
+
+        return await self._run(fn, write=False)
+
+    async def policy_version(self, version_id: int) -> tuple[PolicyVersion, str] | None:
+        def fn(c: Tx):
+            r = c.execute("SELECT * FROM policies WHERE id = ?", (version_id,)).fetchone()
+            if r is None:
+                return None
+            return PolicyVersion(r["id"], _dt(r["created_at"]), r["author"], len(r["data"])), r["data"]
+
+        return await self._run(fn, write=False)
+
+    # --- the web console's one-time links and sessions (hashes of their secrets) ---------
+
+    async def create_console_link(self, hash_: str, user_id: int | None, now: datetime, expires: datetime) -> None:
+        def fn(c: Tx) -> None:
+            c.execute("DELETE FROM console_links WHERE expires_at <= ?", (_ts(now),))
+            c.execute("INSERT INTO console_links (hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                      (hash_, user_id, _ts(now), _ts(expires)))
+
+        await self._run(fn)
+
+    async def take_console_link(self, hash_: str, now: datetime) -> tuple[bool, int | None]:
+        """Use a link once: (found and not expired, its user ID); it is gone either way."""
+        def fn(c: Tx) -> tuple[bool, int | None]:
+            r = c.execute("DELETE FROM console_links WHERE hash = ? RETURNING user_id, expires_at",
+                          (hash_,)).fetchone()
+            if r is None or _dt(r["expires_at"]) <= now:
+                return False, None
+            return True, r["user_id"]
+
+        return await self._run(fn)
+
+    async def create_console_session(self, s: ConsoleSession) -> None:
+        def fn(c: Tx) -> None:
+            c.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (_ts(s.created_at),))
+            c.execute("INSERT INTO console_sessions (hash, user_id, method, source, created_at, expires_at)"
+                      " VALUES (?, ?, ?, ?, ?, ?)",
+                      (s.hash, s.user_id, s.method, s.source, _ts(s.created_at), _ts(s.expires_at)))
+
+        await self._run(fn)
+
+    async def get_console_session(self, hash_: str) -> ConsoleSession | None:
+        def fn(c: Tx) -> ConsoleSession | None:
+            r = c.execute("SELECT * FROM console_sessions WHERE hash = ?", (hash_,)).fetchone()
+            if r is None:
+                return None
+            return ConsoleSession(r["hash"], r["user_id"], r["method"], r["source"], _dt(r["created_at"]),
+                                  _dt(r["expires_at"]))
+
+        return await self._run(fn, write=False)
+
+    async def delete_console_session(self, hash_: str) -> None:
+        await self._run(lambda c: c.execute("DELETE FROM console_sessions WHERE hash = ?", (hash_,)))
 
     # --- whole-store snapshots (export, import) -----------------------------------------
 

@@ -243,8 +243,9 @@ class PolicyManager:
         """Raises PolicyError if ``text`` would be refused against the live tailnet."""
         await self._build(text)
 
-    async def set(self, text: str) -> None:
-        """``policy set``: validate, store, apply. The old policy stays on any error."""
+    async def set(self, text: str, author: str = "") -> None:
+        """``policy set``: validate, store (as a new version, with who saved it), apply. The
+        old policy stays on any error."""
         if self.mode != "database":
             raise Forbidden(
                 f"policy.mode is 'file': edit {self.path or 'the policy file'} instead; the server "
@@ -254,7 +255,7 @@ class PolicyManager:
             built = await self._build(text)  # refuse a bad policy before storing anything
         except PolicyError as e:
             raise Invalid(str(e)) from None
-        await self.tailnet.store.set_policy(text, self.tailnet.clock())
+        await self.tailnet.store.set_policy(text, self.tailnet.clock(), author)
         await self._install(text, built)
         log.info("policy updated (%d bytes)", len(text))
 
