@@ -8,7 +8,7 @@ import zipfile
 from pathlib import Path
 
 
-from ..realclient.harness import Node, Server, wait_until
+from ..realclient.harness import Node, Server, http_get, wait_until
 from .bare import assert_bare, bare_env, bare_python, run_pyz
 
 
@@ -85,6 +85,9 @@ def test_zipapp_serves_a_real_client_and_survives_a_restart(pyz, netns, client_b
         assert [n["givenName"] for n in listed] == ["pyzclient"]
         assert node.status()["BackendState"] == "Running"
         assert sorted(node.ips()) == sorted(listed[0]["ipAddresses"])
+        # The web console's files are package data: the zipapp carries them.
+        assert "X-CSRF-Token" in http_get(netns, server.url + "/admin/static/console.js")
+        assert ".scroll" in http_get(netns, server.url + "/admin/static/console.css")
 
         # What an upgrade does to the tailnet: the server goes away and comes back; the client
         # reconnects by itself with the same addresses.

@@ -168,6 +168,40 @@ def test_a_person_signs_in_and_the_client_runs(world):
         assert secret not in log
 
 
+def console_sign_in(world, login: str):
+    """Sign in to the web console through the provider; returns (context, page) at the end."""
+    ctx = world["browser"].new_context()
+    page = ctx.new_page()
+    page.goto(world["server"].url + "/admin/login")
+    page.click("#oidc")
+    page.fill("input[name=login]", login)
+    page.fill("input[name=password]", "any password")
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+    return ctx, page
+
+
+def test_the_web_console_signs_in_through_the_same_provider_with_the_stored_role(world):
+    """After alice's machine login (she owns the tailnet): the console's sign-in is the same
+    flow; the role stored for her user decides what she may change."""
+    server = world["server"]
+    ctx, page = console_sign_in(world, "alice")
+    try:
+        page.wait_for_url(server.url + "/admin/", timeout=30_000)  # through our continue page
+        header = page.inner_text("header")
+        assert "alice@example.com" in header and "owner" in header, header
+        assert "can look but not change" not in page.inner_text("main")
+        assert len([u for u in server.cli_json("users", "list") if u["email"] == "alice@example.com"]) == 1
+    finally:
+        ctx.close()
+    ctx, page = console_sign_in(world, "mallory")  # not in allowed_domains: the same refusal
+    try:
+        assert "Sign-in refused" in page.inner_text("body")
+        assert not any(c["name"] == "trioscale_console" for c in ctx.cookies())
+    finally:
+        ctx.close()
+
+
 def test_a_replayed_callback_is_refused(world):
     server = world["server"]
     before = set(nodes_by_name(server))
