@@ -183,17 +183,16 @@ class Router:
             self._report(actor, op, kwargs, out)
         return 200, [("content-type", "application/json")], json.dumps(out).encode()
 
-    async def invoke(self, op_id: str, actor: Actor, **kwargs: Any) -> Any:
-        """Call an operation in-process (the console's pages), with the same permission check
-        and change report as over HTTP; returns the answer as JSON. Raises what the handler
-        raises, or Forbidden."""
+    async def read_now(self, op_id: str, actor: Actor, **kwargs: Any) -> Any:
+        """Call a reading operation in-process (the console's pages render from these), with
+        the same permission check as over HTTP; returns the answer as JSON. Changes go through
+        serve() only, so each is checked, reported and recorded in one place."""
         op = self.by_id(op_id)
+        if op.changes:
+            raise ValueError(f"{op_id} changes something: call it through serve()")
         permissions.check(actor.kind, actor.role, op.id, op.tag, op.changes)
         result = await op.handler(Call(actor, op), **kwargs)
-        out = op.response.spec.dump(result) if op.response is not None else {}
-        if op.changes:
-            self._report(actor, op, kwargs, out)
-        return out
+        return op.response.spec.dump(result) if op.response is not None else {}
 
     def by_id(self, op_id: str) -> Operation:
         for o in self.operations:

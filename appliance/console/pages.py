@@ -67,7 +67,7 @@ def layout(title: str, active: str, signed: SignedIn, body: str) -> str:
         f"<title>{esc(title)} · trioscale</title><link rel=stylesheet href='/admin/static/console.css'>"
         "<script src='/admin/static/console.js' defer></script></head><body>"
         f"<header><b class=brand>trioscale</b><nav>{nav}</nav>"
-        f"<form method=post action='/admin/logout' class=who><span>{esc(signed.name)} · {esc(signed.role)}</span>"
+        f"<form method=post action='/admin/logout' class=who><span>{esc(signed.login)} · {esc(signed.role)}</span>"
         f"<input type=hidden name=csrf value='{esc(signed.csrf)}'><button id=logout>Sign out</button></form>"
         f"</header><main><h1>{esc(title)}</h1>{banner}<div id=status role=status></div>{body}</main></body></html>\n"
     )
@@ -137,7 +137,7 @@ async def render(name: str, router: Router, signed: SignedIn, source: str, oidc:
     actor = signed.actor(source)
 
     async def call(op_id: str, **kw: Any) -> Any:
-        return await router.invoke(op_id, actor, **kw)
+        return await router.read_now(op_id, actor, **kw)
 
     now = datetime.now(timezone.utc)
     body = await _BUILDERS[name](call, router, signed, now)

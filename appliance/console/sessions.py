@@ -58,7 +58,8 @@ class SignedIn:
     secret: str
     session: ConsoleSession
     user_id: int | None
-    name: str
+    name: str  # the user's name (the Actor's)
+    login: str  # how the page names them: their email, else their name
     role: str
 
     @property
@@ -131,12 +132,12 @@ class Sessions:
         if s is None or s.expires_at <= self.tailnet.clock():
             return None
         if s.user_id is None:
-            return SignedIn(secret, s, None, OPERATOR_NAME, OPERATOR_ROLE)
+            return SignedIn(secret, s, None, OPERATOR_NAME, OPERATOR_NAME, OPERATOR_ROLE)
         user = self.tailnet.users.get(s.user_id)
         if user is None:
             return None
         role = self.tailnet.roles().get(user.id, "member")
-        return SignedIn(secret, s, user.id, user.email or user.name, role)
+        return SignedIn(secret, s, user.id, user.name, user.email or user.name, role)
 
     async def end(self, secret: str) -> None:
         if well_formed(secret):

@@ -5,7 +5,7 @@ Every page and API call needs a session (the cookie is HttpOnly, SameSite=Strict
 Every change (any method but GET and HEAD) also needs the session's CSRF token (X-CSRF-Token
 header, or a ``csrf`` form field for sign-out) and an Origin header naming this server; the
 router then checks the person's role against the operation (admin/permissions.py). The pages
-call the same operations in-process (Router.invoke) and the browser calls them by fetch(), so
+call the reading operations in-process (Router.read_now) and the browser calls them by fetch(), so
 the console can do nothing the API cannot.
 """
 
@@ -71,7 +71,10 @@ class Console:
         if path.startswith(PREFIX + "/login/"):
             return await self._link(req, method, path.rsplit("/", 1)[-1])
         if path == PREFIX + "/oidc" and method in ("GET", "HEAD"):
-            if self.sign_in is None or not self.sign_in.provider.ready:
+            if self.sign_in is None:
+                return message(404, "Not found", "Sign-in through an identity provider is not configured "
+                               "(oidc: in config.yaml).", "Run `trioscale admin login` on the server for a one-time link.")
+            if not self.sign_in.provider.ready:
                 return message(503, "Sign-in unavailable", "Sign-in through the identity provider is not "
                                "available now.", "Run `trioscale admin login` on the server for a one-time link.")
             return await self.sign_in.begin_console()

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from appliance.config import config_from_dict
 from appliance.control.hostinfo import Hostinfo
+from appliance.console.sessions import csrf_token
 from appliance.control.service import NoisePeer
 from appliance.http.h2server import H2Server
 from appliance.noise.handshake import ClientHandshake
@@ -39,6 +40,8 @@ from .profile import fuzz, scaled
 HANDSHAKE = b"@@HANDSHAKE@@"  # replaced by a valid initiation for the server under test
 LOGIN = b"@@LOGIN@@"  # replaced by the auth ID of a registration waiting on the server
 CHECK = b"@@CHECK@@"  # and of an SSH check
+SESSION = b"@@SESSION@@"  # a web console session's secret, and its CSRF token
+CSRF = b"@@CSRF@@"
 
 
 @pytest.fixture
@@ -63,6 +66,7 @@ async def running(nursery, tmp_path):
                                             hostinfo=Hostinfo(hostname="<b>laptop</b>"), remote="192.0.2.9:1", now=now)
     running.check = auth.start_ssh_check(src_node_id=1, dst_node_id=2, local_user="root", remote="192.0.2.9:1",
                                          now=now)
+    running.session = await running.api.backend.console.start(None, "link", "192.0.2.9")
     yield running
     running.cancel_scope.cancel()
 
@@ -92,7 +96,13 @@ TARGETS = ["/key", "/key?v=106", "/ts2021", "/ts2021?X-Tailscale-Handshake=" + H
            "/oidc/callback?state=x&code=y", "/oidc/callback?state=&code=", "/oidc/callback",
            "/oidc/callback?error=access_denied&error_description=%3Cscript%3Ealert(1)%3C/script%3E",
            "/oidc/callback?" + "&".join(f"a{i}=b" for i in range(40)), "/oidc/callback?state=%ff&code=" + "c" * 9000,
-           "/oidc/confirm", "/oidc/confirm?token=x"]
+           "/oidc/confirm", "/oidc/confirm?token=x",
+           # the web console: pages, sign-in, its files and the API behind a session
+           "/admin", "/admin/", "/admin/machines", "/admin/policy", "/admin/keys", "/admin/nosuch", "/admin/login",
+           "/admin/login/x", "/admin/login/" + "a" * 43, "/admin/login/%ff", "/admin/oidc", "/admin/logout",
+           "/admin/static/console.js", "/admin/static/../api.py", "/admin/api/v1/node", "/admin/api/v1/user",
+           "/admin/api/v1/policy", "/admin/api/v1/policy/validate", "/admin/api/v1/node/1/rename/%ff",
+           "/admin/api/v1/console/login", "/admin/api/v1/policy/reachers?dst=%00"]
 HEADER_VALUES = {
     "host": ["a", "127.0.0.1:8080", ""],
     "upgrade": ["tailscale-control-protocol", "websocket", "DERP", "h2c", "x" * 100],
@@ -106,7 +116,10 @@ HEADER_VALUES = {
     "authorization": ["Bearer tskey-api-nope", "Basic eA=="],
     "derp-fast-start": ["1"],
     "content-type": ["application/json", "application/x-www-form-urlencoded"],
-    "cookie": ["trioscale_oidc_state=x", "trioscale_oidc_confirm=x; trioscale_oidc_state=y", "=;;\"", "a" * 500],
+    "cookie": ["trioscale_oidc_state=x", "trioscale_oidc_confirm=x; trioscale_oidc_state=y", "=;;\"", "a" * 500,
+               "trioscale_console=" + SESSION.decode(), "trioscale_console=x" * 40],
+    "x-csrf-token": [CSRF.decode(), "x"],
+    "origin": ["http://127.0.0.1:8080", "null", "http://evil.example"],
 }
 
 
@@ -135,6 +148,7 @@ async def test_http1_heads_into_the_front_door(running, caplog, request, cuts, p
     init = ClientHandshake(front.noise_public, bytes([7] * 32), 106, bytes([9] * 32)).initiation
     data = request.replace(HANDSHAKE, base64.b64encode(init)).replace(LOGIN, running.login.auth_id.encode())
     data = data.replace(CHECK, running.check.auth_id.encode())
+    data = data.replace(SESSION, running.session.encode()).replace(CSRF, csrf_token(running.session).encode())
     if pipelined:
         data += b"GET /key HTTP/1.1\r\nhost: a\r\n\r\n"
     client, server_end = trio.testing.memory_stream_pair()

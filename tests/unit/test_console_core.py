@@ -106,12 +106,16 @@ async def test_only_the_owner_hands_ownership_over(world):
     await t.create_user("alice")
     bob = await t.create_user("bob")
     admin = Actor("console", "9", "x", "carol", "admin")
-    from appliance.admin.types import SetRoleBody
 
-    with pytest.raises(Forbidden, match="only the owner"):
-        await router.invoke("setUserRole", admin, id=bob.id, body=SetRoleBody("owner"))
-    await router.invoke("setUserRole", admin, id=bob.id, body=SetRoleBody("network-admin"))
+    async def set_role(role: str):
+        body = json.dumps({"role": role}).encode()
+        return (await router.serve(request("POST", f"/api/v1/user/{bob.id}/role", body=body), body, admin))[0]
+
+    assert await set_role("owner") == 403
+    assert await set_role("network-admin") == 200
     assert t.roles()[bob.id] == "network-admin"
+    with pytest.raises(ValueError, match="changes something"):
+        await router.read_now("setUserRole", admin, id=bob.id)
 
 
 # --- links and sessions -----------------------------------------------------------------------
@@ -127,6 +131,7 @@ async def test_a_link_works_once_and_only_its_hash_is_stored(world):
         await s.redeem_link(token, "192.0.2.1")
     signed = await s.lookup(secret)
     assert (signed.user_id, signed.name, signed.role) == (alice.id, "alice", "owner")
+    assert signed.actor("192.0.2.1").describe() == "console:alice"
     raw = sqlite3.connect(world["path"]).execute(
         "SELECT group_concat(hash) FROM console_sessions").fetchone()[0] or ""
     assert secret not in raw and token not in raw and len(raw) == 64  # SHA-256 hex
