@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import sqlite3
 from datetime import timedelta
 
 import h11
@@ -21,7 +20,7 @@ from appliance.console.sessions import (
 from appliance.console.web import Console
 from appliance.errors import Forbidden
 from appliance.policy.model import ROLES
-from appliance.storage import Store
+from tests.stores import new_store, open_store_again, pg_database, store_engine  # noqa: F401
 from appliance.tailnet.model import Tailnet, utcnow
 
 URL = "https://hs.example.com"
@@ -37,8 +36,8 @@ class Clock:
 
 
 @pytest.fixture
-async def world(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
+async def world(new_store):
+    store = new_store
     clock = Clock()
     t = Tailnet(store, v4=ipaddress.ip_network("100.64.0.0/10"), v6=None, clock=clock)
     await t.load()
@@ -46,8 +45,7 @@ async def world(tmp_path):
     api = AdminAPI(t, console=sessions)
     await api.apikeys.load()
     yield {"tailnet": t, "store": store, "clock": clock, "sessions": sessions, "api": api,
-           "console": Console(api.router, sessions), "path": tmp_path / "db.sqlite"}
-    store.close()
+           "console": Console(api.router, sessions)}
 
 
 def request(method: str, target: str, *, secret: str | None = None, origin: str | None = "https://hs.example.com",
@@ -132,9 +130,12 @@ async def test_a_link_works_once_and_only_its_hash_is_stored(world):
     signed = await s.lookup(secret)
     assert (signed.user_id, signed.name, signed.role) == (alice.id, "alice", "owner")
     assert signed.actor("192.0.2.1").describe() == "console:alice"
-    raw = sqlite3.connect(world["path"]).execute(
-        "SELECT group_concat(hash) FROM console_sessions").fetchone()[0] or ""
-    assert secret not in raw and token not in raw and len(raw) == 64  # SHA-256 hex
+    rows = await world["store"].run_sync(
+        lambda c: [dict(r) for r in c.execute("SELECT * FROM console_sessions")]
+        + [dict(r) for r in c.execute("SELECT * FROM console_links")])
+    raw = repr(rows)
+    assert len(rows) == 1 and len(rows[0]["hash"]) == 64  # SHA-256 hex; the used link is gone
+    assert secret not in raw and token not in raw
 
 
 async def test_an_expired_link_or_session_signs_nobody_in(world):
