@@ -195,8 +195,8 @@ def test_approving_a_route_in_the_console(world):
     row = page.locator("tr.machine[data-name=beta]")
     row.locator(f"form.routes input[value='{ROUTE}']").check()
     row.locator("form.routes button").click()
-    wait_until(lambda: page.inner_text("#status"), 5, what="the console's answer")
-    assert page.inner_text("#status") == "Done.", page.inner_text("#status")
+    answer = wait_until(lambda: page.inner_text("#status"), 30, what="the console's answer")
+    assert answer == "Done.", answer
     wait_until(lambda: node(server, "beta")["approvedRoutes"] == [ROUTE], 5, what="the route to be approved")
     wait_until(lambda: ROUTE in (alpha.peers()["beta"].get("PrimaryRoutes") or []), 10,
                what="alpha to route through beta")
@@ -228,7 +228,9 @@ def test_policy_editor_error_save_and_rollback_change_real_access(world):
     assert '-   "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],' in diff, diff
     page.screenshot(path=str(world["shots"] / "policy-diff.png"), full_page=True)
     page.click("#save")
-    wait_until(lambda: server.cli("policy", "get").stdout == SSH_ONLY, 5, what="the policy to be saved")
+    answer = wait_until(lambda: page.inner_text("#status"), 30, what="the console's answer")
+    assert answer.startswith("Saved"), answer
+    wait_until(lambda: server.cli("policy", "get").stdout == SSH_ONLY, 30, what="the policy to be saved")
     assert wait_until(lambda: not fetch_ok(world, 3), 20, interval=0.5, what="alpha to lose access to beta:8090")
 
     page.goto(server.url + "/admin/policy")
@@ -237,7 +239,7 @@ def test_policy_editor_error_save_and_rollback_change_real_access(world):
     assert "console:operator" in rows.nth(0).inner_text() and "cli" in rows.nth(1).inner_text()
     page.screenshot(path=str(world["shots"] / "policy-history.png"), full_page=True)
     rows.nth(1).locator("form.restore button").click()  # the confirm dialog is accepted
-    wait_until(lambda: server.cli("policy", "get").stdout == OPEN, 5, what="the rollback")
+    wait_until(lambda: server.cli("policy", "get").stdout == OPEN, 30, what="the rollback")
     assert wait_until(lambda: fetch_ok(world), 30, interval=1, what="alpha to reach beta:8090 again")
     page.goto(server.url + "/admin/policy")
     assert "restored version 1" in page.locator("#history tbody tr").nth(0).inner_text()
