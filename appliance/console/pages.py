@@ -13,6 +13,7 @@ from typing import Any
 from ..admin import permissions
 from ..admin.router import Router
 from ..http.pages import esc
+from ..policy.model import ROLES
 from .sessions import SignedIn
 
 PAGES = {
@@ -243,8 +244,6 @@ async def machines(call, router, signed, now) -> str:
 
 
 async def users(call, router, signed, now) -> str:
-    from ..policy.model import ROLES
-
     rows = []
     for u in (await call("listUsers"))["users"]:
         opts = "".join(f"<option{' selected' if r == u['role'] else ''}>{r}</option>" for r in ROLES)
