@@ -236,11 +236,35 @@ async def machines(call, router, signed, now) -> str:
             f"<td class=state-{state}>{state}<div class=muted>{esc(seen(n, now))}</div></td>"
             f"<td>{esc(n['os'])}<div class=muted>{esc(n['clientVersion'])}</div></td>"
             f"<td class=actions>{approve}{rename}{tags}{routes}{expire}{delete}</td></tr>")
+    waiting = await _waiting(call, router, signed, now)
     tools = ("<div class=tools><input id=search type=search placeholder='Search name, user, address, tag' "
              "aria-label=search><select id=filter aria-label=filter><option value=''>all</option>"
              "<option>online</option><option>offline</option><option>waiting</option><option>expired</option>"
              "</select></div>")
-    return tools + _table(["Machine", "Owner", "Addresses", "State", "OS", "Actions"], rows, "machines")
+    return waiting + tools + _table(["Machine", "Owner", "Addresses", "State", "OS", "Actions"], rows, "machines")
+
+
+async def _waiting(call, router, signed, now) -> str:
+    """Logins and SSH checks waiting for an admin (Headscale's `auth register|approve|reject`)."""
+    pending = (await call("listAuthRequests"))["authRequests"]
+    if not pending:
+        return ""
+    users_ = (await call("listUsers"))["users"]
+    opts = "".join(f"<option value='{u['id']}'>{esc(u['name'])}</option>" for u in users_)
+    rows = []
+    for a in pending:
+        ident = f"<input type=hidden name=authId value='{esc(a['authId'])}'>"
+        if a["kind"] == "register":
+            what = f"<b>{esc(a['hostname'] or 'a machine')}</b> ({esc(a['os'] or 'unknown OS')}) wants to join"
+            yes = action(signed, router, "authRegister", "/auth/register",
+                         ident + f"<select name=user aria-label='join as'>{opts}</select>", "Register", body=True)
+        else:
+            what = f"SSH check from node {esc(a['srcNodeId'])} to node {esc(a['dstNodeId'])} as {esc(a['localUser'])}"
+            yes = action(signed, router, "authApprove", "/auth/approve", ident, "Allow", body=True)
+        no = action(signed, router, "authReject", "/auth/reject", ident, "Reject", body=True, cls="danger")
+        rows.append(f"<tr class=pending><td>{what}<div class=muted>from {esc(a['source'])}, "
+                    f"expires {esc(ago(a['expiration'], now))}</div></td><td class=actions>{yes}{no}</td></tr>")
+    return "<h2>Waiting for you</h2>" + _table(["Request", ""], rows, "pending")
 
 
 async def users(call, router, signed, now) -> str:
