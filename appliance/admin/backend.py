@@ -19,3 +19,14 @@ class Backend:
     zone: Any = None  # certdns.CertZone when dns.certificates is on
     runtime: Any = None  # admin.runtime.RuntimeSettings: DNS and DERP changed at run time
     config: Any = None  # config.Config
+    journal: Any = None  # audit.journal.ServerJournal: the audit log and the event hub
+    webhooks: Any = None  # events.webhooks.Webhooks
+    stats: Any = None  # stats.samples.Sampler
+
+    @property
+    def audit(self):
+        return self.journal.audit
+
+    @property
+    def events(self):
+        return self.journal.hub

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+from contextlib import aclosing
+from dataclasses import dataclass
 from http import HTTPStatus
 import logging
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import h11
 import trio
@@ -36,6 +38,9 @@ MAX_HEAD = 16 * 1024  # request line and headers; a larger head is refused
 # The admin socket's limit: room for the largest policy (MAX_POLICY_BYTES) as a JSON string.
 # The public front door takes less (FrontDoor.max_body).
 MAX_BODY = 4 << 20
+# A streamed answer's client must take each chunk within this long (a stalled reader of an
+# event stream or an export is let go, not waited for).
+STREAM_WRITE_TIMEOUT = 30.0
 
 _ids = itertools.count(1)
 
@@ -44,7 +49,19 @@ _ids = itertools.count(1)
 peer_host: contextvars.ContextVar[str] = contextvars.ContextVar("peer_host", default="local")
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
-PlainRoute = Callable[[h11.Request, bytes], Awaitable[Answer | None]]
+
+
+@dataclass
+class Streamed:
+    """An answer whose body is made while it is sent (server-sent events, an export): sent
+    chunked, and the connection closed after it. ``body`` is closed if the client leaves."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+
+
+PlainRoute = Callable[[h11.Request, bytes], Awaitable[Answer | Streamed | None]]
 # Takes over the connection after the request head: (stream, request, bytes read past the head).
 UpgradeRoute = Callable[[trio.abc.Stream, h11.Request, bytes], Awaitable[None]]
 
@@ -106,7 +123,7 @@ class HTTPServer:
         """Hook for subclasses: take over the connection for ``req``; True if taken."""
         return False
 
-    async def answer(self, req: h11.Request, path: str, body: bytes, source: str) -> Answer:
+    async def answer(self, req: h11.Request, path: str, body: bytes, source: str) -> Answer | Streamed:
         """The answer to a plain request; ``source`` is the peer's rate-limiting source."""
         for route in self.plain_routes:
             got = await route(req, body)
@@ -194,14 +211,33 @@ class HTTPServer:
                 with trio.move_on_after(1):
                     await self.send_simple(stream, conn, *text(408, "request body too slow\n"))
                 return
-            await self.send_simple(stream, conn, *await self.answer(ev, path, bytes(body), source),
-                                   head=ev.method == b"HEAD")
+            got = await self.answer(ev, path, bytes(body), source)
+            if isinstance(got, Streamed):
+                await self.send_streamed(stream, conn, got, head=ev.method == b"HEAD")
+                return
+            await self.send_simple(stream, conn, *got, head=ev.method == b"HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
                 conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+
+    async def send_streamed(self, stream: trio.abc.Stream, conn: h11.Connection, answer: Streamed, *,
+                            head: bool = False) -> None:
+        """Send ``answer``'s head, then each chunk as it is made; ends the connection."""
+        hdrs = [*answer.headers, ("connection", "close")]
+        async with aclosing(answer.body) as chunks:  # type: ignore[type-var]
+            with trio.fail_after(STREAM_WRITE_TIMEOUT):
+                await stream.send_all(conn.send(h11.Response(status_code=answer.status, headers=hdrs)))
+            if head:
+                return
+            async for chunk in chunks:
+                if chunk:
+                    with trio.fail_after(STREAM_WRITE_TIMEOUT):
+                        await stream.send_all(conn.send(h11.Data(data=chunk)))
+            with trio.fail_after(STREAM_WRITE_TIMEOUT):
+                await stream.send_all(conn.send(h11.EndOfMessage()))
 
     async def send_simple(
         self, stream: trio.abc.Stream, conn: h11.Connection, status: int,

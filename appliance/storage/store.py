@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, TypeVar
 
 import trio
 
+from .. import meters
 from ..control.codec import to_json
 from ..control.hostinfo import stored_hostinfo
 from .errors import Conflict, LeaseLost, StoreError, StoreFailed
@@ -177,6 +179,7 @@ class Store:
         reads (PostgreSQL runs it on a pooled connection, on a standby too)."""
         if self.failure is not None:
             raise StoreFailed(str(self.failure))
+        began = time.monotonic()
         try:
             return await self._engine.run(fn, write=write)
         except (Conflict, LeaseLost):
@@ -185,6 +188,8 @@ class Store:
             if self._engine.is_fatal(e):
                 raise self._fail(e) from e
             raise
+        finally:
+            meters.store_latency.observe(time.monotonic() - began)
 
     # --- the active role (see postgres.py for the lease) ---------------------------------
 
