@@ -14,7 +14,7 @@ import h11
 import trio
 
 from .. import meters
-from ..http.server import Answer, Streamed, peer_host
+from ..http.server import Answer, Streamed, peer_host, peer_user
 from ..tailnet.model import Tailnet
 from ..audit.journal import ServerJournal, install_journal
 from ..events.webhooks import Webhooks
@@ -103,7 +103,8 @@ class AdminAPI:
                          ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'")], self._docs_html
         source = peer_host.get()
         if not public:
-            return await self.router.serve(req, body, Actor("cli", source=source))
+            uid, user = peer_user.get() or ("", "")
+            return await self.router.serve(req, body, Actor("cli", uid, source, user))
 
         async def authenticate(r: h11.Request) -> Actor:
             for other in self.authenticators:

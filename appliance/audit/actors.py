@@ -20,7 +20,8 @@ from typing import Any, Iterator
 class Actor:
     """Who asked.
 
-    ``kind``: "cli" (the admin socket), "apikey" (a Bearer key; ``id`` its ID, ``name`` its
+    ``kind``: "cli" (the admin socket; ``id`` and ``name`` the local account's uid and name),
+    "apikey" (a Bearer key; ``id`` its ID, ``name`` its
     prefix), "console" (a signed-in person; ``id`` the user's ID, ``name`` the user name),
     "oidc" (a person deciding their own login through the identity provider), "preauthkey" (a
     client registering with a key; ``name`` the key's prefix), "node" (a client acting on its

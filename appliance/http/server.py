@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import pwd
+import socket
+import struct
 from contextlib import aclosing
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -47,6 +50,23 @@ _ids = itertools.count(1)
 # The peer's address (no port; "local" on the admin socket) for the connection this task
 # serves: routes that count or limit per source (API-key attempts) read it.
 peer_host: contextvars.ContextVar[str] = contextvars.ContextVar("peer_host", default="local")
+# On a unix socket (the admin socket): the peer process's user as (uid, name), from the kernel
+# (SO_PEERCRED), so the audit log says which local account ran the CLI.
+peer_user: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("peer_user", default=None)
+
+
+def unix_peer_user(stream: trio.abc.Stream) -> tuple[str, str] | None:
+    sock = getattr(stream, "socket", None)
+    if sock is None or sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError:
+        return None
+    try:
+        return str(uid), pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid), ""
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
 
@@ -98,6 +118,7 @@ class HTTPServer:
         name = f"{self.label}-{next(_ids)}[{peer}]"
         addr = peer_address(stream)
         peer_host.set(addr[0] if addr else "local")
+        peer_user.set(unix_peer_user(stream))
         # except*: an upgraded connection (Noise + HTTP/2) runs in a nursery, so its faults
         # arrive wrapped in an exception group; a bare exception is matched the same way.
         try:

@@ -5,6 +5,8 @@ the CLI's audit verbs."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 
 import pytest
 import requests
@@ -41,10 +43,12 @@ def test_changes_from_the_cli_and_an_api_key_are_recorded(api_server, key):
     assert rename["actor"]["name"].endswith("-***") and key not in json.dumps(doc)
     assert create["before"] is None and create["after"]["email"] == "carol@example.com"
     assert create["actor"]["source"] == "local"
+    assert (create["actor"]["id"], create["actor"]["name"]) == (str(os.getuid()), pwd.getpwuid(os.getuid()).pw_name)
     assert create["request"] == {"name": "carol", "displayName": "", "email": "carol@example.com",
                                  "pictureUrl": ""}
 
-    policy = api(s, key, "GET", "/api/v1/audit", params={"operation": "setPolicy"}).json()["entries"][0]
+    policy = api(s, key, "GET", "/api/v1/audit", params={"kind": "policy"}).json()["entries"][0]
+    assert policy["operation"] == "setPolicy" and policy["actor"]["kind"] == "apikey"
     assert policy["target"]["kind"] == "policy" and '"accept"' in policy["after"]["policy"]
 
     # The key's own creation is there too, without the key.
