@@ -59,7 +59,7 @@ class Change:
     actor: Actor
     operation: str  # operationId, e.g. "renameNode"
     target: dict[str, Any]  # the path parameters, typed
-    request: dict[str, Any] | None  # the body as JSON (secrets never appear in bodies)
+    request: dict[str, Any] | None  # the body as JSON, fields declared secret masked
     result: Any  # the response as JSON
     touched: int = 0  # changes the model recorded inside the operation
 
@@ -186,6 +186,10 @@ class Router:
         target = {k: v for k, v in kwargs.items() if k in {snake(p) for p in op.params}}
         try:
             body = op.body.spec.dump(kwargs["body"]) if op.body is not None and "body" in kwargs else None
+            if body is not None:
+                for _, key, _, f in op.body.spec.fields:
+                    if f.metadata.get("secret") and body.get(key) is not None:
+                        body[key] = "***"
         except Exception:  # noqa: BLE001 - a description's fault must not stop the operation
             log.exception("could not describe the request of %s", op.id)
             body = None

@@ -50,7 +50,7 @@ class WebhookInfo:
 class CreateWebhookBody:
     url: str = fld(URL)
     events: tuple = fld(List(EVENT, max_items=16), default=(ALL,), doc="event types, or '*' for all (default)")
-    secret: str | None = fld(Nullable(SECRET), default=None)
+    secret: str | None = fld(Nullable(SECRET), default=None, secret=True)
 
 
 @api_type

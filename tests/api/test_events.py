@@ -115,6 +115,12 @@ def test_webhooks_through_the_api(api_server, key):
         assert audit["after"]["url"] == rx.url and secret not in json.dumps(audit)
         assert api(s, key, "DELETE", f"/api/v1/webhook/{hook['id']}").status_code == 200
         assert api(s, key, "GET", f"/api/v1/webhook/{hook['id']}").status_code == 404
+    mine = "my-own-secret-" + "x" * 20
+    r = api(s, key, "POST", "/api/v1/webhook", json={"url": "http://127.0.0.1:9/x", "secret": mine})
+    assert r.json()["secret"] == mine and r.json()["webhook"]["events"] == ["*"]
+    audit = api(s, key, "GET", "/api/v1/audit", params={"kind": "webhook", "limit": 1}).json()["entries"][0]
+    assert audit["request"]["secret"] == "***" and mine not in json.dumps(audit)
+    api(s, key, "DELETE", f"/api/v1/webhook/{r.json()['webhook']['id']}")
     bad = api(s, key, "POST", "/api/v1/webhook", json={"url": "ftp://x", "events": ["*"]})
     assert bad.status_code == 422
     bad = api(s, key, "POST", "/api/v1/webhook", json={"url": "https://x.example", "secret": "short"})
