@@ -224,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _audit_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", help="cli, apikey, console, oidc, preauthkey, node or server, or KIND:ID")
     p.add_argument("--operation", help="an operation, e.g. renameNode, deleteNode, registerNode, setPolicy")
+    p.add_argument("--kind", help="what was changed: node, user, preauthkey, apikey, policy, dns, derp, webhook")
     p.add_argument("--node", help="changes to this node (ID)")
     p.add_argument("--user", help="changes to this user (ID or name), its nodes and keys")
     p.add_argument("--since", help="an RFC 3339 time, or a duration back from now (24h, 7d)")
@@ -906,7 +907,8 @@ def policy_reach(args) -> int:
 
 
 def _audit_query(args, **more: Any) -> dict[str, Any]:
-    q: dict[str, Any] = {"actor": args.actor, "operation": args.operation, "node": args.node, "user": args.user}
+    q: dict[str, Any] = {"actor": args.actor, "operation": args.operation, "kind": args.kind, "node": args.node,
+                         "user": args.user}
     for name in ("since", "until"):
         value = getattr(args, name)
         if value and value[0].isdigit() and not value[:4].isdigit():

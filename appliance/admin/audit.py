@@ -10,7 +10,7 @@ from ..http.server import Streamed
 from ..storage.audit import AuditEntry, AuditFilter
 from .backend import Backend
 from .router import Call, Router
-from .schema import ID, Int, Nullable, Free, Str, Time, api_type, fld, List
+from .schema import ID, Enum, Free, Int, List, Nullable, Str, Time, api_type, fld
 
 MAX_PAGE = 1000
 ACTOR = Str(max_len=200, pattern=r"^[a-z]+(:.{1,190})?$", example="apikey:3",
@@ -69,8 +69,10 @@ def entry_of(e: AuditEntry) -> AuditEntryInfo:
     )
 
 
+KIND = Enum("node", "user", "preauthkey", "apikey", "policy", "dns", "derp", "webhook",
+            doc="what was changed (kind=policy: every saved or reloaded policy, with who and when)")
 QUERY = {
-    "actor": ACTOR, "operation": OPERATION,
+    "actor": ACTOR, "operation": OPERATION, "kind": KIND,
     "node": ID(doc="entries about this node"),
     "user": Str(min_len=1, max_len=256, doc="entries about this user (ID or name) and its nodes and keys"),
     "since": Time(doc="entries at or after this time"), "until": Time(doc="entries before this time"),
@@ -78,15 +80,15 @@ QUERY = {
 
 
 def routes(r: Router, b: Backend) -> None:
-    def audit_filter(actor, operation, node, user, since, until, limit=100, cursor=None) -> AuditFilter:
-        kind, _, actor_id = (actor or "").partition(":")
+    def audit_filter(actor, operation, kind, node, user, since, until, limit=100, cursor=None) -> AuditFilter:
+        actor_kind, _, actor_id = (actor or "").partition(":")
         user_id = None
         if user is not None:
             user_id = int(user) if user.isdigit() else b.tailnet.find_user(user).id
         if since is not None and until is not None and since >= until:
             raise Invalid("since must be before until")
-        return AuditFilter(actor_kind=kind or None, actor_id=actor_id or None, operation=operation,
-                           node_id=node, user_id=user_id, since=since, until=until,
+        return AuditFilter(actor_kind=actor_kind or None, actor_id=actor_id or None, operation=operation,
+                           target_kind=kind, node_id=node, user_id=user_id, since=since, until=until,
                            before_id=int(cursor) if cursor else None, limit=limit)
 
     @r.get("/api/v1/audit", "listAudit", "List audit log entries", tag="Audit", response=AuditList,
@@ -95,9 +97,9 @@ def routes(r: Router, b: Backend) -> None:
            errors=(404,),
            description="Every change, newest first: who (actor), what (operation, target), before and "
                        "after, when, from where. Page with cursor=nextCursor.")
-    async def list_audit(call: Call, actor=None, operation=None, node=None, user=None, since=None, until=None,
-                         limit=100, cursor=None) -> AuditList:
-        f = audit_filter(actor, operation, node, user, since, until, limit, cursor)
+    async def list_audit(call: Call, actor=None, operation=None, kind=None, node=None, user=None, since=None,
+                         until=None, limit=100, cursor=None) -> AuditList:
+        f = audit_filter(actor, operation, kind, node, user, since, until, limit, cursor)
         entries = await b.audit.query(f)
         more = len(entries) == f.limit
         return AuditList(tuple(entry_of(e) for e in entries), str(entries[-1].id) if more and entries else None)
@@ -106,9 +108,9 @@ def routes(r: Router, b: Backend) -> None:
            query=QUERY, errors=(404,), produces="application/x-ndjson",
            description="Every entry the filters select, newest first, one AuditEntryInfo JSON object a line "
                        "(application/x-ndjson), streamed.")
-    async def export_audit(call: Call, actor=None, operation=None, node=None, user=None, since=None,
+    async def export_audit(call: Call, actor=None, operation=None, kind=None, node=None, user=None, since=None,
                            until=None) -> Streamed:
-        f = audit_filter(actor, operation, node, user, since, until)
+        f = audit_filter(actor, operation, kind, node, user, since, until)
 
         async def lines() -> AsyncIterator[bytes]:
             batch = []

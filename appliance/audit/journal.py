@@ -126,7 +126,8 @@ class ServerJournal(Journal):
             id=0, at=self.tailnet.clock(), actor_kind=actor.kind, actor_id=actor.id, actor_name=actor.name,
             source=actor.source, operation=api_operation or operation, target_kind=target.kind,
             target_id=target.id, target_name=target.name, node_id=target.node_id, user_id=target.user_id,
-            before=old, after=new, request=scope.request if scope is not None else None,
+            # A request that says what ``after`` says (a policy saved) is not kept twice.
+            before=old, after=new, request=scope.request if scope is not None and scope.request != new else None,
         )
         self.audit.add(entry)
         self.hub.publish(CHANGED, {"kind": target.kind, "id": target.id, "operation": entry.operation},

@@ -51,6 +51,7 @@ class AuditFilter:
     actor_kind: str | None = None
     actor_id: str | None = None
     operation: str | None = None
+    target_kind: str | None = None
     node_id: int | None = None
     user_id: int | None = None
     since: datetime | None = None
@@ -94,7 +95,7 @@ def select_entries(c: Any, f: AuditFilter) -> list[AuditEntry]:
     """Newest first, at most ``f.limit``."""
     where, args = [], []
     for column, value in (("actor_kind", f.actor_kind), ("actor_id", f.actor_id), ("operation", f.operation),
-                          ("node_id", f.node_id), ("user_id", f.user_id)):
+                          ("target_kind", f.target_kind), ("node_id", f.node_id), ("user_id", f.user_id)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)
