@@ -14,7 +14,7 @@ from typing import AsyncIterator
 
 import trio
 
-from .hub import CHANGED, Event, EventHub
+from .hub import CHANGED, Event, EventHub, TooManySubscribers
 
 HEARTBEAT = 15.0
 RETRY_MS = 2000  # how soon an EventSource reconnects after the stream ends
@@ -34,8 +34,12 @@ def _resync(hub: EventHub) -> bytes:
 async def stream(hub: EventHub, types: frozenset[str] | None, last_id: str | None,
                  heartbeat: float = HEARTBEAT) -> AsyncIterator[bytes]:
     """The stream's chunks until the subscriber is dropped (it fell too far behind) or the
-    consumer stops iterating. Subscribes when first iterated."""
-    sub = hub.subscribe(types)
+    consumer stops iterating. Subscribes when first iterated (the route checked there was room;
+    a stream that lost the race for the last place ends at once, and its client retries)."""
+    try:
+        sub = hub.subscribe(types)
+    except TooManySubscribers:
+        return
     try:
         yield f"retry: {RETRY_MS}\n\n".encode()
         sent = 0

@@ -132,6 +132,32 @@ def test_a_real_client_joining_reaches_webhooks_the_stream_and_the_audit_log(wor
     wait_until(lambda: sum(e["event"] == "node.online" for e in stream.events) >= 2, 30, what="online again")
 
 
+def test_interactive_login_decisions_are_audited(world, client_binaries):
+    server = world["server"]
+    laptop = Node(world["ns"], world["work"], "laptop", client_binaries, env=ENV)
+    laptop.start()
+    try:
+        up, url = laptop.up_interactive(server)
+        server.cli("auth", "register", "--auth-id", url.rsplit("/", 1)[-1], "--user", "alice")
+        up.wait(60)
+        entry = server.cli_json("audit", "list", "--operation", "authRegister")["entries"][0]
+        assert entry["actor"]["kind"] == "cli" and entry["target"]["kind"] == "node"
+        assert entry["before"] is None and entry["after"]["givenName"] == "laptop"
+        assert entry["after"]["registerMethod"] == "REGISTER_METHOD_CLI"
+        assert entry["request"]["authId"] == url.rsplit("/", 1)[-1]
+        laptop.ts("logout")
+        up, url = laptop.up_interactive(server)
+        auth_id = url.rsplit("/", 1)[-1]
+        server.cli("auth", "reject", "--auth-id", auth_id)
+        up.communicate(timeout=30)
+        rejected = server.cli_json("audit", "list", "--operation", "authReject")["entries"][0]
+        assert rejected["actor"]["kind"] == "cli" and rejected["request"]["authId"] == auth_id
+        logout = server.cli_json("audit", "list", "--operation", "logoutNode")["entries"][0]
+        assert logout["actor"]["kind"] == "node" and logout["actor"]["name"] == "laptop"
+    finally:
+        laptop.stop()
+
+
 def test_metrics_after_real_activity(world, client_binaries):
     stranger = Node(world["ns"], world["work"], "stranger", client_binaries, env=ENV)
     stranger.start()
