@@ -60,12 +60,16 @@ LOG_FLUSH = 1.0
 KEEP_LOG = 1000
 TENANT_LANE = -1  # the lane of events about no node
 
+THREADS = 8  # deliveries in flight at once, all webhooks together
 Sender = Callable[[str, bytes, dict[str, str]], Awaitable[Fetched]]
+# Slow receivers hold threads for up to TIMEOUT each: they get their own few, never trio's shared
+# pool that the policy compiler and the store's neighbours also draw from.
+_threads = trio.CapacityLimiter(THREADS)
 
 
 async def post(url: str, body: bytes, headers: dict[str, str]) -> Fetched:
     return await fetch_async(url, method="POST", data=body, headers=headers, timeout=TIMEOUT, limit=MAX_ANSWER,
-                             follow_redirects=False)
+                             follow_redirects=False, limiter=_threads)
 
 
 @dataclass(frozen=True)
