@@ -10,15 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from .audit import stamp, unstamp
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookRecord:
-    id: int
-    url: str
-    secret: str
-    events: tuple[str, ...]
-    created_at: datetime
+from .records import WebhookRecord
 
 
 @dataclass(slots=True)
