@@ -22,11 +22,10 @@ from typing import Any, Callable
 
 import trio
 
-from .types import EVENT_TYPES  # noqa: F401 - what the stream carries, with CHANGED
-
 log = logging.getLogger(__name__)
 
-# A notice that something the console shows changed (kind, id, operation): refetch it.
+# Besides the event types (types.py), a notice that something the console shows changed (kind,
+# id, operation): refetch it.
 CHANGED = "changed"
 RING_SIZE = 1024  # events a reconnecting stream can catch up on
 SUBSCRIBER_QUEUE = 256  # events a stream may fall behind before it is dropped
