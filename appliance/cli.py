@@ -214,7 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(pol, "reach", policy_reach, "may SRC reach DST[:PORT] under the policy in force, and by which rule")
     p.add_argument("src")
     p.add_argument("dst")
+
+    audit = _with_config(sub.add_parser("audit", help="the audit log of every change")).add_subparsers(dest="sub", required=True)
+    p = cmd(audit, "list", audit_list, "list changes, newest first (who, what, when, from where)", aliases=["ls"],
+            output=True)
+    _audit_filters(p)
+    p.add_argument("--limit", type=int, default=100, help="entries to show (at most 1000)")
+    p.add_argument("--cursor", help="show entries older than this entry ID (a previous page's next cursor)")
+    p = cmd(audit, "export", audit_export, "print every matching entry as JSON lines (before and after included)")
+    _audit_filters(p)
     return top
+
+
+def _audit_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--actor", help="cli, apikey, console, oidc, preauthkey, node or server, or KIND:ID")
+    p.add_argument("--operation", help="an operation, e.g. renameNode, deleteNode, registerNode, setPolicy")
+    p.add_argument("--kind", help="what was changed: node, user, preauthkey, apikey, policy, dns, derp, webhook")
+    p.add_argument("--node", help="changes to this node (ID)")
+    p.add_argument("--user", help="changes to this user (ID or name), its nodes and keys")
+    p.add_argument("--since", help="an RFC 3339 time, or a duration back from now (24h, 7d)")
+    p.add_argument("--until", help="an RFC 3339 time, or a duration back from now")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -896,6 +915,54 @@ def policy_reach(args) -> int:
     doc = _client(args).call("GET", api_path("policy", "reach", query={"src": args.src, "dst": dst, "port": port or 0}))
     print(("allowed: " if doc["allowed"] else "denied: ") + doc["reason"])
     return 0 if doc["allowed"] else 1
+
+
+def _audit_query(args, **more: Any) -> dict[str, Any]:
+    q: dict[str, Any] = {"actor": args.actor, "operation": args.operation, "kind": args.kind, "node": args.node,
+                         "user": args.user}
+    for name in ("since", "until"):
+        value = getattr(args, name)
+        if value and value[0].isdigit() and not value[:4].isdigit():
+            value = (datetime.now(timezone.utc) - parse_duration(value, f"--{name}")).strftime("%Y-%m-%dT%H:%M:%SZ")
+        q[name] = value
+    q.update(more)
+    return {k: v for k, v in q.items() if v not in (None, "")}
+
+
+def _what_changed(e: dict) -> str:
+    before, after = e.get("before"), e.get("after")
+    if before is None and after is None:
+        return ""
+    if before is None:
+        return "created"
+    if after is None:
+        return "deleted"
+    keys = [k for k in after if before.get(k) != after.get(k)]
+    return ", ".join(f"{k}: {_short(before.get(k))} -> {_short(after.get(k))}" for k in keys[:4])
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def audit_list(args) -> int:
+    doc = _client(args).call("GET", api_path("audit", query=_audit_query(args, limit=args.limit, cursor=args.cursor)))
+    rows = [[e["id"], e["time"], e["actor"]["kind"] + (f":{e['actor']['name'] or e['actor']['id']}"
+                                                        if e["actor"]["name"] or e["actor"]["id"] else ""),
+             e["actor"]["source"], e["operation"],
+             f"{e['target']['kind']} {e['target']['name'] or e['target']['id']}".strip(), _what_changed(e)]
+            for e in doc["entries"]]
+    _emit(args, doc, rows, ["ID", "Time", "Actor", "From", "Operation", "Target", "Change"])
+    if doc.get("nextCursor") and getattr(args, "output", "table") == "table":
+        print(f"(more: --cursor {doc['nextCursor']})", file=sys.stderr)
+    return 0
+
+
+def audit_export(args) -> int:
+    data = _client(args).download("GET", api_path("audit", "export", query=_audit_query(args)))
+    sys.stdout.buffer.write(data)
+    return 0
 
 
 def setup_logging(level: int, fmt: str) -> None:

@@ -1,7 +1,9 @@
 """``/metrics`` on ``metrics_listen_addr``: Prometheus text format (exposition format 0.0.4).
 
-A handful of control-plane gauges and what the relay and the STUN responder count. The values
-are read when scraped; nothing is kept here.
+Control-plane gauges (nodes by state, map sessions, event streams) and what the relay, the STUN
+responder, the ACME client and the audit log count are read when scraped; what is counted as it
+happens (registrations and refusals, API answers, deltas and their latency, webhook deliveries,
+store latency) is in meters.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from derp.server import DerpServer
 from derp.stun import StunStats
 from derp.workers import WorkerPool
 
+from . import meters
 from .config import split_host_port
 from .http.server import Answer, HTTPServer, text
 from .supervise import TaskState
@@ -64,6 +67,11 @@ class Sources:
     stun: StunStats | None = None
     tasks: Mapping[str, TaskState] | None = None  # the supervised tasks (supervise.py)
     active: Callable[[], bool] | None = None  # this server's role (1 active, 0 standby)
+    node_states: Callable[[], Mapping[str, int]] | None = None  # state → nodes (online, offline, ...)
+    map_sessions: Callable[[], int] | None = None
+    certs: object = None  # autocert's CertManager (obtained, failures), when it runs
+    hub: Callable[[], object] | None = None  # the active term's events.hub.EventHub (None on a standby)
+    audit: Callable[[], object] | None = None  # the active term's audit.log.AuditLog
 
 
 def _metric(out: list[str], name: str, kind: str, help_: str, samples: Iterable[tuple[str, object]]) -> None:
@@ -98,6 +106,31 @@ def render(src: Sources) -> str:
         drops = m.get("drops") or {}
         _metric(out, "trioscale_derp_dropped_total", "counter", "packets the relay dropped, by reason",
                 [(_label("reason", str(r)), n) for r, n in sorted(drops.items())])  # type: ignore[union-attr]
+    if src.node_states is not None:
+        _metric(out, "trioscale_nodes_by_state", "gauge", "nodes by state (online, offline, expired, "
+                "waiting for approval; an expired or waiting node is counted there only)",
+                [(_label("state", k), v) for k, v in sorted(src.node_states().items())])
+    if src.map_sessions is not None:
+        _metric(out, "trioscale_map_sessions", "gauge", "open map streams (a node may hold more than one)",
+                [("", src.map_sessions())])
+    hub = src.hub() if src.hub is not None else None
+    if hub is not None:
+        _metric(out, "trioscale_event_streams", "gauge", "open server-sent-event streams", [("", hub.subscribers)])
+        _metric(out, "trioscale_events_total", "counter", "events published (webhooks and streams) this term",
+                [("", hub.published)])
+        _metric(out, "trioscale_event_streams_dropped_total", "counter", "event streams dropped for falling behind",
+                [("", hub.dropped_subscribers)])
+    audit = src.audit() if src.audit is not None else None
+    if audit is not None:
+        _metric(out, "trioscale_audit_entries_total", "counter", "audit log entries written this term",
+                [("", audit.written)])
+        _metric(out, "trioscale_audit_dropped_total", "counter", "audit log entries dropped (database too slow)",
+                [("", audit.dropped)])
+    if src.certs is not None and hasattr(src.certs, "obtained"):
+        _metric(out, "trioscale_acme_renewals_total", "counter",
+                "ACME certificate orders (the first and each renewal), by result",
+                [(_label("result", "ok"), src.certs.obtained), (_label("result", "failed"), src.certs.failures)])
+    meters.METERS.render(out)
     if src.tasks is not None:
         tasks = sorted(src.tasks.values(), key=lambda t: t.name)
         _metric(out, "trioscale_task_restarts_total", "counter", "restarts of a supervised task after it failed",

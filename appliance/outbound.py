@@ -58,6 +58,7 @@ def fetch(url: str, *, method: str = "GET", data: bytes | None = None, headers: 
     return Fetched(resp.status, body, {k.lower(): v for k, v in resp.headers.items()})
 
 
-async def fetch_async(url: str, **kw) -> Fetched:
-    """fetch() in a worker thread; a cancelled caller does not wait for it."""
-    return await trio.to_thread.run_sync(lambda: fetch(url, **kw), abandon_on_cancel=True)
+async def fetch_async(url: str, *, limiter: trio.CapacityLimiter | None = None, **kw) -> Fetched:
+    """fetch() in a worker thread; a cancelled caller does not wait for it. ``limiter``: the
+    threads a kind of request may hold at once (default: trio's shared pool)."""
+    return await trio.to_thread.run_sync(lambda: fetch(url, **kw), abandon_on_cancel=True, limiter=limiter)

@@ -24,6 +24,8 @@ from .console.sessions import Sessions
 from .console.web import Console
 from .admin.backup import backup_route
 from .admin.runtime import RuntimeSettings
+from .audit.actors import Actor, acting
+from .audit.journal import ServerJournal, install_journal
 from .certdns.zone import CertZone
 from .config import Config, ConfigError, split_host_port
 from .control.dnsconfig import DNSConfigSource
@@ -47,7 +49,10 @@ from .relay import DerpMapSource, make_relay, relay_routes, run_stun, start_rela
 from .role import Role, server_name
 from .storage import KeyMismatch, Lease, LeaseLost, Store, StoreError, StoreFailed, open_store
 from .storage.postgres import STANDBY_POLL
+from .stats.samples import Sampler, sources_of
 from .supervise import Supervisor
+from .events.webhooks import Webhooks
+from derp.workers import WorkerPool
 from .tailnet.haprobe import HAProber
 from .tailnet.housekeeping import run_housekeeping
 from .tailnet.model import Tailnet
@@ -160,6 +165,8 @@ class ActiveTerm:
     api: AdminAPI
     zone: CertZone | None
     dns_port: int | None
+    journal: ServerJournal | None = None  # the audit log and the event hub
+    webhooks: Webhooks | None = None
 
 
 @dataclass
@@ -174,6 +181,7 @@ class _Process:
     supervisor: Supervisor
     noise_public: str
     oidc: "_OIDC | None"
+    relay: object = None  # the embedded DERP relay (DerpServer or WorkerPool): the samples' relayed bytes
 
 
 async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -211,7 +219,7 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
 
         relay = None
         if cfg.derp.server_enabled:
-            relay = make_relay(cfg, verify, front.handle)
+            relay = proc.relay = make_relay(cfg, verify, front.handle)
             derp_plain, derp_upgrade = relay_routes(relay)
             front.plain_routes.append(derp_plain)
             front.upgrade_routes["/derp"] = derp_upgrade
@@ -253,6 +261,10 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
                     noise_connections=lambda: front.noise_connections, relay=relay,
                     stun=stun_stats if relay is not None and cfg.derp.stun_listen_addr else None,
                     tasks=supervisor.tasks, active=lambda: role.active,
+                    node_states=lambda: node_states(role.term.tailnet) if role.term else {},
+                    map_sessions=lambda: sum(role.term.tailnet.online.values()) if role.term else 0,
+                    certs=certs, hub=lambda: role.term.journal.hub if role.term else None,
+                    audit=lambda: role.term.journal.audit if role.term else None,
                 )
                 metrics_port = await sup(nursery, "metrics", serve_metrics, cfg.metrics_listen_addr, sources)
             if first is None:
@@ -281,10 +293,15 @@ async def serve(cfg: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
                 with trio.move_on_after(5):
                     try:
                         await term.tailnet.flush_soft_state()
+                        if term.journal is not None:
+                            await term.journal.audit.flush()
+                        if term.webhooks is not None:
+                            await term.webhooks.flush_log()
                     except LeaseLost:
                         pass  # another server is active: what it holds is the truth now
                     except StoreError as e:
-                        log.error("soft state (last seen, endpoints) not written at shutdown: %s", e)
+                        log.error("soft state (last seen, endpoints), audit entries or webhook deliveries not "
+                                  "written at shutdown: %s", e)
             store.close()
 
 
@@ -356,6 +373,7 @@ async def _active_term(proc: _Process, lease: Lease, *, task_status=trio.TASK_ST
     )
     try:
         await tailnet.load()
+        journal = install_journal(tailnet, cfg.audit_retention_days)
         dns = DNSConfigSource(cfg.dns, lambda: tailnet.bus.part_changed("dns"))
         derp_maps = DerpMapSource(cfg)
         mapper = Mapper(
@@ -385,8 +403,14 @@ async def _active_term(proc: _Process, lease: Lease, *, task_status=trio.TASK_ST
         runtime = RuntimeSettings(store, cfg, dns, derp_maps, lambda: tailnet.bus.part_changed("derp"),
                                   clock=tailnet.clock)
         sessions = Sessions(tailnet, cfg.server_url)
+        relay = proc.relay
+        sampler = Sampler(store, tailnet.clock, sources_of(
+            tailnet, relayed_bytes=lambda: int(relay.metrics().get("bytes_relayed", 0)) if relay is not None else 0,
+            refresh=relay.refresh_metrics if isinstance(relay, WorkerPool) else None))
+        webhooks = Webhooks(store, tailnet.clock, cfg.webhooks)
+        journal.hub.listeners.append(webhooks.on_event)
         api = AdminAPI(tailnet, control, policy, certs=proc.certs, zone=zone, runtime=runtime, config=cfg,
-                       console=sessions)
+                       stats=sampler, webhooks=webhooks, console=sessions)
         console = Console(api.router, sessions, sign_in)
         sup = supervisor.start
 
@@ -395,6 +419,9 @@ async def _active_term(proc: _Process, lease: Lease, *, task_status=trio.TASK_ST
             await sup(nursery, "soft-state flusher", tailnet.run_flusher)
             await sup(nursery, "DERP map refresh", derp_maps.run, lambda: tailnet.bus.part_changed("derp"))
             await sup(nursery, "API keys and settings", api.run)
+            await sup(nursery, "audit log writer", journal.audit.run)
+            await sup(nursery, "stats sampler", sampler.run)
+            await sup(nursery, "webhook deliveries", webhooks.run)
             await sup(nursery, "housekeeping", run_housekeeping, tailnet, cfg.node.ephemeral_inactivity_timeout)
             await sup(nursery, "policy file watcher", policy.watch_file)
             await sup(nursery, "route auto-approver", policy.run_auto_approver)
@@ -402,7 +429,7 @@ async def _active_term(proc: _Process, lease: Lease, *, task_status=trio.TASK_ST
             await sup(nursery, "HA route prober", prober.run)
             await sup(nursery, "DNS records watcher", dns.watch)
             dns_port = await sup(nursery, "certificate DNS zone", zone.run) if zone is not None else None
-            term = ActiveTerm(tailnet, control, policy, api, zone, dns_port)
+            term = ActiveTerm(tailnet, control, policy, api, zone, dns_port, journal, webhooks)
             proc.role.become_active(lease.epoch, term, [*public_routes, api.public_route(), console.route], [api])
             front.set_control(control)
             if store.elects:
@@ -413,6 +440,19 @@ async def _active_term(proc: _Process, lease: Lease, *, task_status=trio.TASK_ST
         # The term's tailnet is left behind: the ends of its streams are recorded (last seen,
         # flushed by serve() at shutdown) but announced to no one.
         tailnet.stopping = True
+
+
+def node_states(tailnet: Tailnet) -> dict[str, int]:
+    states = {"online": 0, "offline": 0, "expired": 0, "pending_approval": 0}
+    now = tailnet.clock()
+    for n in tailnet.nodes.values():
+        if not n.authorized:
+            states["pending_approval"] += 1
+        elif tailnet.is_expired(n, now):
+            states["expired"] += 1
+        else:
+            states["online" if tailnet.is_online(n.id) else "offline"] += 1
+    return states
 
 
 async def _stop_when_store_fails(store: Store) -> None:
@@ -497,7 +537,8 @@ async def serve_until_signalled(cfg: Config) -> None:
                         continue
                     log.info("received SIGHUP, reloading the policy")
                     try:
-                        await policy.reload()
+                        with acting(Actor("server", "sighup", source="")):
+                            await policy.reload()
                     except Exception:  # a reload never ends the server; the old policy stays
                         log.exception("policy reload failed; the previous policy stays")
                     continue

@@ -118,6 +118,8 @@ class CertManager:
         self._last_error: str | None = None
         self._have_cert = trio.Event()
         self.orders_placed = 0
+        self.obtained = 0  # issuance attempts that got a certificate (first one or renewal)
+        self.failures = 0  # and those that did not
 
     # -- what the listeners call ---------------------------------------------------------------
 
@@ -241,10 +243,12 @@ class CertManager:
         else:
             self._schedule.record_success()
             self._last_error = None
+            self.obtained += 1
 
     def _failed(self, exc: BaseException, what: str, hint: str, retry_after: float | None) -> None:
         # A session whose thread may have been abandoned mid-request is not reused.
         self._session = None
+        self.failures += 1
         now = self._clock()
         next_at = self._schedule.record_failure(now, retry_after)
         self._last_error = what

@@ -23,6 +23,7 @@ from ..ratelimit import TokenBuckets
 from ..storage import Store
 from ..storage.records import ApiKeyRecord
 from ..tailnet import secrets as keysecrets
+from ..tailnet.journal import Journal
 from .problem import RateLimited, Unauthorized
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ApiKeys:
         self.failed_total = 0
         self.failed_by_source: OrderedDict[str, int] = OrderedDict()
         self._log = LogThrottle(log)
+        self.journal = Journal()  # the tailnet's (AdminAPI sets it): changes are audited
 
     async def load(self) -> None:
         self.keys = {k.id: k for k in await self.store.list_api_keys()}
@@ -74,6 +76,7 @@ class ApiKeys:
         text, prefix, hashed = keysecrets.new_secret("api")
         rec = await self.store.create_api_key(prefix, hashed, self.clock(), expiration)
         self.keys[rec.id] = rec
+        self.journal.change("createApiKey", None, rec)
         return rec, text
 
     def find(self, ref: str) -> ApiKeyRecord:
@@ -87,13 +90,16 @@ class ApiKeys:
     async def expire(self, rec: ApiKeyRecord) -> ApiKeyRecord:
         now = self.clock()
         await self.store.expire_api_key(rec.id, now)
-        rec = self.keys[rec.id] = dataclasses.replace(rec, expiration=now)
+        old, rec = rec, dataclasses.replace(rec, expiration=now)
+        self.keys[rec.id] = rec
+        self.journal.change("expireApiKey", old, rec)
         return rec
 
     async def delete(self, rec: ApiKeyRecord) -> None:
         await self.store.delete_api_key(rec.id)
         self.keys.pop(rec.id, None)
         self._used.pop(rec.id, None)
+        self.journal.change("deleteApiKey", rec, None)
 
     def listed(self) -> list[ApiKeyRecord]:
         """The keys with their latest use, written or not."""

@@ -20,3 +20,14 @@ class Backend:
     runtime: Any = None  # admin.runtime.RuntimeSettings: DNS and DERP changed at run time
     config: Any = None  # config.Config
     console: Any = None  # console.sessions.Sessions: the web console's login links
+    journal: Any = None  # audit.journal.ServerJournal: the audit log and the event hub
+    webhooks: Any = None  # events.webhooks.Webhooks
+    stats: Any = None  # stats.samples.Sampler
+
+    @property
+    def audit(self):
+        return self.journal.audit
+
+    @property
+    def events(self):
+        return self.journal.hub

@@ -93,9 +93,10 @@ def docs_page(doc: dict[str, Any]) -> str:
                 if body:
                     schema = body["content"]["application/json"]["schema"]
                     out.append(f"<p>Body ({'required' if body['required'] else 'optional'}): {_type(schema)}</p>")
-                ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+                (media, ok), = op["responses"]["200"]["content"].items()
+                answer = _type(ok) if media == "application/json" else f"<code>{escape(media)}</code>"
                 errors = ", ".join(s for s in op["responses"] if s not in ("200", "default"))
-                out.append(f"<p>Answer: {_type(ok)}. <span class=muted>Errors: {errors}, problem+json.</span></p>")
+                out.append(f"<p>Answer: {answer}. <span class=muted>Errors: {errors}, problem+json.</span></p>")
                 out.append(f"<pre>{escape(_example_curl(m, path, bool(body)))}</pre></div>")
     out.append('<h2 id=schemas>Schemas</h2>')
     for name, schema in doc["components"]["schemas"].items():

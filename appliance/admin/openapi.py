@@ -20,6 +20,8 @@ TAG_DOCS = {
     "DNS": "DNS settings clients get; changes are stored and applied at once.",
     "DERP": "Relays clients use when no direct path works.",
     "Server": "The server itself: version, health, TLS certificate, settings.",
+    "Audit": "Every change: who, what, before and after, when, from where.",
+    "Events": "Live events (server-sent events), webhooks and their deliveries, and samples for charts.",
     "Console": "The built-in web console at /admin.",
 }
 
@@ -49,8 +51,9 @@ def openapi_document(router: Router) -> dict[str, Any]:
         if op.params:
             errors.add(404)
         responses: dict[str, Any] = {
-            "200": {"description": "OK", "content": {"application/json": {
-                "schema": op.response.spec.schema(components) if op.response else {"type": "object"}}}},
+            "200": {"description": "OK", "content": {op.produces: {
+                "schema": op.response.spec.schema(components) if op.response else (
+                    {"type": "object"} if op.produces == "application/json" else {"type": "string"})}}},
         }
         responses.update({str(s): _problem_response(s) for s in sorted(errors)})
         responses["default"] = {"description": "any other error (405, 500)",

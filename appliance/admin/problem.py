@@ -55,6 +55,10 @@ class RateLimited(APIError):
     status = 429
 
 
+class Unavailable(APIError):
+    status = 503
+
+
 # Domain errors → status. FieldError: the input broke its definition (422, as Headscale's
 # Huma-based API answers validation failures); 400 is kept for requests that cannot be read.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (

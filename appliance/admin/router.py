@@ -11,8 +11,13 @@ the query, the JSON body with limits), refuses what does not fit with a problem+
 calls the handler with keyword arguments (snake_case of the declared names; ``body`` for the
 body), and writes its answer. The same declarations produce the OpenAPI document (openapi.py).
 
-Every operation that ``changes`` something is reported, after it succeeded, to ``Router.on_change``
-listeners with who asked (the Actor) and what: the one place an audit log or webhooks hook in.
+Every operation that ``changes`` something runs inside an audit OperationScope (audit/actors.py),
+so each change the model records inside it is that operation's, by its Actor; after it succeeded
+it is reported to ``Router.on_change`` listeners with who asked and what (``touched``: how many
+changes the model recorded for it).
+
+A handler may return a ``Streamed`` answer (server-sent events, an export as JSON lines); the
+operation declares its media type with ``produces`` for the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from urllib.parse import unquote_to_bytes
 
 import h11
 
-from ..http.server import Answer
+from ..audit.actors import Actor, OperationScope, operation
+from ..http.server import Answer, Streamed
 from . import permissions
 from .problem import Malformed, MethodNotAllowed, UnknownPath, answer_for
 from .schema import FieldError, Spec
@@ -38,28 +44,13 @@ MAX_QUERY_FIELDS = 32
 
 
 @dataclass(frozen=True)
-class Actor:
-    """Who asked: ``kind`` is "cli" (the admin socket), "apikey" (a Bearer key; ``id`` is its
-    ID) or "console" (a person signed in to the web console: ``id`` is their user ID, empty for
-    a CLI login link without --user, ``name`` their login and ``role`` their role, which
-    decides what they may change: permissions.py); ``source`` is the peer address."""
-
-    kind: str
-    id: str = ""
-    source: str = "local"
-    name: str = ""
-    role: str = ""
-
-    def describe(self) -> str:
-        """How history and logs name who did something: "console:alice", "apikey:3", "cli"."""
-        who = self.name or self.id
-        return f"{self.kind}:{who}" if who else self.kind
-
-
-@dataclass(frozen=True)
 class Call:
     actor: Actor
     operation: "Operation"
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # the request's (lower-case names)
+
+    def header(self, name: bytes) -> str | None:
+        return next((v.decode("latin-1") for k, v in self.headers if k == name), None)
 
 
 @dataclass(frozen=True)
@@ -69,8 +60,9 @@ class Change:
     actor: Actor
     operation: str  # operationId, e.g. "renameNode"
     target: dict[str, Any]  # the path parameters, typed
-    request: dict[str, Any] | None  # the body as JSON (secrets never appear in bodies)
+    request: dict[str, Any] | None  # the body as JSON, fields declared secret masked
     result: Any  # the response as JSON
+    touched: int = 0  # changes the model recorded inside the operation
 
 
 @dataclass
@@ -89,6 +81,7 @@ class Operation:
     errors: tuple[int, ...] = ()
     changes: bool = False
     description: str = ""
+    produces: str = "application/json"  # the 200 answer's media type (a handler's Streamed answer)
     segments: tuple[str, ...] = ()
 
     def match(self, parts: list[str]) -> dict[str, str] | None:
@@ -175,12 +168,19 @@ class Router:
                 actor = await authenticate(req)
             permissions.check(actor.kind, actor.role, op.id, op.tag, op.changes)
             kwargs = self.read(op, raw_params, raw_query, body)
-            result = await op.handler(Call(actor, op), **kwargs)
+            if op.changes:
+                scope = self._scope(actor, op, kwargs)
+                with operation(scope):
+                    result = await op.handler(Call(actor, op, tuple(req.headers)), **kwargs)
+            else:
+                result = await op.handler(Call(actor, op, tuple(req.headers)), **kwargs)
+            if isinstance(result, Streamed):
+                return result
             out = op.response.spec.dump(result) if op.response is not None else {}
         except Exception as e:  # noqa: BLE001 - every fault becomes one problem answer
             return answer_for(e, raw_path[:200])
         if op.changes:
-            self._report(actor, op, kwargs, out)
+            self._report(scope, out)
         return 200, [("content-type", "application/json")], json.dumps(out).encode()
 
     async def read_now(self, op_id: str, actor: Actor, **kwargs: Any) -> Any:
@@ -200,14 +200,22 @@ class Router:
                 return o
         raise KeyError(op_id)
 
-    def _report(self, actor: Actor, op: Operation, kwargs: dict[str, Any], out: Any) -> None:
+    @staticmethod
+    def _scope(actor: Actor, op: Operation, kwargs: dict[str, Any]) -> OperationScope:
+        target = {k: v for k, v in kwargs.items() if k in {snake(p) for p in op.params}}
         try:
-            target = {k: v for k, v in kwargs.items() if k in {snake(p) for p in op.params}}
             body = op.body.spec.dump(kwargs["body"]) if op.body is not None and "body" in kwargs else None
-            change = Change(actor, op.id, target, body, out)
-        except Exception:  # noqa: BLE001 - a report's fault must not undo the answer
-            log.exception("could not describe the change made by %s", op.id)
-            return
+            if body is not None:
+                for _, key, _, f in op.body.spec.fields:
+                    if f.metadata.get("secret") and body.get(key) is not None:
+                        body[key] = "***"
+        except Exception:  # noqa: BLE001 - a description's fault must not stop the operation
+            log.exception("could not describe the request of %s", op.id)
+            body = None
+        return OperationScope(actor, op.id, target, body)
+
+    def _report(self, scope: OperationScope, out: Any) -> None:
+        change = Change(scope.actor, scope.operation, scope.target, scope.request, out, scope.touched)
         for listener in self.on_change:
             try:
                 listener(change)

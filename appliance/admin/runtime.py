@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import Conflict, Invalid
 from ..tailnet import names
 from .backend import Backend
+from ..tailnet.journal import Document
 from .router import Call, Router
 from .schema import (
     UNSET, Address, Bool, Enum, FieldError, Free, Int, List, Map, Nullable, Spec, Str, api_type, fld,
@@ -305,8 +306,12 @@ def routes(r: Router, b: Backend) -> None:
              description="A field left out is kept; null gives config.yaml's value back. Stored in "
                          "the database; clients get the new settings at once.")
     async def update_dns(call: Call, body: DnsChanges) -> DnsSettings:
+        before = DnsSettings.spec.dump(b.runtime.dns_view())
         await b.runtime.change_dns(body)
-        return b.runtime.dns_view()
+        after = b.runtime.dns_view()
+        b.journal.change("updateDns", Document("dns", before, name="dns"),
+                         Document("dns", DnsSettings.spec.dump(after), name="dns"))
+        return after
 
     @r.get("/api/v1/derp", "getDerpMap", "The DERP map clients get", tag="DERP", response=DerpMapResponse)
     async def get_derp(call: Call) -> DerpMapResponse:
@@ -318,5 +323,8 @@ def routes(r: Router, b: Backend) -> None:
            description="Replaces the API's regions (an empty list removes them); derp.paths, derp.urls "
                        "and the embedded region stay.")
     async def set_regions(call: Call, body: DerpRegions) -> DerpMapResponse:
+        before = DerpRegions.spec.dump(DerpRegions(b.runtime.regions))
         await b.runtime.set_regions(body.regions)
+        b.journal.change("setDerpRegions", Document("derp", before, name="derp regions"),
+                         Document("derp", DerpRegions.spec.dump(DerpRegions(b.runtime.regions)), name="derp regions"))
         return await get_derp(call)

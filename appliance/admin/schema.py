@@ -444,9 +444,11 @@ class Object(Spec):
         return {"$ref": f"#/components/schemas/{name}"}
 
 
-def fld(spec: Spec, *, json: str | None = None, doc: str = "", default: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with its Spec; ``json`` overrides the camelCase JSON name."""
-    meta = {"spec": spec, "json_override": json, "doc": doc}
+def fld(spec: Spec, *, json: str | None = None, doc: str = "", default: Any = dataclasses.MISSING,
+        secret: bool = False) -> Any:
+    """A dataclass field with its Spec; ``json`` overrides the camelCase JSON name; a ``secret``
+    is masked wherever a request is recorded (the audit log)."""
+    meta = {"spec": spec, "json_override": json, "doc": doc, "secret": secret}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple or None as a default")
     return dataclasses.field(default=default, metadata=meta)

@@ -90,6 +90,13 @@ def config_to_dict(cfg: Config, *, redact: bool = False) -> dict[str, Any]:
             "max_connections": cfg.limits.max_connections,
             "max_connections_per_source": cfg.limits.max_connections_per_source,
         },
+        "audit": {"retention_days": cfg.audit_retention_days},
+        "webhooks": [
+            {"url": w.url, "events": list(w.events),
+             **({"secret_path": str(w.secret_path)} if w.secret_path is not None
+                else {"secret": REDACTED if redact else w.secret})}
+            for w in cfg.webhooks
+        ],
         "dns": {
             "magic_dns": cfg.dns.magic_dns,
             "base_domain": cfg.dns.base_domain,

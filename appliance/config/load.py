@@ -32,7 +32,9 @@ from .model import (
     PrefixesConfig,
     RFC2136Settings,
     TLSSettings,
+    WebhookSettings,
 )
+from ..events.types import ALL, EVENT_TYPES
 from .yamlfile import parse_yaml
 
 log = logging.getLogger("appliance.config")
@@ -291,6 +293,8 @@ def _build(r: _Reader, file: Path | None) -> Config:
         tls=_tls(r, data_dir, listen_addr),
         trusted_proxies=_trusted_proxies(r),
         limits=_limits(r),
+        audit_retention_days=r.get("audit.retention_days", lambda x, k: v.parse_int(x, k, minimum=1), 90),
+        webhooks=_webhooks(r),
         extras=_extras(r),
     )
 
@@ -420,16 +424,23 @@ def _split(value: object, key: str) -> dict[str, tuple[str, ...]]:
 _RECORD_FIELDS = ("name", "type", "value")
 
 
-def _records(value: object, key: str) -> tuple[dict[str, str], ...]:
+def _entries(value: object, key: str, what: str, fields, has: str):
+    """(where, mapping) for each item of a list of mappings that hold only ``fields``."""
     if not isinstance(value, list):
-        raise key_error(key, "a list of records such as {name: grafana.example.com, type: A, value: 100.64.0.3}", value)
-    records = []
+        raise key_error(key, what, value)
     for i, item in enumerate(value):
         where = f"{key}[{i}]"
         item = v.require_mapping(item, where)
         for field in item:
-            if field not in _RECORD_FIELDS:
-                raise ConfigError(f"{where}: unknown field {field!r}; a record has name, type and value", key=where)
+            if field not in fields:
+                raise ConfigError(f"{where}: unknown field {field!r}; {has}", key=where)
+        yield where, item
+
+
+def _records(value: object, key: str) -> tuple[dict[str, str], ...]:
+    records = []
+    for where, item in _entries(value, key, "a list of records such as {name: grafana.example.com, type: A, "
+                                "value: 100.64.0.3}", _RECORD_FIELDS, "a record has name, type and value"):
         name = v.parse_str(item.get("name"), f"{where}.name")
         kind = v.parse_choice(item.get("type", "A"), f"{where}.type", ("A", "AAAA"))
         address = v.parse_ip(item.get("value"), f"{where}.value", 4 if kind == "A" else 6)
@@ -694,6 +705,43 @@ def _limits(r: _Reader) -> LimitsSettings:
     per_source = r.get("limits.max_connections_per_source", lambda x, k: v.parse_int(x, k, minimum=1),
                        default.max_connections_per_source)
     return LimitsSettings(max_connections=total, max_connections_per_source=per_source)
+
+
+WEBHOOK_KEYS = ("url", "secret", "secret_path", "events")
+MIN_WEBHOOK_SECRET = 16  # characters: a shorter HMAC key is guessable
+
+
+def _webhooks(r: _Reader) -> tuple[WebhookSettings, ...]:
+    """``webhooks:``: a list of {url, secret | secret_path, events}; events default to all."""
+    value = r.values.get("webhooks")
+    if value is None:
+        return ()
+    out = []
+    for at, entry in _entries(value, r.name("webhooks"), "a list of {url, secret, events}", WEBHOOK_KEYS,
+                              f"a webhook has {', '.join(WEBHOOK_KEYS)}"):
+        url = v.parse_http_url(entry.get("url"), f"{at}.url")
+        secret = entry.get("secret")
+        path = entry.get("secret_path")
+        if (secret is None) == (path is None):
+            raise ConfigError(f"{at}: set exactly one of secret and secret_path", key="webhooks")
+        secret_path = None
+        if path is not None:
+            secret_path = r.to_path(path, f"{at}.secret_path")
+            try:
+                secret = secret_path.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{at}.secret_path: cannot read {secret_path}: {e}", key="webhooks") from None
+        secret = v.parse_str(secret, f"{at}.secret").strip()
+        if len(secret) < MIN_WEBHOOK_SECRET:
+            raise ConfigError(f"{at}.secret: at least {MIN_WEBHOOK_SECRET} characters "
+                              "(`openssl rand -hex 32` makes one)", key="webhooks")
+        events = v.parse_str_list(entry.get("events", [ALL]), f"{at}.events") or (ALL,)
+        for e in events:
+            if e != ALL and e not in EVENT_TYPES:
+                raise ConfigError(f"{at}.events: {e!r} is not an event; use {ALL!r} or some of "
+                                  f"{', '.join(EVENT_TYPES)}", key="webhooks")
+        out.append(WebhookSettings(url=url, secret=secret, events=tuple(events), secret_path=secret_path))
+    return tuple(out)
 
 
 def _log(r: _Reader) -> LogSettings:

@@ -155,6 +155,16 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """ours: one entry of ``webhooks:``. The secret signs every delivery (HMAC-SHA256)."""
+
+    url: str
+    secret: str
+    events: tuple[str, ...]  # event types, or ("*",) for all
+    secret_path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class LogSettings:
     level: str  # one of LOG_LEVELS, lower case
     format: Literal["text", "json"]
@@ -212,6 +222,8 @@ class Config:
     tls: TLSSettings
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     limits: LimitsSettings = LimitsSettings()
+    audit_retention_days: int = 90  # ours: audit.retention_days
+    webhooks: tuple[WebhookSettings, ...] = ()  # ours
     # Headscale keys we accept but do not act on (yet), by dotted key:
     # "grpc_listen_addr", "oidc.issuer", "taildrop.enabled", ... Holds the
     # value from the file, or Headscale's default where it has one.

@@ -101,6 +101,8 @@ MAIN_KEYS: frozenset[str] = frozenset(
         "acme_email",
         "acme_ca_bundle",  # ours, not Headscale's
         "limits.max_connections",  # ours, not Headscale's
+        "audit.retention_days",  # ours
+        "webhooks",  # ours: a list of {url, secret | secret_path, events}
         "limits.max_connections_per_source",  # ours, not Headscale's
     }
 )

@@ -6,12 +6,15 @@ import json
 import logging
 import random
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
 import trio
 
+from .. import meters
+from ..audit.actors import Actor, acting
 from ..errors import AuthFailed, Invalid, RateLimited
 from ..http.h2server import H2Server, Request, Response
 from ..logthrottle import LogThrottle
@@ -183,13 +186,15 @@ class ControlService:
         existing = self.tailnet.node_by_key(rr.node_key)
         if existing is not None and existing.machine_key != peer.machine_key:
             log.warning("%s: node key of node %d presented by another machine", name, existing.id)
+            meters.registrations_refused.inc("foreign_node_key")
             return RegisterResponse(error="this node key belongs to another machine")
 
         if rr.expiry is not None and rr.expiry <= now:
             # Logout: the client sends an expiry in the past (Unix 123).
             if existing is not None:
                 user, login = self._identity(existing)
-                await self.tailnet.logout(existing, rr.expiry)
+                with acting(self._as_node(existing, peer)):
+                    await self.tailnet.logout(existing, rr.expiry)
                 log.info("%s: node %d (%s) logged out", name, existing.id, existing.given_name)
                 return RegisterResponse(user=user, login=login, node_key_expired=True)
             return RegisterResponse(node_key_expired=True)
@@ -199,11 +204,13 @@ class ControlService:
             try:
                 key = self.tailnet.check_preauth_key(rr.auth_key, node=existing)
                 requested = () if key.tags else self._requested_tags(hostinfo, key.user_id)
-                node = await self.tailnet.register_with_key(
-                    key, machine_key=peer.machine_key, node_key=rr.node_key, old_node_key=old_key,
-                    hostinfo=hostinfo, ephemeral_request=rr.ephemeral, requested_tags=requested,
-                )
+                with acting(Actor("preauthkey", str(key.id), _host(peer.remote), f"hskey-auth-{key.prefix}-***")):
+                    node = await self.tailnet.register_with_key(
+                        key, machine_key=peer.machine_key, node_key=rr.node_key, old_node_key=old_key,
+                        hostinfo=hostinfo, ephemeral_request=rr.ephemeral, requested_tags=requested,
+                    )
             except AuthFailed as e:
+                meters.registrations_refused.inc(_refusal_reason(str(e)))
                 if self.register_gate is not None:
                     self.register_gate.failed(peer.remote)
                 log.info("%s: registration refused: %s", name, e)
@@ -213,7 +220,8 @@ class ControlService:
 
         if existing is not None and not self.tailnet.is_expired(existing, now):
             if hostinfo is not None and hostinfo != existing.hostinfo:
-                existing = await self.tailnet.update_node(existing.id, hostinfo=hostinfo)
+                with acting(self._as_node(existing, peer)):
+                    existing = await self.tailnet.update_node(existing.id, hostinfo=hostinfo)
             return self._authorized(existing)
 
         # A new node key without a pre-auth key is a login (`tailscale up --force-reauth`, an
@@ -225,8 +233,14 @@ class ControlService:
                 self.register_gate.failed(peer.remote)  # a new interactive login has no key
         return await self._interactive(rr, peer, hostinfo, name)
 
+    @staticmethod
+    def _as_node(n: NodeRecord, peer: NoisePeer) -> Actor:
+        """A client acting on its own node (logging out, renaming its host)."""
+        return Actor("node", str(n.id), _host(peer.remote), n.given_name)
+
     def _check_register_rate(self, peer: NoisePeer, name: str) -> None:
         if self.register_gate is not None and self.register_gate.blocked(peer.remote):
+            meters.registrations_refused.inc("rate_limited")
             raise RateLimited("too many registrations without a valid key from this address; retry later")
 
     def _requested_tags(self, hostinfo: Hostinfo | None, user_id: int | None) -> tuple[str, ...]:
@@ -255,6 +269,7 @@ class ControlService:
         except (TooManyRequests, Invalid) as e:
             # A flood of logins without a key must not fill the disk: one line per reason a while.
             self.throttle.warning("interactive-refused", "%s: interactive login refused: %s", name, e)
+            meters.registrations_refused.inc("too_many_logins" if isinstance(e, TooManyRequests) else "invalid_login")
             return RegisterResponse(error=str(e))
         self.throttle.info("interactive-started", "%s: interactive login %s waiting (%s)", name, req.auth_id,
                            req.hostinfo.hostname or "?")
@@ -276,6 +291,7 @@ class ControlService:
         if verdict is None:
             return RegisterResponse(error="the login was not completed in time; run `tailscale up` again")
         if not verdict.accepted:
+            meters.registrations_refused.inc("login_rejected")
             return RegisterResponse(error=verdict.reason)
         node = self.tailnet.nodes.get(verdict.node_id) if verdict.node_id is not None else None
         if node is None:
@@ -474,12 +490,14 @@ class ControlService:
                 if self._firsts_waiting and not handle.pending.empty():
                     with trio.move_on_after(MAX_DELTA_DEFERRAL):
                         await self._firsts_served.wait()
+                since = handle.take_dirty_since()  # the changes about to be sent (or none)
                 if not handle.pending.empty():
                     async with self._build_slot:
                         try:
                             frame = self._next_frame(view, handle.pending.take(), compress)
                         except NetmapFailed:
                             break  # this stream ends cleanly; its client reconnects
+                is_delta = frame is not None
                 if frame is None:
                     if not timer.cancelled_caught:
                         continue
@@ -487,6 +505,10 @@ class ControlService:
                 else:
                     last_delta = trio.current_time()
                 await resp.send(frame)
+                if is_delta:
+                    meters.deltas_sent.inc()
+                    if since is not None:
+                        meters.delta_latency.observe(time.monotonic() - since)
                 # Not kept while the stream waits: a thousand sessions each holding its last
                 # message is a million objects for the garbage collector after a storm.
                 del frame
@@ -495,3 +517,17 @@ class ControlService:
             bus.close(handle)
             self.tailnet.stream_closed(node.id)
             log.info("%s: map stream of node %d closed", name, node.id)
+
+
+_REASONS = (("not known", "unknown_key"), ("expired", "expired_key"), ("already been used", "used_key"),
+            ("tags", "tags_not_permitted"))
+
+
+def _refusal_reason(message: str) -> str:
+    """A refused registration's reason as a metric label (a few fixed values)."""
+    return next((label for text, label in _REASONS if text in message), "other")
+
+
+def _host(remote: str) -> str:
+    """The address of ``ip:port`` (as peer_name writes it)."""
+    return remote.rsplit(":", 1)[0] if ":" in remote else remote

@@ -25,7 +25,7 @@ from ..noise.stream import NoiseStream
 from ..noise.transport import NoiseTransport
 from .h2server import H2Server
 from .limits import HEAVY_STEPS, BodyBudget, RegisterGate, SourceRates
-from .server import HEAD_TIMEOUT, Answer, HTTPServer, header, peer_name, text, throttled
+from .server import HEAD_TIMEOUT, Answer, HTTPServer, Streamed, header, peer_name, text, throttled
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class FrontDoor(HTTPServer):
                 scope.cancel()
         self.control = control
 
-    async def answer(self, req: h11.Request, path: str, body: bytes, source: str) -> Answer:
+    async def answer(self, req: h11.Request, path: str, body: bytes, source: str) -> Answer | Streamed:
         if path == "/key":
             if not self.rates.key.allow(source):
                 throttled.warning("rate-key", "%s: too many /key requests, answering 429", source)
@@ -77,7 +77,7 @@ class FrontDoor(HTTPServer):
         if path == "/health":
             return await self.health()
         got = await super().answer(req, path, body, source)
-        if got[0] == 404 and path == "/":
+        if path == "/" and not isinstance(got, Streamed) and got[0] == 404:
             return text(200, "trioscale: a Tailscale control server. Point clients here with "
                              "`tailscale up --login-server`.\n")
         return got

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import contextvars
 import itertools
+import pwd
+import socket
+import struct
+from contextlib import aclosing
+from dataclasses import dataclass
 from http import HTTPStatus
 import logging
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import h11
 import trio
@@ -36,15 +41,47 @@ MAX_HEAD = 16 * 1024  # request line and headers; a larger head is refused
 # The admin socket's limit: room for the largest policy (MAX_POLICY_BYTES) as a JSON string.
 # The public front door takes less (FrontDoor.max_body).
 MAX_BODY = 4 << 20
+# A streamed answer's client must take each chunk within this long (a stalled reader of an
+# event stream or an export is let go, not waited for).
+STREAM_WRITE_TIMEOUT = 30.0
 
 _ids = itertools.count(1)
 
 # The peer's address (no port; "local" on the admin socket) for the connection this task
 # serves: routes that count or limit per source (API-key attempts) read it.
 peer_host: contextvars.ContextVar[str] = contextvars.ContextVar("peer_host", default="local")
+# On a unix socket (the admin socket): the peer process's user as (uid, name), from the kernel
+# (SO_PEERCRED), so the audit log says which local account ran the CLI.
+peer_user: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("peer_user", default=None)
+
+
+def unix_peer_user(stream: trio.abc.Stream) -> tuple[str, str] | None:
+    sock = getattr(stream, "socket", None)
+    if sock is None or sock.family != socket.AF_UNIX or not hasattr(socket, "SO_PEERCRED"):
+        return None
+    try:
+        _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError:
+        return None
+    try:
+        return str(uid), pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid), ""
 
 Answer = tuple[int, list[tuple[str, str]], bytes]
-PlainRoute = Callable[[h11.Request, bytes], Awaitable[Answer | None]]
+
+
+@dataclass
+class Streamed:
+    """An answer whose body is made while it is sent (server-sent events, an export): sent
+    chunked, and the connection closed after it. ``body`` is closed if the client leaves."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+
+
+PlainRoute = Callable[[h11.Request, bytes], Awaitable[Answer | Streamed | None]]
 # Takes over the connection after the request head: (stream, request, bytes read past the head).
 UpgradeRoute = Callable[[trio.abc.Stream, h11.Request, bytes], Awaitable[None]]
 
@@ -81,6 +118,7 @@ class HTTPServer:
         name = f"{self.label}-{next(_ids)}[{peer}]"
         addr = peer_address(stream)
         peer_host.set(addr[0] if addr else "local")
+        peer_user.set(unix_peer_user(stream))
         # except*: an upgraded connection (Noise + HTTP/2) runs in a nursery, so its faults
         # arrive wrapped in an exception group; a bare exception is matched the same way.
         try:
@@ -106,7 +144,7 @@ class HTTPServer:
         """Hook for subclasses: take over the connection for ``req``; True if taken."""
         return False
 
-    async def answer(self, req: h11.Request, path: str, body: bytes, source: str) -> Answer:
+    async def answer(self, req: h11.Request, path: str, body: bytes, source: str) -> Answer | Streamed:
         """The answer to a plain request; ``source`` is the peer's rate-limiting source."""
         for route in self.plain_routes:
             got = await route(req, body)
@@ -194,14 +232,33 @@ class HTTPServer:
                 with trio.move_on_after(1):
                     await self.send_simple(stream, conn, *text(408, "request body too slow\n"))
                 return
-            await self.send_simple(stream, conn, *await self.answer(ev, path, bytes(body), source),
-                                   head=ev.method == b"HEAD")
+            got = await self.answer(ev, path, bytes(body), source)
+            if isinstance(got, Streamed):
+                await self.send_streamed(stream, conn, got, head=ev.method == b"HEAD")
+                return
+            await self.send_simple(stream, conn, *got, head=ev.method == b"HEAD")
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
                 conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+
+    async def send_streamed(self, stream: trio.abc.Stream, conn: h11.Connection, answer: Streamed, *,
+                            head: bool = False) -> None:
+        """Send ``answer``'s head, then each chunk as it is made; ends the connection."""
+        hdrs = [*answer.headers, ("connection", "close")]
+        async with aclosing(answer.body) as chunks:  # type: ignore[type-var]
+            with trio.fail_after(STREAM_WRITE_TIMEOUT):
+                await stream.send_all(conn.send(h11.Response(status_code=answer.status, headers=hdrs)))
+            if head:
+                return
+            async for chunk in chunks:
+                if chunk:
+                    with trio.fail_after(STREAM_WRITE_TIMEOUT):
+                        await stream.send_all(conn.send(h11.Data(data=chunk)))
+            with trio.fail_after(STREAM_WRITE_TIMEOUT):
+                await stream.send_all(conn.send(h11.EndOfMessage()))
 
     async def send_simple(
         self, stream: trio.abc.Stream, conn: h11.Connection, status: int,

@@ -21,11 +21,13 @@ again give the same bytes. Layout (every time is RFC 3339 in UTC, ``null`` when 
                         "ephemeral", "register_method",
                         "authorized"}],    # false: waits for device approval
       "policies":     [{"id", "data", "created_at"}],  # policy.mode database; newest last
-      "settings":     [{"name", "value", "updated_at"}] # changed through the API (DNS, DERP)
+      "settings":     [{"name", "value", "updated_at"}], # changed through the API (DNS, DERP)
+      "webhooks":     [{"id", "url", "secret", "events", "created_at"}]  # added through the API
     }
 
 Version 1 (before sign-in for people) lacks the fields marked above; it is read with their
-defaults (role member, no groups, not pre-approved, authorized). Key hashes are as stored: SHA-256 hex of the key text for trioscale's keys, bcrypt for keys
+defaults (role member, no groups, not pre-approved, authorized). Versions 1 and 2 have no
+webhooks. The audit log, the webhooks' delivery logs and the chart samples are not exported. Key hashes are as stored: SHA-256 hex of the key text for trioscale's keys, bcrypt for keys
 imported from Headscale (see appliance/tailnet/secrets.py). The configuration file is not part
 of the document: copy config.yaml along with it.
 """
@@ -38,8 +40,10 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..control.codec import WireError, to_json
+from ..events.types import ALL, EVENT_TYPES
 from ..control.hostinfo import Hostinfo, parse_hostinfo
 from ..keys import KeyFormatError, decode_key
 from ..policy.model import ROLES
@@ -51,12 +55,13 @@ from ..storage.records import (
     SettingRecord,
     Snapshot,
     UserRecord,
+    WebhookRecord,
 )
 from ..tailnet.names import GROUPS_MAX, InvalidName, check_group
 from .errors import ImportRefused
 
 FORMAT = "trioscale-export"
-VERSION = 2
+VERSION = 3
 # Fields version 2 added; a version 1 document is read with their defaults.
 ADDED_IN_2 = {"users": {"role", "groups"}, "pre_auth_keys": {"pre_approved"}, "nodes": {"authorized"}}
 MAX_DOCUMENT = 512 * 1024 * 1024  # refuse to parse more: a document of 100k nodes is ~200 MB
@@ -69,6 +74,7 @@ SECTIONS: dict[str, tuple[type, str]] = {
     "nodes": (NodeRecord, "nodes"),
     "policies": (PolicyRecord, "policies"),
     "settings": (SettingRecord, "settings"),
+    "webhooks": (WebhookRecord, "webhooks"),
 }
 _NOT_STORED = {"extra"}  # NodeRecord.extra is a cache, not data
 
@@ -208,6 +214,17 @@ def _check_node(n: NodeRecord, where: str) -> None:
         raise _bad(f"{where}.given_name", "a name", n.given_name)
 
 
+def _check_webhook(w: WebhookRecord, where: str) -> None:
+    """By the rules the API holds a new webhook to."""
+    if urlsplit(w.url).scheme not in ("http", "https") or not urlsplit(w.url).hostname:
+        raise _bad(f"{where}.url", "an http:// or https:// URL", w.url)
+    if not 16 <= len(w.secret) <= 256:
+        raise _bad(f"{where}.secret", "16 to 256 characters", "(not shown)")
+    unknown = set(w.events) - {ALL, *EVENT_TYPES}
+    if unknown or not w.events:
+        raise _bad(f"{where}.events", f"event types or {ALL!r}", list(w.events))
+
+
 def _check_user(u: UserRecord, where: str) -> None:
     if u.role not in ROLES:
         raise _bad(f"{where}.role", "one of " + ", ".join(ROLES), u.role)
@@ -242,7 +259,7 @@ def loads(text: str | bytes) -> Export:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ImportRefused(f'not a trioscale export (no "format": "{FORMAT}")')
     version = doc.get("version")
-    if version not in (1, VERSION) or isinstance(version, bool):
+    if version not in (1, 2, VERSION) or isinstance(version, bool):
         raise ImportRefused(f"export version {version!r} is not one this trioscale reads (1 to {VERSION})")
     known = {"format", "version", "noise_private_key", "derp_private_key", *SECTIONS}
     if set(doc) - known:
@@ -252,12 +269,16 @@ def loads(text: str | bytes) -> Export:
         items = doc.get(name, [])
         if not isinstance(items, list):
             raise _bad(name, "a list", items)
+        if name == "webhooks" and items and version < 3:
+            raise ImportRefused(f"webhooks: an export of version {version} has none")
         optional = ADDED_IN_2.get(name, set()) if version == 1 else set()
         parts[attr] = tuple(_record(cls, item, f"{name}[{i}]", optional) for i, item in enumerate(items))
     for i, u in enumerate(parts["users"]):
         _check_user(u, f"users[{i}]")
     for i, n in enumerate(parts["nodes"]):
         _check_node(n, f"nodes[{i}]")
+    for i, w in enumerate(parts["webhooks"]):
+        _check_webhook(w, f"webhooks[{i}]")
     return Export(
         snapshot=Snapshot(**parts),
         noise_private_key=_private_key(doc.get("noise_private_key"), "noise_private_key", False),

@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 
+from ..audit.actors import Actor, acting
+from ..http.server import peer_host
 from ..control.authrequests import AuthRequest, Verdict
 from ..control.service import ControlService
 from ..http.pages import esc, message, page
@@ -198,11 +200,12 @@ class SignIn:
             return self._refuse(403, "Sign-in refused", r.text, "Ask your administrator if you should have access.",
                                 "%s for %s (%s)", r.kind, who.email or who.username, who.provider_id)
         trusted_email = who.email if who.email_verified or not self.settings.email_verified_required else ""
-        user = await self.tailnet.sign_in_user(
-            provider="oidc", provider_id=who.provider_id,
-            name_hint=who.username or (trusted_email.partition("@")[0] if trusted_email else "") or "user",
-            display_name=who.name, email=trusted_email, picture=who.picture, groups=who.groups,
-        )
+        with acting(Actor("oidc", who.provider_id, peer_host.get(), who.email or who.username)):
+            user = await self.tailnet.sign_in_user(
+                provider="oidc", provider_id=who.provider_id,
+                name_hint=who.username or (trusted_email.partition("@")[0] if trusted_email else "") or "user",
+                display_name=who.name, email=trusted_email, picture=who.picture, groups=who.groups,
+            )
         if console:
             assert self.console_signed_in is not None
             return await self.console_signed_in(user)
@@ -245,7 +248,8 @@ class SignIn:
         if form.get("action") != "add":
             self.control.auth.decide(auth, Verdict(False, reason="the login was cancelled in the browser"))
             return message(200, "Cancelled", "The machine was not added.", "You can close this page.")
-        node = await self.control.register_pending(auth.auth_id, user.id, method="oidc", expiry=c.node_expiry)
+        with acting(Actor("oidc", str(user.id), peer_host.get(), user.name)):
+            node = await self.control.register_pending(auth.auth_id, user.id, method="oidc", expiry=c.node_expiry)
         if not node.authorized:
             return message(200, "Machine added", f"{node.given_name} is registered as {user.email or user.name}'s "
                                                  "and waits for an administrator's approval.", "You can close this page.")

@@ -120,6 +120,18 @@ class SettingRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookRecord:
+    """A webhook added through the API (config.yaml's are not stored). The secret is kept as
+    given: it keys every delivery's HMAC, so it cannot be hashed."""
+
+    id: int
+    url: str
+    secret: str
+    events: tuple[str, ...]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the store holds, as one value: what ``trioscale export`` writes and what
     an import (from Headscale or from another trioscale) hands to ``Store.import_snapshot``."""
@@ -130,6 +142,7 @@ class Snapshot:
     nodes: tuple[NodeRecord, ...] = ()
     policies: tuple[PolicyRecord, ...] = ()
     settings: tuple[SettingRecord, ...] = ()
+    webhooks: tuple[WebhookRecord, ...] = ()
     # (table, the highest ID it ever handed out, deleted rows included): kept by a copy so
     # that an ID retired in one database is never handed out again by the other.
     id_marks: tuple[tuple[str, int], ...] = ()

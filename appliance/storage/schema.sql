@@ -63,6 +63,58 @@ CREATE TABLE settings (
     updated_at TEXT NOT NULL
 );
 CREATE UNIQUE INDEX users_provider_id ON users (provider_id) WHERE provider_id != '';
+CREATE TABLE audit_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    actor_kind TEXT NOT NULL,
+    actor_id TEXT NOT NULL DEFAULT '',
+    actor_name TEXT NOT NULL DEFAULT '',
+    source TEXT NOT NULL DEFAULT '',
+    operation TEXT NOT NULL,
+    target_kind TEXT NOT NULL DEFAULT '',
+    target_id TEXT NOT NULL DEFAULT '',
+    target_name TEXT NOT NULL DEFAULT '',
+    node_id INTEGER,
+    user_id INTEGER,
+    before TEXT,
+    after TEXT,
+    request TEXT
+);
+CREATE INDEX audit_log_at ON audit_log (at);
+CREATE INDEX audit_log_node ON audit_log (node_id) WHERE node_id IS NOT NULL;
+CREATE INDEX audit_log_user ON audit_log (user_id) WHERE user_id IS NOT NULL;
+CREATE TABLE webhooks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    events TEXT NOT NULL DEFAULT '["*"]',
+    created_at TEXT NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    webhook TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    node_id INTEGER,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    response_status INTEGER,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries (webhook, id);
+CREATE UNIQUE INDEX webhook_deliveries_event ON webhook_deliveries (webhook, event_id);
+CREATE TABLE stats_samples (
+    step INTEGER NOT NULL,
+    at TEXT NOT NULL,
+    nodes_online INTEGER NOT NULL,
+    nodes_total INTEGER NOT NULL,
+    map_sessions INTEGER NOT NULL,
+    relayed_bytes INTEGER NOT NULL,
+    registrations INTEGER NOT NULL,
+    PRIMARY KEY (step, at)
+);
 CREATE TABLE console_links (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     hash TEXT NOT NULL UNIQUE,

@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, TypeVar
 
 import trio
 
+from .. import meters
 from ..control.codec import to_json
 from ..control.hostinfo import stored_hostinfo
 from .errors import Conflict, LeaseLost, StoreError, StoreFailed
 from .leases import ClusterStatus, Lease
 from .sqlite import SQLiteEngine
+from .audit import stamp
+from .webhooks import list_webhooks
 from .records import (
     ApiKeyRecord, ConsoleSession, NodeRecord, PolicyRecord, PolicyVersion, PreAuthKeyRecord, SettingRecord,
     Snapshot, UserRecord,
@@ -178,6 +182,7 @@ class Store:
         reads (PostgreSQL runs it on a pooled connection, on a standby too)."""
         if self.failure is not None:
             raise StoreFailed(str(self.failure))
+        began = time.monotonic()
         try:
             return await self._engine.run(fn, write=write)
         except (Conflict, LeaseLost):
@@ -186,6 +191,8 @@ class Store:
             if self._engine.is_fatal(e):
                 raise self._fail(e) from e
             raise
+        finally:
+            meters.store_latency.observe(time.monotonic() - began)
 
     # --- the active role (see postgres.py for the lease) ---------------------------------
 
@@ -529,7 +536,7 @@ class Store:
 
 
 # The tables a snapshot covers, in an order that satisfies the foreign keys.
-_SNAPSHOT_TABLES = ("users", "pre_auth_keys", "api_keys", "nodes", "policies", "settings")
+_SNAPSHOT_TABLES = ("users", "pre_auth_keys", "api_keys", "nodes", "policies", "settings", "webhooks")
 
 
 def read_snapshot(c: Tx, id_marks: dict[str, int] | None = None) -> Snapshot:
@@ -546,6 +553,7 @@ def read_snapshot(c: Tx, id_marks: dict[str, int] | None = None) -> Snapshot:
             SettingRecord(name=r["name"], value=json.loads(r["value"]), updated_at=_dt(r["updated_at"]))
             for r in c.execute("SELECT * FROM settings ORDER BY name")
         ),
+        webhooks=tuple(list_webhooks(c)),
         id_marks=tuple(sorted((id_marks or {}).items())),
     )
 
@@ -588,8 +596,13 @@ def write_snapshot(c: Tx, s: Snapshot, keep_id_marks: Callable[[Tx, dict[str, in
         "INSERT INTO settings (name, value, updated_at) VALUES (?, ?, ?)",
         [(st.name, json.dumps(st.value), _ts(st.updated_at)) for st in s.settings],
     )
+    c.executemany(
+        "INSERT INTO webhooks (id, url, secret, events, created_at) VALUES (?, ?, ?, ?, ?)",
+        [(w.id, w.url, w.secret, json.dumps(list(w.events)), stamp(w.created_at)) for w in s.webhooks],
+    )
     marks = dict(s.id_marks)
     for table, rows in (("users", s.users), ("pre_auth_keys", s.preauth_keys), ("api_keys", s.api_keys),
-                        ("nodes", s.nodes), ("policies", s.policies)):
+                        ("nodes", s.nodes), ("policies", s.policies),
+                        ("webhooks", s.webhooks)):
         marks[table] = max([marks.get(table, 0), *(r.id for r in rows)])
     keep_id_marks(c, marks)

@@ -13,6 +13,7 @@ objects for the garbage collector to walk (issue 10: its pauses held the admin s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import time
 from typing import Iterable, Iterator
 
 import trio
@@ -88,9 +89,16 @@ class SessionHandle:
         self.pending = Pending()
         self._wake = trio.Event()
         self.closed = False
+        self.dirty_since: float | None = None  # when the oldest change not yet sent was marked
 
     def wake(self) -> None:
+        if self.dirty_since is None:
+            self.dirty_since = time.monotonic()
         self._wake.set()
+
+    def take_dirty_since(self) -> float | None:
+        since, self.dirty_since = self.dirty_since, None
+        return since
 
     async def wait(self) -> None:
         await self._wake.wait()

@@ -32,6 +32,7 @@ import trio
 
 from ..control.codec import Prefix, WireError
 from ..control.hostinfo import Hostinfo
+from .. import meters
 from ..errors import AuthFailed, Conflict, Invalid, NotFound
 from ..policy.model import ROLES, roles_of
 from ..storage import Store
@@ -40,6 +41,7 @@ from ..storage.store import Conflict as StoreConflict
 from . import secrets as keysecrets
 from .addresses import AddressPool
 from .changes import FULL, ChangeBus
+from .journal import Journal
 from .loadcheck import checked_keys, checked_nodes
 from .names import (
     check_display_name, check_email, check_given_name, check_tag, check_user_name, clean_display_name,
@@ -119,6 +121,8 @@ class Tailnet:
         self.on_users_changed: Callable[[], None] = lambda: None
         # Called with the id of a node that is gone, by whoever keeps something per node.
         self.on_node_removed: list[Callable[[int], None]] = []
+        # Told of every committed change and of presence (audit log, events); see journal.py.
+        self.journal = Journal()
 
     async def load(self) -> None:
         users, nodes, keys = await self.store.load_all()
@@ -236,6 +240,7 @@ class Tailnet:
             self._check_unique(name, email)
             u = await self.store.create_user(name, display_name, email, self.clock(), picture_url)
             self.users[u.id] = u
+        self.journal.change("createUser", None, u)
         self.on_users_changed()
         return u
 
@@ -263,12 +268,14 @@ class Tailnet:
                 u = await self.store.create_user(name, display_name, email, self.clock(), picture, provider=provider,
                                                  provider_id=provider_id, groups=groups)
                 log.info("user %d (%s) created at first sign-in through %s", u.id, u.name, provider)
+                self.journal.change("createUser", None, u)
             else:
                 new = dataclasses.replace(u, display_name=display_name or u.display_name, email=email or u.email,
                                           profile_pic_url=picture, groups=groups, provider=provider)
                 if new == u:
                     return u
-                u = await self.store.update_user(new)
+                old, u = u, await self.store.update_user(new)
+                self.journal.change("updateUser", old, u)
             self.users[u.id] = u
         self.on_users_changed()
         self.bus.everything_changed()  # user profiles are in every netmap
@@ -298,6 +305,7 @@ class Tailnet:
             if u.role != role:
                 changed.append(dataclasses.replace(u, role=role))
             for saved in await self.store.update_users(changed):
+                self.journal.change("setUserRole", self.users[saved.id], saved)
                 self.users[saved.id] = saved
             u = self.users[u.id]
         if changed:
@@ -311,8 +319,9 @@ class Tailnet:
             u = self.find_user(ref)
             self._check_unique(new_name, None, u.id)
             await self.store.rename_user(u.id, new_name)
-            u = dataclasses.replace(u, name=new_name)
+            old, u = u, dataclasses.replace(u, name=new_name)
             self.users[u.id] = u
+            self.journal.change("renameUser", old, u)
             owned = {n.id for n in self.nodes.values() if n.user_id == u.id}
         self.on_users_changed()
         self.on_nodes_changed(owned)
@@ -326,6 +335,7 @@ class Tailnet:
                 raise Conflict(f"user {u.name!r} still has nodes; delete or move them first")
             await self.store.delete_user(u.id)
             del self.users[u.id]
+            self.journal.change("deleteUser", u, None)
             self.keys = {k.id: k for k in self.keys.values() if k.user_id != u.id}
         self.on_users_changed()
 
@@ -350,6 +360,7 @@ class Tailnet:
                 pre_approved,
             )
             self.keys[rec.id] = rec
+        self.journal.change("createPreAuthKey", None, rec)
         return rec, text
 
     def find_preauth_key(self, ref: str) -> PreAuthKeyRecord:
@@ -365,8 +376,9 @@ class Tailnet:
             k = self.find_preauth_key(ref)
             now = self.clock()
             await self.store.expire_preauth_key(k.id, now)
-            k = dataclasses.replace(k, expiration=now)
+            old, k = k, dataclasses.replace(k, expiration=now)
             self.keys[k.id] = k
+        self.journal.change("expirePreAuthKey", old, k)
         return k
 
     async def delete_preauth_key(self, ref: str) -> None:
@@ -375,6 +387,7 @@ class Tailnet:
             k = self.find_preauth_key(ref)
             await self.store.delete_preauth_key(k.id)
             del self.keys[k.id]
+            self.journal.change("deletePreAuthKey", k, None)
             for n in list(self.nodes.values()):
                 if n.auth_key_id == k.id:  # the store's ON DELETE SET NULL, in memory
                     self.nodes[n.id] = dataclasses.replace(n, auth_key_id=None)
@@ -486,6 +499,8 @@ class Tailnet:
             if key is not None:
                 self.keys[key.id] = dataclasses.replace(key, used=True)
             saved = self._put_written(existing, saved)
+        self.journal.change("registerNode", existing, saved)
+        meters.registrations.inc(method)
         self._record_changed(saved.id)
         return saved
 
@@ -510,19 +525,21 @@ class Tailnet:
         if node.ephemeral:
             await self.delete_node(node.id)
             return
-        await self.update_node(node.id, expiry=when)
+        await self.update_node(node.id, expiry=when, operation="logoutNode")
 
     # --- nodes: changes -----------------------------------------------------------------
 
-    async def update_node(self, node_id: int, **changes) -> NodeRecord:
+    async def update_node(self, node_id: int, *, operation: str = "updateNode", **changes) -> NodeRecord:
         """Write ``changes`` (NodeRecord fields), durably, then tell everyone who sees the node.
-        Returns when the change is committed: the caller may acknowledge it."""
+        Returns when the change is committed: the caller may acknowledge it. ``operation``
+        names the change in the audit log when no API operation is in progress."""
         async with self._lock:
             n = self.get_node(node_id)
             rec = dataclasses.replace(n, **changes)
             if rec == n:
                 return n
             saved = self._put_written(n, await self.store.save_node(rec))
+        self.journal.change(operation, n, saved)
         self._record_changed(node_id)
         return saved
 
@@ -582,6 +599,7 @@ class Tailnet:
             n = self.get_node(node_id)
             await self.store.delete_node(node_id)
             self._drop(node_id)
+        self.journal.change("deleteNode", n, None)
         self.changed(node_id)
         self.update_routes()
         return n
@@ -589,28 +607,28 @@ class Tailnet:
     async def approve_node(self, node_id: int) -> NodeRecord:
         """Device approval: the node joins the tailnet. Peers learn of it as of a new node,
         and the node itself gets its peers (its own view changed, not only its record)."""
-        n = await self.update_node(node_id, authorized=True)
+        n = await self.update_node(node_id, authorized=True, operation="approveNode")
         self.bus.access_changed({node_id})
         return n
 
     async def expire_node(self, node_id: int) -> NodeRecord:
-        return await self.update_node(node_id, expiry=self.clock())
+        return await self.update_node(node_id, expiry=self.clock(), operation="expireNode")
 
     async def rename_node(self, node_id: int, new_name: str) -> NodeRecord:
         check_given_name(new_name)
         if new_name in self._held_names or any(n.given_name == new_name and n.id != node_id for n in self.nodes.values()):
             raise Conflict(f"the name {new_name!r} is taken by another node")
-        return await self.update_node(node_id, given_name=new_name)
+        return await self.update_node(node_id, given_name=new_name, operation="renameNode")
 
     async def set_tags(self, node_id: int, tags: Iterable[str]) -> NodeRecord:
         tags = tuple(sorted({check_tag(t) for t in tags}))
         if not tags and self.get_node(node_id).user_id is None:
             raise Invalid("this node has no user: it must keep at least one tag")
-        return await self.update_node(node_id, tags=tags)
+        return await self.update_node(node_id, tags=tags, operation="setTags")
 
     async def move_node(self, node_id: int, user_ref: str | int) -> NodeRecord:
         u = self.find_user(user_ref)
-        return await self.update_node(node_id, user_id=u.id)
+        return await self.update_node(node_id, user_id=u.id, operation="moveNode")
 
     async def set_approved_routes(self, node_id: int, routes: Iterable[str]) -> NodeRecord:
         clean = []
@@ -619,7 +637,8 @@ class Tailnet:
                 clean.append(Prefix().parse(r, "route"))  # the rule advertised routes follow
             except WireError:
                 raise Invalid(f"{str(r)[:64]!r} is not a route (a prefix like 10.0.0.0/24)") from None
-        return await self.update_node(node_id, approved_routes=tuple(sorted(set(clean))))
+        return await self.update_node(node_id, approved_routes=tuple(sorted(set(clean))),
+                                      operation="setApprovedRoutes")
 
     # --- online status ------------------------------------------------------------------
 
@@ -628,6 +647,7 @@ class Tailnet:
         self.online[node_id] = self.online.get(node_id, 0) + 1
         if self.online[node_id] == 1:
             self.changed(node_id, {"Online": True})
+            self.journal.event("node.online", {}, node_id)
             self._routes_after_presence(node_id)
             return True
         return False
@@ -654,6 +674,7 @@ class Tailnet:
             self.client_reported(node_id, last_seen=now, patch={})
             return
         self.client_reported(node_id, last_seen=now, patch={"LastSeen": now, "Online": False})
+        self.journal.event("node.offline", {}, node_id)
         self._routes_after_presence(node_id)
 
     # --- soft state in the store ---------------------------------------------------------

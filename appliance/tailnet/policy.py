@@ -23,7 +23,9 @@ from ..policy.hujson import MAX_POLICY_BYTES
 from ..policy.model import Node as PolicyNode
 from ..policy.model import User as PolicyUser
 from ..storage.records import NodeRecord, UserRecord
+from ..audit.actors import Actor, acting
 from .access import Access, AllowAll
+from .journal import Document
 from .model import Tailnet
 
 log = logging.getLogger(__name__)
@@ -237,7 +239,8 @@ class PolicyManager:
                 if not auto <= have:
                     log.info("node %d (%s): routes %s approved by autoApprovers", node_id,
                              node.given_name, ", ".join(sorted(auto - have)))
-                    await self.tailnet.set_approved_routes(node_id, have | auto)
+                    with acting(Actor("server", "auto-approver", source="")):
+                        await self.tailnet.set_approved_routes(node_id, have | auto)
 
     async def check(self, text: str) -> None:
         """Raises PolicyError if ``text`` would be refused against the live tailnet."""
@@ -256,8 +259,14 @@ class PolicyManager:
         except PolicyError as e:
             raise Invalid(str(e)) from None
         await self.tailnet.store.set_policy(text, self.tailnet.clock(), author)
+        old = self.text
         await self._install(text, built)
+        self._journal("setPolicy", old, text)
         log.info("policy updated (%d bytes)", len(text))
+
+    def _journal(self, operation: str, old: str | None, new: str | None) -> None:
+        self.tailnet.journal.change(operation, Document("policy", {"policy": old or ""}, name="policy"),
+                                    Document("policy", {"policy": new or ""}, name="policy"))
 
     async def reload(self) -> bool:
         """Re-read the policy file; keep the old policy (and log why) when the new one is bad."""
@@ -271,13 +280,16 @@ class PolicyManager:
             text, self._mtime = self._read_file()
             if text == self.text:
                 return False
+            old = self.text
             if not text.strip():
                 self.engine, self.text = None, None
                 self._set_access(AllowAll())
                 self.tailnet.bus.access_changed()
+                self._journal("reloadPolicy", old, None)
                 log.info("policy file %s is empty: every node may reach every node", self.path)
                 return True
             await self._install(text)
+            self._journal("reloadPolicy", old, text)
         except PolicyError as e:
             log.error("policy file %s was not applied, the previous policy stays: %s", self.path, e)
             return False
@@ -300,7 +312,8 @@ class PolicyManager:
             except OSError:
                 continue
             if mtime != self._mtime:
-                await self.reload()
+                with acting(Actor("server", "policy-file", source="")):
+                    await self.reload()
 
     # --- keeping the engine in step with the tailnet ------------------------------------
 

@@ -14,6 +14,7 @@ from appliance.cli import main
 from appliance.migrate import snapshot as exportdoc
 from appliance.migrate.errors import ImportRefused
 from appliance.storage import Store, open_store
+from appliance.storage.webhooks import insert_webhook
 from appliance.tailnet.model import Tailnet
 from tests.stores import database_config, pg_database, postgres_config, store_engine  # noqa: F401
 
@@ -32,6 +33,9 @@ async def test_export_import_export_gives_the_same_document(tmp_path):
     # A DNS setting changed through the API at run time travels with the export.
     store = Store(tmp_path / "a" / "data" / "db.sqlite")
     await store.put_setting("dns.nameservers.global", ["9.9.9.9"], datetime(2026, 1, 1, tzinfo=timezone.utc))
+    # And a webhook added through the API, with its secret (deliveries are signed with it).
+    await store.run_sync(lambda c: insert_webhook(c, "https://hooks.example.com/x", "k" * 24, ("*",),
+                                                  datetime(2026, 1, 2, tzinfo=timezone.utc)))
     store.close()
     assert await _cli("-c", str(a), "export", str(tmp_path / "one.json")) == 0
     assert (tmp_path / "one.json").stat().st_mode & 0o777 == 0o600
@@ -43,6 +47,8 @@ async def test_export_import_export_gives_the_same_document(tmp_path):
     assert doc["format"] == "trioscale-export" and doc["noise_private_key"] == "privkey:" + "5a" * 32
     assert [n["id"] for n in doc["nodes"]] == [1, 2, 7, 8]
     assert [(st["name"], st["value"]) for st in doc["settings"]] == [("dns.nameservers.global", ["9.9.9.9"])]
+    assert [(w["url"], w["secret"], w["events"]) for w in doc["webhooks"]] == [
+        ("https://hooks.example.com/x", "k" * 24, ["*"])]
     assert (tmp_path / "b" / "data" / "noise_private.key").read_text().strip() == doc["noise_private_key"]
     # An import never merges: the server already holds a tailnet now.
     assert await _cli("-c", str(b), "import", "trioscale", str(tmp_path / "one.json")) == 1
@@ -50,8 +56,10 @@ async def test_export_import_export_gives_the_same_document(tmp_path):
 
 def _doc() -> dict:
     return {
-        "format": "trioscale-export", "version": 2, "noise_private_key": "privkey:" + "11" * 32,
+        "format": "trioscale-export", "version": 3, "noise_private_key": "privkey:" + "11" * 32,
         "derp_private_key": None, "api_keys": [], "policies": [], "settings": [],
+        "webhooks": [{"id": 2, "url": "https://hooks.example.com/t", "secret": "s" * 20,
+                      "events": ["node.created"], "created_at": "2025-01-01T00:00:00Z"}],
         "users": [{
             "id": 1, "name": "alice", "display_name": "Alice", "email": "alice@example.com", "provider": "oidc",
             "provider_id": "https://idp.example.com/0042", "profile_pic_url": "", "created_at": "2025-01-01T00:00:00Z",
@@ -82,6 +90,7 @@ def test_a_good_document_parses():
 def test_a_version_1_document_reads_with_the_defaults_of_what_it_lacks():
     d = _doc()
     d["version"] = 1
+    d["webhooks"] = []
     for section, fields in exportdoc.ADDED_IN_2.items():
         for item in d[section]:
             for f in fields:
@@ -96,7 +105,11 @@ def test_a_version_1_document_reads_with_the_defaults_of_what_it_lacks():
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.update(format="something"), "not a trioscale export"),
-    (lambda d: d.update(version=3), "export version 3"),
+    (lambda d: d.update(version=4), "export version 4"),
+    (lambda d: d.update(version=2), "an export of version 2 has none"),
+    (lambda d: d["webhooks"][0].update(url="ftp://x"), r"webhooks\[0\].url"),
+    (lambda d: d["webhooks"][0].update(secret="short"), r"webhooks\[0\].secret"),
+    (lambda d: d["webhooks"][0].update(events=["node.exploded"]), r"webhooks\[0\].events"),
     (lambda d: d.update(version=True), "export version True"),
     (lambda d: d["users"][0].update(role="root"), r"users\[0\].role: expected one of owner"),
     (lambda d: d["users"][0].update(groups=["ok", "bad\u001b[31m"]), r"users\[0\].groups: .* is not a group name"),

@@ -1,0 +1,1 @@
+"""Events: what happens in the tailnet, for webhooks and the server-sent-events stream."""

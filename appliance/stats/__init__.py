@@ -1,0 +1,1 @@
+"""Coarse samples of the tailnet over time, for the console's charts."""
