@@ -183,14 +183,18 @@ class Router:
             self._report(scope, out)
         return 200, [("content-type", "application/json")], json.dumps(out).encode()
 
-    async def read_now(self, op_id: str, actor: Actor, **kwargs: Any) -> Any:
+    async def read_now(self, op_id: str, actor: Actor, query: str = "", **kwargs: Any) -> Any:
         """Call a reading operation in-process (the console's pages render from these), with
-        the same permission check as over HTTP; returns the answer as JSON. Changes go through
-        serve() only, so each is checked, reported and recorded in one place."""
+        the same permission check as over HTTP; returns the answer as JSON. ``query``: a raw
+        query string read as the HTTP edge reads it (FieldError when it breaks the operation's
+        definitions). Changes go through serve() only, so each is checked, reported and
+        recorded in one place."""
         op = self.by_id(op_id)
         if op.changes:
             raise ValueError(f"{op_id} changes something: call it through serve()")
         permissions.check(actor.kind, actor.role, op.id, op.tag, op.changes)
+        if query:
+            kwargs.update(self.read(op, {}, query, b""))
         result = await op.handler(Call(actor, op), **kwargs)
         return op.response.spec.dump(result) if op.response is not None else {}
 

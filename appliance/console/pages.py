@@ -9,17 +9,23 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from ..admin import permissions
+from ..admin.problem import Malformed
 from ..admin.router import Router
+from ..admin.schema import FieldError
+from ..errors import TrioscaleError
 from ..http.pages import esc
 from ..policy.model import ROLES
 from .sessions import SignedIn
 
 PAGES = {
     "": "Dashboard", "machines": "Machines", "users": "Users", "keys": "Keys", "policy": "Policy",
-    "access": "Access", "dns": "DNS",
+    "access": "Access", "dns": "DNS", "audit": "Audit log",
 }
+# Pages that reload when the server says something changed (not while the person types).
+LIVE = {"", "machines", "users", "keys", "audit"}
 SOON = timedelta(days=7)  # a key expiring within this is shown on the dashboard
 
 
@@ -56,6 +62,7 @@ def stamp(text: str | None) -> str:
 
 
 def layout(title: str, active: str, signed: SignedIn, body: str) -> str:
+    live = " data-live=1" if active in LIVE else ""
     nav = "".join(
         f'<a href="/admin/{k}"{" class=on" if k == active else ""}>{esc(v)}</a>' for k, v in PAGES.items())
     ro = permissions.READ_ONLY
@@ -66,7 +73,7 @@ def layout(title: str, active: str, signed: SignedIn, body: str) -> str:
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
         f"<meta name=csrf content='{esc(signed.csrf)}'>"
         f"<title>{esc(title)} · trioscale</title><link rel=stylesheet href='/admin/static/console.css'>"
-        "<script src='/admin/static/console.js' defer></script></head><body>"
+        f"<script src='/admin/static/console.js' defer></script></head><body{live}>"
         f"<header><b class=brand>trioscale</b><nav>{nav}</nav>"
         f"<form method=post action='/admin/logout' class=who><span>{esc(signed.login)} · {esc(signed.role)}</span>"
         f"<input type=hidden name=csrf value='{esc(signed.csrf)}'><button id=logout>Sign out</button></form>"
@@ -134,15 +141,53 @@ def _owner(n: dict) -> str:
 # --- pages -----------------------------------------------------------------------------------
 
 
-async def render(name: str, router: Router, signed: SignedIn, source: str, oidc: bool) -> str:
+async def render(name: str, router: Router, signed: SignedIn, source: str, query: str = "") -> str:
+    """The page ``name``; ``query`` is the page's own query string (the audit log's filters)."""
     actor = signed.actor(source)
 
-    async def call(op_id: str, **kw: Any) -> Any:
-        return await router.read_now(op_id, actor, **kw)
+    async def call(op_id: str, query: str = "", **kw: Any) -> Any:
+        return await router.read_now(op_id, actor, query, **kw)
 
     now = datetime.now(timezone.utc)
+    call.query = query  # type: ignore[attr-defined]
     body = await _BUILDERS[name](call, router, signed, now)
     return layout(PAGES[name], name, signed, body)
+
+
+def chart(values: list[float], label: str, width: int = 320, height: int = 64) -> str:
+    """A small SVG line of ``values`` (oldest first), scaled to its highest."""
+    if len(values) < 2:
+        return "<p class=muted>not enough samples yet</p>"
+    top = max(values) or 1
+    step = width / (len(values) - 1)
+    points = " ".join(f"{i * step:.1f},{height - 2 - v / top * (height - 4):.1f}" for i, v in enumerate(values))
+    return (f"<svg class=chart viewBox='0 0 {width} {height}' preserveAspectRatio=none role=img "
+            f"aria-label='{esc(label)}'><polyline fill=none stroke=currentColor stroke-width=1.5 "
+            f"vector-effect=non-scaling-stroke points='{points}'/></svg>")
+
+
+def size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.0f} TB"
+
+
+async def charts(call) -> str:
+    out = []
+    for rng, title in (("day", "last day"), ("week", "last week")):
+        st = await call("getStats", range=rng)
+        samples = st["samples"]
+        rows = (
+            ("Nodes online", [s["nodesOnline"] for s in samples], str(st["current"]["nodesOnline"])),
+            ("Relayed traffic", [s["relayedBytes"] for s in samples], size(sum(s["relayedBytes"] for s in samples))),
+            ("Registrations", [s["registrations"] for s in samples], str(sum(s["registrations"] for s in samples))),
+        )
+        out.append(f"<div class=charts><h2>The {title}</h2>" + "".join(
+            f"<figure><figcaption>{esc(name)} <b>{esc(total)}</b></figcaption>{chart(vals, f'{name}, {title}')}</figure>"
+            for name, vals, total in rows) + "</div>")
+    return "<section class=grid>" + "".join(out) + "</section>"
 
 
 async def dashboard(call, router, signed, now) -> str:
@@ -197,6 +242,7 @@ async def dashboard(call, router, signed, now) -> str:
         f"<div><h2>Home relay (DERP region) of online nodes</h2><ul class=tally>{tally(region_list)}</ul></div>"
         f"<div><h2>Certificate</h2>{cert}</div>"
         f"</section><h2>Keys expiring soon</h2><ul>{''.join(exp_rows) or '<li>none</li>'}</ul>"
+        f"{await charts(call)}"
         f"<h2>Last seen</h2>{_table(['Machine', 'State', 'Last seen', 'OS', 'Client'], rows)}"
     )
 
@@ -379,5 +425,60 @@ async def dns(call, router, signed, now) -> str:
             f"<h2>Extra records</h2><ul>{records or '<li>none</li>'}</ul>")
 
 
+def _summary(before, after) -> str:
+    """What an entry changed: the fields whose values differ (created / deleted otherwise)."""
+    if before is None and after is None:
+        return ""
+    if before is None:
+        return "created"
+    if after is None:
+        return "deleted"
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return "changed"
+    keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    parts = []
+    for k in keys[:6]:
+        b, a = before.get(k), after.get(k)
+        if isinstance(a, (str, int, bool)) and isinstance(b, (str, int, bool, type(None))) and len(str(a)) < 80:
+            parts.append(f"{k}: {b} → {a}")
+        else:
+            parts.append(k)
+    return "; ".join(parts) + (" …" if len(keys) > 6 else "")
+
+
+async def audit(call, router, signed, now) -> str:
+    # The filter form sends its empty fields too: they filter nothing.
+    fields = {k: v for k, v in parse_qsl(call.query) if v.strip()}
+    try:
+        doc = await call("listAudit", query=urlencode(fields))
+        error = ""
+    except (FieldError, Malformed, TrioscaleError) as e:  # a bad filter is the person's to fix
+        doc, error = {"entries": [], "nextCursor": None}, str(e)
+    rows = []
+    for e in doc["entries"]:
+        a, t = e["actor"], e["target"]
+        who = f"{a['kind']}:{a['name'] or a['id']}" if (a["name"] or a["id"]) else a["kind"]
+        rows.append(f"<tr class=entry data-operation='{esc(e['operation'])}'><td>{esc(stamp(e['time']))}</td>"
+                    f"<td>{esc(who)}<div class=muted>{esc(a['source'])}</div></td><td>{esc(e['operation'])}</td>"
+                    f"<td>{esc(' '.join(dict.fromkeys(x for x in (t['kind'], t['name'] or t['id']) if x)))}</td>"
+                    f"<td>{esc(_summary(e['before'], e['after']))}</td></tr>")
+
+    def box(name: str, label: str, hint: str = "") -> str:
+        return (f"<label>{esc(label)} <input name={name} value='{esc(fields.get(name, ''))}' "
+                f"placeholder='{esc(hint)}'></label>")
+
+    filters = {k: v for k, v in fields.items() if k != "cursor"}
+    more = ""
+    if doc.get("nextCursor"):
+        more = f"<p><a href='/admin/audit?{esc(urlencode({**filters, 'cursor': doc['nextCursor']}))}'>Older entries</a></p>"
+    form = ("<form method=get class=query id=audit-filter>" + box("actor", "who", "console:alice, apikey, server")
+            + box("operation", "operation", "renameNode") + box("kind", "what", "node, user, policy")
+            + box("user", "user") + box("node", "node ID") + "<button>Filter</button>"
+            f"<a class=button href='/admin/api/v1/audit/export?{esc(urlencode(filters))}' download=audit.jsonl>"
+            "Export as JSON lines</a></form>")
+    err = f"<p class=bad>{esc(error)}</p>" if error else ""
+    return form + err + _table(["When", "Who", "Operation", "What", "Change"], rows, "audit") + more
+
+
 _BUILDERS = {"": dashboard, "machines": machines, "users": users, "keys": keys, "policy": policy,
-             "access": access, "dns": dns}
+             "access": access, "dns": dns, "audit": audit}

@@ -90,7 +90,7 @@ class Console:
             return page(404, "Not found", "<p>No such page. <a href='/admin/'>Back to the console</a></p>")
         if method not in ("GET", "HEAD"):
             return problem(405, "use GET", headers=(("allow", "GET"),))
-        html = await pages.render(name, self.router, signed, peer_host.get(), self.sign_in is not None)
+        html = await pages.render(name, self.router, signed, peer_host.get(), target.query)
         return 200, _html_headers(), html.encode()
 
     # --- sign-in and sign-out -----------------------------------------------------------
@@ -149,7 +149,10 @@ class Console:
             if header(req, b"x-csrf-token") != signed.csrf:
                 return problem(403, "missing or wrong CSRF token (X-CSRF-Token)", instance=path[:200])
         raw = req.target.decode("latin-1")[len(PREFIX):]
-        inner = h11.Request(method=req.method, target=raw.encode("latin-1"), headers=[("host", "console")])
+        # The operation sees the request's headers (Last-Event-ID for the event stream) but not
+        # the session's cookie.
+        headers = [(k, v) for k, v in req.headers if k not in (b"cookie", b"authorization")]
+        inner = h11.Request(method=req.method, target=raw.encode("latin-1"), headers=headers or [("host", "console")])
         return await self.router.serve(inner, body, signed.actor(peer_host.get()))
 
     def _same_origin(self, req: h11.Request) -> bool:

@@ -278,6 +278,31 @@ def test_access_explorer(world):
     page.screenshot(path=str(world["shots"] / "access-answered.png"), full_page=True)
 
 
+def test_everything_done_in_the_console_is_in_the_audit_log(world):
+    page, server = world["page"], world["server"]
+    page.goto(server.url + "/admin/audit?actor=console")
+    ops = [r.get_attribute("data-operation") for r in page.locator("#audit tr.entry").all()]
+    for op in ("renameNode", "setApprovedRoutes", "setPolicy", "restorePolicyVersion"):
+        assert op in ops, ops
+    rename = page.locator("#audit tr.entry[data-operation=renameNode]").first.inner_text()
+    assert "console:operator" in rename and "alpha-renamed" in rename, rename
+    page.screenshot(path=str(world["shots"] / "audit.png"), full_page=True)
+    page.fill("#audit-filter input[name=operation]", "setPolicy")
+    page.click("#audit-filter button")
+    page.wait_for_url("**/admin/audit?*operation=setPolicy*")
+    assert {r.get_attribute("data-operation") for r in page.locator("#audit tr.entry").all()} == {"setPolicy"}
+
+
+def test_the_machines_page_updates_live(world):
+    """A change made elsewhere (the CLI) shows up without a reload by the person: the page
+    listens to the event stream."""
+    page, server = world["page"], world["server"]
+    page.goto(server.url + "/admin/machines")
+    page.locator("body").click()  # nothing focused: the page may reload itself
+    server.cli("nodes", "rename", "-i", node(server, "alpha-renamed")["id"], "alpha-live")
+    page.wait_for_selector("tr.machine[data-name=alpha-live]", timeout=15_000)
+
+
 def test_a_member_cannot_change_anything(world):
     server, watch = world["server"], world["watch"]
     ctx = world["browser"].new_context()

@@ -90,6 +90,22 @@
     });
   });
 
+  // --- live: pages that show the tailnet reload when the server says it changed, unless the
+  // person is typing or choosing (then at the next notice after they stop).
+  function busy() {
+    const a = document.activeElement;
+    return Boolean(a && (a.tagName === "INPUT" || a.tagName === "TEXTAREA" || a.tagName === "SELECT"));
+  }
+  if (document.body.dataset.live && window.EventSource) {
+    const events = new EventSource("/admin/api/v1/events?types=changed");
+    let pending = null;
+    events.addEventListener("changed", function () {
+      clearTimeout(pending);
+      pending = setTimeout(function () { if (!busy()) location.reload(); }, 1000);
+    });
+    window.addEventListener("pagehide", function () { events.close(); });
+  }
+
   // --- machines: search and filter ------------------------------------------------------
   const search = document.getElementById("search");
   const filter = document.getElementById("filter");
