@@ -8,7 +8,7 @@ Adding endpoints: write a module with ``routes(r: Router, b: Backend)`` declarin
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import h11
 import trio
@@ -57,10 +57,6 @@ class AdminAPI:
                                runtime=runtime, config=config, journal=journal, webhooks=webhooks, stats=stats,
                                console=console)
         self.router = build_router(self.backend)
-        # Other credentials of the public listener, tried before the Bearer key: each returns the
-        # Actor for the request or None (not its kind of credential). The console's session
-        # cookie goes here: every operation, the event stream included, then takes it.
-        self.authenticators: list[Callable[[h11.Request, str], Awaitable[Actor | None]]] = []
         self.router.on_change.append(
             lambda c: journal.operation_done(c.actor, c.operation, c.target, c.request, c.touched))
         self.openapi = openapi_document(self.router)
@@ -108,10 +104,6 @@ class AdminAPI:
             return await self.router.serve(req, body, Actor("cli", uid, source, user))
 
         async def authenticate(r: h11.Request) -> Actor:
-            for other in self.authenticators:
-                actor = await other(r, source)
-                if actor is not None:
-                    return actor
             auth = next((v.decode("latin-1") for k, v in r.headers if k == b"authorization"), None)
             rec = await self.apikeys.authenticate(auth, source)
             return Actor("apikey", str(rec.id), source, masked(rec.prefix))

@@ -1,8 +1,8 @@
 """/api/v1/events: the live event stream (server-sent events) for the console and other UIs.
 
 Authenticated like every operation (the router's ``authenticate``: a Bearer API key; a browser's
-EventSource cannot set headers, so the console's session cookie is accepted there once the
-console's sign-in adds it to ``AdminAPI``'s authenticate).
+EventSource cannot set headers: the web console reaches it at /admin/api/v1/events with its
+session cookie, console/web.py).
 """
 
 from __future__ import annotations
