@@ -23,8 +23,9 @@ from .log import AuditLog
 
 log = logging.getLogger(__name__)
 
-# Node fields that move without anyone changing the node: not part of before/after.
-_VOLATILE = ("online", "lastSeen", "discoKey")
+# Node fields that move without anyone changing the node (the client reports its OS, version
+# and home relay as they change): not part of before/after.
+_VOLATILE = ("online", "lastSeen", "discoKey", "os", "clientVersion", "derpRegion")
 
 
 @dataclass(frozen=True, slots=True)
