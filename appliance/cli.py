@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .adminclient import AdminClient, APIError, ServerUnreachable, api_path
+from .audit.changes import changed_fields
 from .policy.model import ROLES
 from .config import ConfigError, config_to_yaml, load_config, parse_duration
 
@@ -930,14 +931,10 @@ def _audit_query(args, **more: Any) -> dict[str, Any]:
 
 
 def _what_changed(e: dict) -> str:
-    before, after = e.get("before"), e.get("after")
-    if before is None and after is None:
-        return ""
-    if before is None:
-        return "created"
-    if after is None:
-        return "deleted"
-    keys = [k for k in after if before.get(k) != after.get(k)]
+    keys = changed_fields(e.get("before"), e.get("after"))
+    if isinstance(keys, str):
+        return keys
+    before, after = e["before"], e["after"]
     return ", ".join(f"{k}: {_short(before.get(k))} -> {_short(after.get(k))}" for k in keys[:4])
 
 

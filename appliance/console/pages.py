@@ -15,6 +15,7 @@ from ..admin import permissions
 from ..admin.problem import Malformed
 from ..admin.router import Router
 from ..admin.schema import FieldError
+from ..audit.changes import changed_fields
 from ..errors import TrioscaleError
 from ..http.pages import esc
 from ..policy.model import ROLES
@@ -427,15 +428,9 @@ async def dns(call, router, signed, now) -> str:
 
 def _summary(before, after) -> str:
     """What an entry changed: the fields whose values differ (created / deleted otherwise)."""
-    if before is None and after is None:
-        return ""
-    if before is None:
-        return "created"
-    if after is None:
-        return "deleted"
-    if not isinstance(before, dict) or not isinstance(after, dict):
-        return "changed"
-    keys = [k for k in sorted(set(before) | set(after)) if before.get(k) != after.get(k)]
+    keys = changed_fields(before, after)
+    if isinstance(keys, str):
+        return keys
     parts = []
     for k in keys[:6]:
         b, a = before.get(k), after.get(k)
